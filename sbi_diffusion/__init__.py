@@ -1,0 +1,19 @@
+"""sbi-diffusion: diffusion, flow-matching and consistency models for
+simulation-based inference, as estimators for the ``sbi`` package."""
+
+from sbi_diffusion.denoiser import Denoiser
+from sbi_diffusion.inference import (
+    DiffusionNPE,
+    DiffusionPosterior,
+    FlowMatchingNPE,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DiffusionNPE",
+    "FlowMatchingNPE",
+    "DiffusionPosterior",
+    "Denoiser",
+    "__version__",
+]

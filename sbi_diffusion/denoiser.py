@@ -1,0 +1,324 @@
+r"""The denoiser: network + schedule + parameterisation, as an sbi estimator.
+
+:class:`Denoiser` is an sbi ``ConditionalVectorFieldEstimator``. It holds the
+z-scoring of ``theta`` and ``x`` fitted on the training data, the (optional)
+embedding net for ``x``, the vector-field network, the schedule and the
+parameterisation, and gives
+
+.. math::
+    \hat\theta(z_t, t \mid x) = c_{skip}(t) z_t
+    + c_{out}(t) F\big(c_{in}(t) z_t,\; e(x),\; c_{noise}(t)\big)
+
+in standardised parameter space, from which the score, the noise, and the
+probability-flow drift follow (:mod:`sbi_diffusion.vector_field`). Because it
+implements sbi's interface (``ode_fn``, ``score``, ``drift_fn``,
+``diffusion_fn``, ``mean_t_fn``, ``std_fn``, composed standardisation), sbi's
+own ``VectorFieldPosterior`` accepts it.
+"""
+
+from __future__ import annotations
+
+import torch
+from sbi.neural_nets.estimators.base import ConditionalVectorFieldEstimator
+from torch import Tensor, nn
+
+from sbi_diffusion.parameterizations import Parameterization, PathPoint
+from sbi_diffusion.schedules import Schedule
+from sbi_diffusion.vector_field import as_time, ode_drift, score_from_x_hat
+from sbi_diffusion.weightings import check_weighting, loss_weight
+
+__all__ = ["Denoiser", "ConditionedDenoiser"]
+
+
+def _column(v: Tensor, ndim: int) -> Tensor:
+    return v.reshape(v.shape + (1,) * (ndim - v.dim()))
+
+
+class Denoiser(ConditionalVectorFieldEstimator):
+    """Conditional denoiser ``x_hat(z_t, t | x)`` for parameters ``theta``.
+
+    Args:
+        net: network ``net(z, condition_embedding, time) -> output`` on flat
+            ``(batch, dim)`` inputs.
+        schedule: the Gaussian path.
+        parameterization: what the network predicts.
+        input_shape: event shape of ``theta``.
+        condition_shape: event shape of ``x``.
+        embedding_net: network embedding (z-scored) ``x``; identity if None.
+        weighting: loss weighting (see :mod:`sbi_diffusion.weightings`).
+        theta_shift, theta_scale: z-scoring of ``theta``.
+        x_shift, x_scale: z-scoring of ``x``.
+        condition_dropout: probability of replacing the condition by a learned
+            null embedding in training (enables unconditional/prior scores and
+            classifier-free guidance).
+    """
+
+    SCORE_DEFINED = True
+    SDE_DEFINED = True
+    MARGINALS_DEFINED = True
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: Schedule,
+        parameterization: Parameterization,
+        input_shape: torch.Size,
+        condition_shape: torch.Size,
+        embedding_net: nn.Module | None = None,
+        weighting: str = "natural",
+        theta_shift: Tensor | None = None,
+        theta_scale: Tensor | None = None,
+        x_shift: Tensor | None = None,
+        x_scale: Tensor | None = None,
+        condition_dropout: float = 0.0,
+        condition_embedding_dim: int | None = None,
+    ) -> None:
+        t_min = float(schedule.t_min)
+        # sbi's ODE for log_prob integrates from t_min: keep sigma(t_min) > 0.
+        if float(schedule.sigma(torch.tensor([t_min]))) <= 0:
+            t_min = 1e-4
+        super().__init__(
+            net,
+            input_shape,
+            condition_shape,
+            t_min=t_min,
+            t_max=float(schedule.t_max),
+            embedding_net=embedding_net,
+            mean_base=0.0,
+            std_base=schedule.prior_std(),
+        )
+        self.schedule = schedule
+        self.parameterization = parameterization
+        self.weighting = check_weighting(weighting)
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(
+                f"condition_dropout must be in [0, 1), got {condition_dropout}."
+            )
+        self.condition_dropout = float(condition_dropout)
+        self.register_buffer("mean_0", torch.zeros(1))
+        self.register_buffer("std_0", torch.ones(1))
+        if theta_shift is not None:
+            self._theta_shift.copy_(theta_shift.reshape(self._theta_shift.shape))
+            self._theta_scale.copy_(theta_scale.reshape(self._theta_scale.shape))
+        self._compose_standardization.fill_(True)
+        self.register_buffer(
+            "x_shift",
+            torch.zeros(1, *condition_shape)
+            if x_shift is None
+            else x_shift.reshape(1, *condition_shape).clone(),
+        )
+        self.register_buffer(
+            "x_scale",
+            torch.ones(1, *condition_shape)
+            if x_scale is None
+            else x_scale.reshape(1, *condition_shape).clone(),
+        )
+        if condition_embedding_dim is None:
+            with torch.no_grad():
+                condition_embedding_dim = self._embedding_net(
+                    torch.zeros(2, *condition_shape)
+                ).shape[-1]
+        self.null_embedding = nn.Parameter(torch.zeros(condition_embedding_dim))
+        self.theta_dim = int(torch.Size(input_shape).numel())
+
+    # ------------------------------------------------------------------ core
+
+    def path_point(self, t: Tensor) -> PathPoint:
+        """Schedule values and derivatives at times ``t``."""
+        return PathPoint(*self.schedule.derivatives(t))
+
+    def embed_condition(self, x: Tensor) -> Tensor:
+        """z-score ``x`` of shape ``(batch, *condition_shape)`` and embed it."""
+        return self._embedding_net((x - self.x_shift) / self.x_scale)
+
+    def null_condition(self, batch: int) -> Tensor:
+        """The learned null embedding, for unconditional (prior) estimates.
+
+        Raises:
+            ValueError: if the model was not trained with condition dropout.
+        """
+        if self.condition_dropout <= 0:
+            raise ValueError(
+                "This model has no unconditional (prior) score: it was trained "
+                "without condition dropout. Train with `condition_dropout=0.1` "
+                "(a constructor argument of the trainer) to use classifier-free "
+                "guidance or an unconditional score."
+            )
+        return self.null_embedding.expand(batch, -1)
+
+    def denoise_embedded(self, z: Tensor, embedding: Tensor, t: Tensor) -> Tensor:
+        r"""``x_hat`` for standardised ``z`` ``(batch, dim)``, embedded condition
+        ``(batch, e)`` (or ``(1, e)``) and time ``(batch,)`` or scalar."""
+        t = as_time(t, z)
+        p = self.path_point(t)
+        col = [_column(v, 2) for v in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)]
+        p_col = PathPoint(*col)
+        c_in = self.parameterization.input_scale(p_col)
+        c_noise = 0.25 * torch.log(torch.clamp(p.sigma / p.alpha, min=1e-10))
+        if embedding.shape[0] != z.shape[0]:
+            embedding = embedding.expand(z.shape[0], -1)
+        out = self.net(c_in * z, embedding, c_noise)
+        return self.parameterization.denoise(out, z, p_col)
+
+    def bind(self, x: Tensor | None) -> ConditionedDenoiser:
+        """Fix the condition: returns a ``DenoiseFn`` ``(z, t) -> x_hat``.
+
+        Args:
+            x: one observation ``(1, *condition_shape)``, a batch whose rows match
+                the batch of ``z``, or None for the unconditional (null) estimate.
+        """
+        if x is None:
+            return ConditionedDenoiser(self, self.null_condition(1))
+        return ConditionedDenoiser(self, self.embed_condition(x))
+
+    # ------------------------------------------------------------------ loss
+
+    def loss(
+        self,
+        input: Tensor,
+        condition: Tensor,
+        times: Tensor | None = None,
+        noise: Tensor | None = None,
+        drop_condition: Tensor | None = None,
+        **kwargs,
+    ) -> Tensor:
+        r"""Per-sample weighted denoising loss for raw ``theta`` and ``x``.
+
+        .. math::
+            \ell = w(t)/w_{nat}(t)\, \| F - (\theta - c_{skip} z_t)/c_{out} \|^2
+
+        Args:
+            input: parameters ``(batch, *input_shape)`` (original space).
+            condition: simulations ``(batch, *condition_shape)``.
+            times: training times ``(batch,)``; drawn from the schedule if None.
+            noise: ``eps`` of the shape of ``input``; standard normal if None.
+            drop_condition: boolean ``(batch,)``, rows that use the null
+                condition; drawn with probability ``condition_dropout`` if None.
+
+        Returns:
+            Loss per sample, shape ``(batch,)``.
+        """
+        batch = input.shape[0]
+        theta = self.to_z(input).reshape(batch, -1)
+        if times is None:
+            times = self.schedule.sample_training_times(batch, device=input.device)
+        if noise is None:
+            noise = torch.randn_like(theta)
+        noise = noise.reshape(batch, -1)
+        p = self.path_point(times)
+        col = PathPoint(*[_column(v, 2) for v in (p.alpha, p.sigma, p.d_alpha,
+                                                  p.d_sigma)])
+        z = col.alpha * theta + col.sigma * noise
+        embedding = self.embed_condition(condition)
+        if drop_condition is None and self.condition_dropout > 0 and self.training:
+            drop_condition = (
+                torch.rand(batch, device=input.device) < self.condition_dropout
+            )
+        if drop_condition is not None:
+            embedding = torch.where(
+                drop_condition[:, None], self.null_embedding[None, :], embedding
+            )
+        c_in = self.parameterization.input_scale(col)
+        c_noise = 0.25 * torch.log(torch.clamp(p.sigma / p.alpha, min=1e-10))
+        out = self.net(c_in * z, embedding, c_noise)
+        target = self.parameterization.target(theta, z, col)
+        weight = loss_weight(self.weighting, self.parameterization, p)
+        return weight * ((out - target) ** 2).sum(dim=-1)
+
+    # ------------------------------------------------- sbi vector-field interface
+
+    def _flatten_inputs(
+        self, input: Tensor, condition: Tensor, time: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, torch.Size]:
+        event = len(self.input_shape)
+        batch_input = input.shape[: input.dim() - event]
+        batch_cond = condition.shape[: condition.dim() - len(self.condition_shape)]
+        batch_shape = torch.broadcast_shapes(batch_input, batch_cond)
+        embedding = self.embed_condition(
+            condition.reshape(-1, *self.condition_shape)
+        ).reshape(*batch_cond, -1)
+        embedding = torch.broadcast_to(embedding, batch_shape + embedding.shape[-1:])
+        z = torch.broadcast_to(input, batch_shape + self.input_shape)
+        time = torch.as_tensor(time, device=input.device, dtype=input.dtype)
+        time = torch.broadcast_to(time.reshape(time.shape[: len(batch_shape)] or ()),
+                                  batch_shape)
+        return (
+            z.reshape(-1, self.theta_dim),
+            embedding.reshape(-1, embedding.shape[-1]),
+            time.reshape(-1),
+            batch_shape,
+        )
+
+    def forward(self, input: Tensor, condition: Tensor, time: Tensor) -> Tensor:
+        """Denoised estimate for sbi-shaped inputs ``(*batch, *input_shape)`` in
+        standardised space; ``condition`` is raw ``x``."""
+        z, embedding, t, batch_shape = self._flatten_inputs(input, condition, time)
+        return self.denoise_embedded(z, embedding, t).reshape(
+            *batch_shape, *self.input_shape
+        )
+
+    def score(self, input: Tensor, condition: Tensor, t: Tensor) -> Tensor:
+        r"""Score ``grad log p_t(z | x) = (alpha x_hat - z) / sigma^2``
+        (standardised space)."""
+        z, embedding, time, batch_shape = self._flatten_inputs(input, condition, t)
+        x_hat = self.denoise_embedded(z, embedding, time)
+        return score_from_x_hat(self.schedule, z, time, x_hat).reshape(
+            *batch_shape, *self.input_shape
+        )
+
+    def ode_fn(self, input: Tensor, condition: Tensor, times: Tensor) -> Tensor:
+        r"""Probability-flow drift ``alpha' x_hat + sigma' eps_hat``."""
+        z, embedding, time, batch_shape = self._flatten_inputs(input, condition, times)
+        x_hat = self.denoise_embedded(z, embedding, time)
+        return ode_drift(self.schedule, z, time, x_hat).reshape(
+            *batch_shape, *self.input_shape
+        )
+
+    def _times_like(self, times: Tensor, input: Tensor | None = None) -> Tensor:
+        times = torch.as_tensor(times)
+        ndim = times.dim() + len(self.input_shape)
+        if input is not None:
+            ndim = max(ndim, input.dim())
+        return times.reshape(times.shape + (1,) * (ndim - times.dim()))
+
+    def mean_t_fn(self, times: Tensor) -> Tensor:
+        """``alpha(t)``, broadcastable against ``(batch, *input_shape)``."""
+        return self._times_like(self.schedule.alpha(torch.as_tensor(times)))
+
+    def std_fn(self, times: Tensor) -> Tensor:
+        """``sigma(t)``, broadcastable against ``(batch, *input_shape)``."""
+        return self._times_like(self.schedule.sigma(torch.as_tensor(times)))
+
+    def drift_fn(self, input: Tensor, times: Tensor) -> Tensor:
+        """Forward SDE drift ``f(t) z``."""
+        f, _ = self.schedule.sde_coefficients(torch.as_tensor(times).reshape(-1))
+        f = f.reshape(torch.as_tensor(times).shape)
+        return self._times_like(f, input) * input
+
+    def diffusion_fn(self, input: Tensor, times: Tensor) -> Tensor:
+        """Forward SDE diffusion ``g(t)``."""
+        _, g = self.schedule.sde_coefficients(torch.as_tensor(times).reshape(-1))
+        g = g.reshape(torch.as_tensor(times).shape)
+        return self._times_like(g, input)
+
+    def solve_schedule(self, num_steps: int, t_min=None, t_max=None) -> Tensor:
+        """The schedule's default sampling grid (``num_steps`` points)."""
+        return self.schedule.sampling_grid(num_steps - 1, device=self._mean_base.device)
+
+
+class ConditionedDenoiser(nn.Module):
+    """A :class:`Denoiser` with its condition fixed: ``(z, t) -> x_hat``.
+
+    Implements :class:`sbi_diffusion.vector_field.DenoiseFn`; the condition is
+    embedded once. ``embedding`` has one row (broadcast over ``z``) or as many
+    rows as ``z``.
+    """
+
+    def __init__(self, denoiser: Denoiser, embedding: Tensor):
+        super().__init__()
+        self.denoiser = denoiser
+        self.embedding = embedding
+        self.schedule = denoiser.schedule
+
+    def forward(self, z: Tensor, t: Tensor) -> Tensor:
+        return self.denoiser.denoise_embedded(z, self.embedding, t)

@@ -1,0 +1,16 @@
+"""sbi trainers and posteriors."""
+
+from sbi_diffusion.inference.posterior import DiffusionPosterior, DiffusionPotential
+from sbi_diffusion.inference.trainer import (
+    DiffusionNPE,
+    FlowMatchingNPE,
+    VectorFieldInference,
+)
+
+__all__ = [
+    "DiffusionNPE",
+    "FlowMatchingNPE",
+    "VectorFieldInference",
+    "DiffusionPosterior",
+    "DiffusionPotential",
+]

@@ -1,0 +1,179 @@
+r"""Sampler registry, network-evaluation counting and the fixed-grid driver.
+
+A sampler integrates the reverse process from ``t_max`` (noise) to ``t_min``
+(data). Every sampler is a function
+
+.. code-block:: python
+
+    sampler(denoise: DenoiseFn, noise: Tensor, *, steps, generator,
+            show_progress_bars, **options) -> SamplerResult
+
+registered by name with :func:`register_sampler`. Fixed-grid samplers are
+written as one *step* ``z_{t_i} -> z_{t_{i+1}}`` and share :func:`run_fixed_grid`,
+which draws the time grid from the schedule, runs an optional Langevin
+corrector after every predictor step, and finally returns ``x_hat(z, t_min)``
+(the last, noise-free Euler step of Karras et al. 2022) where
+``sigma(t_min) > 0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sbi_diffusion.vector_field import DenoiseFn, as_time
+
+__all__ = [
+    "SamplerResult",
+    "CountingDenoiser",
+    "register_sampler",
+    "get_sampler",
+    "SAMPLERS",
+    "FixedGridStep",
+    "run_fixed_grid",
+    "initial_noise",
+]
+
+
+@dataclass
+class SamplerResult:
+    """Samples (standardised space) and network evaluations per sample (NFE)."""
+
+    samples: Tensor
+    nfe: float
+
+
+class CountingDenoiser:
+    """Wraps a ``DenoiseFn`` and counts network evaluations per sample.
+
+    A call on ``m`` rows of a batch of ``n`` samples counts ``m / n``
+    evaluations, so adaptive samplers that evaluate only unfinished rows report
+    their mean NFE per sample.
+    """
+
+    def __init__(self, denoise: DenoiseFn, batch_size: int):
+        self.denoise = denoise
+        self.schedule = denoise.schedule
+        self.batch_size = max(int(batch_size), 1)
+        self.nfe = 0.0
+
+    def __call__(self, z: Tensor, t: Tensor) -> Tensor:
+        self.nfe += z.shape[0] / self.batch_size
+        return self.denoise(z, as_time(t, z))
+
+
+SAMPLERS: dict[str, Callable[..., SamplerResult]] = {}
+
+
+def register_sampler(name: str):
+    """Decorator registering a sampler function under ``name``."""
+
+    def decorator(fn: Callable[..., SamplerResult]) -> Callable[..., SamplerResult]:
+        SAMPLERS[name] = fn
+        fn.sampler_name = name
+        return fn
+
+    return decorator
+
+
+def get_sampler(name: str) -> Callable[..., SamplerResult]:
+    """Return the sampler registered as ``name``.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(
+            f"Unknown sampler {name!r}. Pass one of {sorted(SAMPLERS)}."
+        )
+    return SAMPLERS[name]
+
+
+def initial_noise(
+    schedule, shape: tuple[int, ...], generator=None, device=None
+) -> Tensor:
+    r"""``z_{t_max} ~ N(0, (alpha(t_max)^2 + sigma(t_max)^2) I)`` for standardised
+    data."""
+    return schedule.prior_std() * torch.randn(
+        shape, generator=generator, device=device
+    )
+
+
+def gaussian_like(z: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise like ``z`` from an optional generator."""
+    return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+
+
+# A fixed-grid step: (denoise, z, t_cur, t_next, state, generator) -> z_next.
+# ``state`` is a dict the step may use to carry history (multistep methods).
+FixedGridStep = Callable[
+    [CountingDenoiser, Tensor, Tensor, Tensor, dict, "torch.Generator | None"], Tensor
+]
+
+
+def run_fixed_grid(
+    step: FixedGridStep,
+    denoise: DenoiseFn,
+    noise: Tensor,
+    steps: int,
+    generator: torch.Generator | None = None,
+    show_progress_bars: bool = False,
+    time_grid: Tensor | None = None,
+    corrector: str | None = None,
+    corrector_steps: int = 1,
+    corrector_snr: float = 0.1,
+    final_denoise: bool = True,
+    description: str = "Sampling",
+) -> SamplerResult:
+    """Run ``step`` along a decreasing time grid.
+
+    Args:
+        step: the predictor step.
+        denoise: ``(z, t) -> x_hat``.
+        noise: initial ``z_{t_max}``, shape ``(batch, dim)``.
+        steps: number of steps (ignored if ``time_grid`` is given).
+        generator: random generator for stochastic steps.
+        show_progress_bars: show a tqdm bar over the steps.
+        time_grid: explicit decreasing grid of times (``steps + 1`` values).
+        corrector: ``None`` or ``"langevin"`` (Song et al. 2021, predictor-corrector).
+        corrector_steps: Langevin steps after each predictor step.
+        corrector_snr: signal-to-noise ratio ``r`` of the Langevin step size.
+        final_denoise: return ``x_hat(z, t_min)`` at the end when ``sigma > 0``.
+    """
+    if steps is None or int(steps) < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    if corrector not in (None, "langevin"):
+        raise ValueError(
+            f"Unknown corrector {corrector!r}. Pass None or 'langevin'."
+        )
+    counter = CountingDenoiser(denoise, noise.shape[0])
+    schedule = denoise.schedule
+    grid = (
+        schedule.sampling_grid(int(steps), device=noise.device)
+        if time_grid is None
+        else torch.as_tensor(time_grid, device=noise.device, dtype=noise.dtype)
+    )
+    z = noise
+    state: dict = {}
+    for i in tqdm(
+        range(len(grid) - 1),
+        disable=not show_progress_bars,
+        desc=description,
+        leave=False,
+    ):
+        t_cur, t_next = grid[i], grid[i + 1]
+        z = step(counter, z, t_cur, t_next, state, generator)
+        if corrector is not None and float(schedule.sigma(t_next)) > 0:
+            from sbi_diffusion.samplers.langevin import langevin_correct
+
+            z = langevin_correct(
+                counter, z, t_next, corrector_steps, corrector_snr, generator
+            )
+    t_end = grid[-1]
+    if final_denoise and float(schedule.sigma(t_end)) > 0:
+        z = counter(z, t_end)
+    return SamplerResult(z, counter.nfe)
