@@ -381,7 +381,8 @@ class VectorFieldInference(NeuralInference):
                 f"Only {num} simulations: too few to train. Append more simulations."
             )
 
-        if not resume_training or self._neural_net is None:
+        fresh_split = getattr(self, "train_indices", None) is None
+        if not resume_training or self._neural_net is None or fresh_split:
             permutation = torch.randperm(num, generator=generator)
             self.train_indices = permutation[num_val:]
             self.val_indices = permutation[:num_val]
@@ -480,6 +481,10 @@ class VectorFieldInference(NeuralInference):
             self._summary["training_loss"].append(train_loss_sum / steps_per_epoch)
             self._summary["validation_loss"].append(val_loss)
             self._summary["epoch_durations_sec"].append(time.time() - start)
+            self._tracker.log_metric("validation_loss", val_loss, step=self._epoch)
+            self._tracker.log_metric(
+                "training_loss", train_loss_sum / steps_per_epoch, step=self._epoch
+            )
             progress.update(1)
             progress.set_postfix(val_loss=f"{val_loss:.4f}")
             if self._epochs_since_last_improvement >= stop_after_epochs:

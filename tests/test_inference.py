@@ -1,0 +1,289 @@
+"""Training, sampling and sbi compatibility of DiffusionNPE and FlowMatchingNPE."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import matplotlib
+import pytest
+import torch
+from sbi.utils.metrics import c2st
+from torch.distributions import MultivariateNormal
+
+from sbi_diffusion import DiffusionNPE, DiffusionPosterior, FlowMatchingNPE
+from sbi_diffusion.training import TrainingDivergedError
+
+matplotlib.use("Agg")
+
+NUM_SIMULATIONS = 3000
+TRAIN_KWARGS = dict(max_num_epochs=80, training_batch_size=128, seed=0)
+NET_KWARGS = dict(width=64, depth=2)
+C2ST_THRESHOLD = 0.62
+
+
+def _train(cls, problem, **kwargs):
+    torch.manual_seed(0)
+    theta = problem.prior.sample((NUM_SIMULATIONS,))
+    x = problem.simulate(theta)
+    inference = cls(
+        problem.prior, net_kwargs=NET_KWARGS, show_progress_bars=False, **kwargs
+    )
+    inference.append_simulations(theta, x).train(**TRAIN_KWARGS)
+    return inference
+
+
+@pytest.fixture(scope="module")
+def diffusion(linear_gaussian):
+    return _train(DiffusionNPE, linear_gaussian)
+
+
+@pytest.fixture(scope="module")
+def flow_matching(linear_gaussian):
+    return _train(FlowMatchingNPE, linear_gaussian)
+
+
+@pytest.fixture(scope="module")
+def x_o(linear_gaussian):
+    torch.manual_seed(1)
+    return linear_gaussian.simulate(linear_gaussian.prior.sample((1,)))
+
+
+def _reference(problem, x_o, num=2000):
+    mean, cov = problem.posterior(x_o)
+    return MultivariateNormal(mean.float(), cov.float()).sample((num,))
+
+
+@pytest.mark.parametrize("sampler,steps", [(None, None), ("heun", 10)])
+def test_diffusion_posterior_c2st(diffusion, linear_gaussian, x_o, sampler, steps):
+    posterior = diffusion.build_posterior()
+    samples = posterior.sample(
+        (2000,), x=x_o, sampler=sampler, steps=steps, show_progress_bars=False
+    )
+    assert samples.shape == (2000, 2)
+    score = float(c2st(samples, _reference(linear_gaussian, x_o)))
+    assert score < C2ST_THRESHOLD, score
+    assert posterior.last_nfe > 0
+
+
+def test_flow_matching_posterior_c2st(flow_matching, linear_gaussian, x_o):
+    posterior = flow_matching.build_posterior()
+    samples = posterior.sample((2000,), x=x_o, show_progress_bars=False)
+    score = float(c2st(samples, _reference(linear_gaussian, x_o)))
+    assert score < C2ST_THRESHOLD, score
+
+
+def test_log_prob_matches_analytic_posterior(diffusion, linear_gaussian, x_o):
+    posterior = diffusion.build_posterior()
+    mean, cov = linear_gaussian.posterior(x_o)
+    true = MultivariateNormal(mean.float(), cov.float())
+    theta = true.sample((20,))
+    log_p = posterior.log_prob(theta, x=x_o)
+    assert log_p.shape == (20,)
+    # a trained model: log densities agree up to a loose tolerance
+    assert torch.allclose(log_p, true.log_prob(theta), atol=0.5)
+    hutchinson = posterior.log_prob(
+        theta, x=x_o, divergence="hutchinson", num_probes=16,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.allclose(hutchinson, log_p, atol=0.5)
+
+
+def test_sample_shapes_default_x_and_batched(diffusion, x_o):
+    posterior = diffusion.build_posterior()
+    posterior.set_default_x(x_o)
+    assert posterior.sample((3, 4), show_progress_bars=False).shape == (3, 4, 2)
+    xs = torch.cat([x_o, x_o + 1.0])
+    batched = posterior.sample_batched((7,), x=xs, show_progress_bars=False)
+    assert batched.shape == (7, 2, 2)
+    assert posterior.map(num_iter=20, num_init_samples=50).shape == (1, 2)
+
+
+def test_sampling_is_deterministic_with_generator(diffusion, x_o):
+    posterior = diffusion.build_posterior()
+    a = posterior.sample(
+        (50,), x=x_o, generator=torch.Generator().manual_seed(3),
+        show_progress_bars=False, sampler="euler_maruyama", steps=20,
+    )
+    b = posterior.sample(
+        (50,), x=x_o, generator=torch.Generator().manual_seed(3),
+        show_progress_bars=False, sampler="euler_maruyama", steps=20,
+    )
+    assert torch.equal(a, b)
+
+
+def test_training_is_deterministic_with_seed(linear_gaussian):
+    theta = linear_gaussian.prior.sample((300,))
+    x = linear_gaussian.simulate(theta)
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        inference = DiffusionNPE(
+            linear_gaussian.prior, net_kwargs=NET_KWARGS, show_progress_bars=False
+        )
+        inference.append_simulations(theta, x).train(max_num_epochs=2, seed=5)
+        losses.append(inference.summary["validation_loss"])
+    assert losses[0] == losses[1]
+
+
+def test_save_and_load_posterior(diffusion, x_o, tmp_path):
+    posterior = diffusion.build_posterior()
+    buffer = io.BytesIO()
+    torch.save(posterior, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert isinstance(loaded, DiffusionPosterior)
+    g = torch.Generator().manual_seed(0)
+    a = posterior.sample((20,), x=x_o, generator=g, show_progress_bars=False)
+    g = torch.Generator().manual_seed(0)
+    b = loaded.sample((20,), x=x_o, generator=g, show_progress_bars=False)
+    assert torch.allclose(a, b)
+
+
+def test_sbi_vector_field_posterior_accepts_estimator(diffusion, linear_gaussian, x_o):
+    from sbi.inference.posteriors.vector_field_posterior import VectorFieldPosterior
+
+    estimator = diffusion.build_posterior().estimator
+    posterior = VectorFieldPosterior(estimator, linear_gaussian.prior, device="cpu")
+    for sample_with in ("ode", "sde"):
+        samples = posterior.sample(
+            (1000,), x=x_o, sample_with=sample_with, show_progress_bars=False
+        ) if sample_with == "ode" else posterior.sample(
+            (1000,), x=x_o, steps=200, show_progress_bars=False
+        )
+        assert samples.shape == (1000, 2)
+        score = float(c2st(samples, _reference(linear_gaussian, x_o, 1000)))
+        assert score < 0.65, (sample_with, score)
+    log_p = posterior.log_prob(samples[:5], x=x_o)
+    assert log_p.shape == (5,) and torch.isfinite(log_p).all()
+
+
+def test_pairplot_and_sbc(diffusion, linear_gaussian, x_o):
+    from sbi.analysis import pairplot
+    from sbi.diagnostics import check_sbc, run_sbc
+
+    posterior = diffusion.build_posterior()
+    samples = posterior.sample((200,), x=x_o, show_progress_bars=False)
+    fig, _ = pairplot(samples)
+    assert fig is not None
+    torch.manual_seed(2)
+    thetas = linear_gaussian.prior.sample((30,))
+    xs = linear_gaussian.simulate(thetas)
+    ranks, dap = run_sbc(
+        thetas, xs, posterior, num_posterior_samples=100, show_progress_bar=False
+    )
+    assert ranks.shape == (30, 2)
+    stats = check_sbc(ranks, thetas, dap, num_posterior_samples=100)
+    assert stats["ks_pvals"].min() > 1e-3
+
+
+def test_embedding_net_on_high_dimensional_x():
+    from sbi.neural_nets.embedding_nets import FCEmbedding
+
+    torch.manual_seed(0)
+    prior = MultivariateNormal(torch.zeros(2), torch.eye(2))
+    theta = prior.sample((500,))
+    x = torch.cat([theta, theta.sum(1, keepdim=True)], 1).repeat(1, 17)[:, :50]
+    x = x + 0.1 * torch.randn_like(x)
+    inference = DiffusionNPE(
+        prior,
+        embedding_net=FCEmbedding(input_dim=50, output_dim=8),
+        net_kwargs=NET_KWARGS,
+        show_progress_bars=False,
+    )
+    inference.append_simulations(theta, x).train(max_num_epochs=3)
+    posterior = inference.build_posterior()
+    samples = posterior.sample((10,), x=x[0], show_progress_bars=False)
+    assert samples.shape == (10, 2)
+    with pytest.raises(ValueError, match="shape"):
+        posterior.sample((10,), x=torch.zeros(49), show_progress_bars=False)
+
+
+def test_empirical_prior_when_prior_is_none(linear_gaussian):
+    theta = linear_gaussian.prior.sample((300,))
+    x = linear_gaussian.simulate(theta)
+    inference = DiffusionNPE(net_kwargs=NET_KWARGS, show_progress_bars=False)
+    inference.append_simulations(theta, x).train(max_num_epochs=2)
+    samples = inference.build_posterior().sample(
+        (5,), x=x[0], show_progress_bars=False
+    )
+    assert samples.shape == (5, 2)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_mismatched_batch_sizes_raise(linear_gaussian):
+    inference = DiffusionNPE(linear_gaussian.prior)
+    with pytest.raises(ValueError, match="rows"):
+        inference.append_simulations(torch.zeros(10, 2), torch.zeros(9, 2))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"schedule": "linear_foo"}, "Unknown schedule"),
+        ({"parameterization": "epsilon2"}, "Unknown parameterization"),
+        ({"weighting": "heavy"}, "Unknown weighting"),
+        ({"sampler": "rk99"}, "Unknown sampler"),
+        ({"net": "resnet9000"}, "Unknown net"),
+        ({"condition_dropout": 1.5}, "condition_dropout"),
+    ],
+)
+def test_unknown_names_raise(linear_gaussian, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionNPE(linear_gaussian.prior, **kwargs)
+
+
+def test_unknown_sampler_at_sample_time(diffusion, x_o):
+    with pytest.raises(ValueError, match="Unknown sampler"):
+        diffusion.build_posterior().sample((2,), x=x_o, sampler="nope")
+
+
+def test_build_posterior_before_training_raises(linear_gaussian):
+    with pytest.raises(ValueError, match="train"):
+        DiffusionNPE(linear_gaussian.prior).build_posterior()
+
+
+def test_train_without_simulations_raises(linear_gaussian):
+    with pytest.raises(ValueError, match="append_simulations"):
+        DiffusionNPE(linear_gaussian.prior).train()
+
+
+def test_wrong_observation_shape_raises(diffusion):
+    posterior = diffusion.build_posterior()
+    with pytest.raises(ValueError, match="shape"):
+        posterior.sample((2,), x=torch.zeros(3), show_progress_bars=False)
+    with pytest.raises(ValueError, match="set_default_x"):
+        posterior.sample((2,), show_progress_bars=False)
+
+
+def test_invalid_simulations_are_excluded_with_warning(linear_gaussian):
+    theta = linear_gaussian.prior.sample((100,))
+    x = linear_gaussian.simulate(theta)
+    x[:5, 0] = float("nan")
+    x[5, 1] = float("inf")
+    inference = DiffusionNPE(linear_gaussian.prior)
+    with pytest.warns(UserWarning, match="6 simulations"):
+        inference.append_simulations(theta, x)
+    assert inference.get_simulations()[0].shape[0] == 94
+    with pytest.raises(ValueError, match="NaN"):
+        DiffusionNPE(linear_gaussian.prior).append_simulations(
+            theta, x, exclude_invalid_x=False
+        )
+
+
+def test_nan_loss_stops_training(linear_gaussian):
+    theta = linear_gaussian.prior.sample((200,))
+    x = linear_gaussian.simulate(theta)
+    inference = DiffusionNPE(
+        linear_gaussian.prior, net_kwargs=NET_KWARGS, show_progress_bars=False
+    )
+    inference.append_simulations(theta, x)
+    inference._initialize_neural_network(True, 0)
+    with torch.no_grad():
+        inference._neural_net.net.output_layer.bias.fill_(float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(TrainingDivergedError, match="loss became nan"):
+            inference.train(max_num_epochs=2, resume_training=True)
