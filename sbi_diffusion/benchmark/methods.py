@@ -1,0 +1,447 @@
+"""Method registry: parsing method specs and building estimators.
+
+A method spec is ``name`` or ``name:key=value,key=value``, for example
+``diffusion:schedule=edm,parameterization=F,sampler=heun,steps=30`` or
+``nle:mcmc_method=slice_np_vectorized,num_chains=20``. Values parse as int, float,
+bool (``true``/``false``), ``none`` or string.
+
+Each option goes to exactly one place, decided in this order:
+
+1. a key the method declares as a sampling option goes to ``posterior.sample()``
+   (our estimators: ``sampler``, ``steps``, ``rtol``, ``atol``, ``eta``,
+   ``corrector``, ``predictor``, ``churn``; sbi's NPSE and FMPE: the keyword
+   arguments of their ``sample()``);
+2. a key the method declares as a posterior option goes to ``build_posterior()``
+   (sbi NLE: ``mcmc_method``, ``sample_with`` and the MCMC settings ``num_chains``,
+   ``thin``, ``warmup_steps``, ``init_strategy``, ``num_workers``, ``mp_context``);
+3. a keyword argument of the trainer's ``train()`` goes there (e.g.
+   ``training_batch_size``, ``learning_rate``, ``max_num_epochs``,
+   ``stop_after_epochs``);
+4. everything else goes to the constructor, and must be one of its parameters.
+
+Unknown keys raise ``ValueError`` before anything is trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+SAMPLE_KEYS_OURS = frozenset(
+    {"sampler", "steps", "rtol", "atol", "eta", "corrector", "predictor", "churn"}
+)
+MCMC_PARAMETER_KEYS = frozenset(
+    {
+        "num_chains",
+        "thin",
+        "warmup_steps",
+        "init_strategy",
+        "num_workers",
+        "mp_context",
+    }
+)
+# Arguments the runner sets itself; a spec may not override them.
+_RESERVED = frozenset(
+    {
+        "prior",
+        "device",
+        "show_progress_bars",
+        "show_train_summary",
+        "x",
+        "sample_shape",
+        "theta",
+        "density_estimator",
+    }
+)
+
+
+class MethodUnavailableError(ValueError):
+    """Raised when a method's estimator class cannot be imported."""
+
+
+@dataclass(frozen=True)
+class MethodDefinition:
+    """How to build and run one method.
+
+    Attributes:
+        name: Registry name, e.g. ``"diffusion"`` or ``"npe"``.
+        module: Module holding the trainer class.
+        class_name: Name of the trainer class in ``module``.
+        family: ``"sbi_diffusion"`` for this package's estimators, ``"sbi"`` for
+            the baselines.
+        sample_keys: Spec keys passed to ``posterior.sample()``; ``None`` means
+            "every keyword of the posterior's ``sample()``", resolved lazily.
+        posterior_keys: Spec keys passed to ``build_posterior()``.
+        sample_keys_from: ``"module:Class.method"`` whose signature lists the
+            sampling keywords, when ``sample_keys`` is ``None``.
+    """
+
+    name: str
+    module: str
+    class_name: str
+    family: str
+    sample_keys: frozenset[str] | None = frozenset()
+    posterior_keys: frozenset[str] = frozenset()
+    sample_keys_from: str | None = None
+
+    def load_class(self) -> type:
+        """Import the trainer class.
+
+        Raises:
+            MethodUnavailableError: If the class does not exist in this install.
+        """
+        try:
+            module = importlib.import_module(self.module)
+            return getattr(module, self.class_name)
+        except (ImportError, AttributeError) as err:
+            raise MethodUnavailableError(
+                f"Method {self.name!r} needs {self.module}.{self.class_name}, which "
+                f"is not available in this installation ({err}); choose another "
+                f"method from: {', '.join(METHODS)}."
+            ) from err
+
+    def resolved_sample_keys(self) -> frozenset[str]:
+        """The sampling keys, reading a signature where needed."""
+        if self.sample_keys is not None:
+            return self.sample_keys
+        assert self.sample_keys_from is not None
+        module_name, qualname = self.sample_keys_from.split(":")
+        cls_name, method = qualname.split(".")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        return frozenset(_keywords(getattr(cls, method))) - _RESERVED
+
+
+_VF_SAMPLE_FROM = (
+    "sbi.inference.posteriors.vector_field_posterior:VectorFieldPosterior.sample"
+)
+
+METHODS: dict[str, MethodDefinition] = {
+    "diffusion": MethodDefinition(
+        "diffusion", "sbi_diffusion", "DiffusionNPE", "sbi_diffusion", SAMPLE_KEYS_OURS
+    ),
+    "flow_matching": MethodDefinition(
+        "flow_matching",
+        "sbi_diffusion",
+        "FlowMatchingNPE",
+        "sbi_diffusion",
+        SAMPLE_KEYS_OURS,
+    ),
+    "consistency": MethodDefinition(
+        "consistency",
+        "sbi_diffusion",
+        "ConsistencyNPE",
+        "sbi_diffusion",
+        SAMPLE_KEYS_OURS,
+    ),
+    "joint": MethodDefinition(
+        "joint", "sbi_diffusion", "JointDiffusion", "sbi_diffusion", SAMPLE_KEYS_OURS
+    ),
+    "npe": MethodDefinition("npe", "sbi.inference", "NPE", "sbi"),
+    "nle": MethodDefinition(
+        "nle",
+        "sbi.inference",
+        "NLE",
+        "sbi",
+        posterior_keys=MCMC_PARAMETER_KEYS | {"mcmc_method", "sample_with"},
+    ),
+    "npse": MethodDefinition(
+        "npse", "sbi.inference", "NPSE", "sbi", None, sample_keys_from=_VF_SAMPLE_FROM
+    ),
+    "fmpe": MethodDefinition(
+        "fmpe", "sbi.inference", "FMPE", "sbi", None, sample_keys_from=_VF_SAMPLE_FROM
+    ),
+}
+"""All methods the runner knows, by spec name."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method name with its options, as given on the command line.
+
+    Attributes:
+        name: Registry name (a key of :data:`METHODS`).
+        options: Parsed options, in the order given.
+    """
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def definition(self) -> MethodDefinition:
+        """The registry entry of this method."""
+        return METHODS[self.name]
+
+    @property
+    def label(self) -> str:
+        """Readable identifier, e.g. ``diffusion[sampler=heun,steps=30]``."""
+        if not self.options:
+            return self.name
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.name}[{inner}]"
+
+    def to_string(self) -> str:
+        """The spec in the ``name:key=value`` syntax that :func:`parse` reads."""
+        if not self.options:
+            return self.name
+        inner = ",".join(f"{k}={_format(v)}" for k, v in self.options.items())
+        return f"{self.name}:{inner}"
+
+
+@dataclass
+class RoutedOptions:
+    """Spec options split by where they are passed."""
+
+    init: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    posterior: dict[str, Any] = field(default_factory=dict)
+    sample: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_value(text: str) -> Any:
+    """Parse an option value as int, float, bool, None or string.
+
+    Args:
+        text: The raw value.
+
+    Returns:
+        The parsed value.
+    """
+    lowered = text.strip().lower()
+    if lowered in {"true", "false"}:
+        return lowered == "true"
+    if lowered in {"none", "null"}:
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def parse(spec: str | MethodSpec) -> MethodSpec:
+    """Parse a method spec ``name:key=value,key=value``.
+
+    Args:
+        spec: The spec string (or an already parsed spec, returned unchanged).
+
+    Returns:
+        The parsed spec.
+
+    Raises:
+        ValueError: If the method is unknown or an option is malformed or repeated.
+    """
+    if isinstance(spec, MethodSpec):
+        _check_name(spec.name)
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(
+            f"Method spec {spec!r} is empty; pass e.g. 'npe' or "
+            "'diffusion:sampler=heun,steps=30'."
+        )
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    _check_name(name)
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not key.isidentifier():
+            raise ValueError(
+                f"Option {item!r} in method spec {spec!r} is malformed; write "
+                "options as key=value separated by commas."
+            )
+        if key in options:
+            raise ValueError(f"Option {key!r} is given twice in method spec {spec!r}.")
+        options[key] = parse_value(value)
+    return MethodSpec(name=name, options=options)
+
+
+def _check_name(name: str) -> None:
+    if name not in METHODS:
+        raise ValueError(
+            f"Unknown method {name!r}; pass one of: {', '.join(METHODS)} "
+            "(options as name:key=value,key=value)."
+        )
+
+
+def _keywords(func: Callable[..., Any]) -> list[str]:
+    params = inspect.signature(func).parameters.values()
+    return [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+    ]
+
+
+def _accepts_var_keywords(func: Callable[..., Any]) -> bool:
+    params = inspect.signature(func).parameters.values()
+    return any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def route_options(spec: MethodSpec) -> RoutedOptions:
+    """Split a spec's options into constructor, train, posterior and sample options.
+
+    Args:
+        spec: The parsed spec.
+
+    Returns:
+        The routed options.
+
+    Raises:
+        ValueError: If an option is reserved or unknown to the method, or if the
+            method is not available in this installation.
+    """
+    definition = spec.definition
+    cls = definition.load_class()
+    sample_keys = definition.resolved_sample_keys()
+    train_keys = set(_keywords(cls.train)) - _RESERVED
+    init_keys = set(_keywords(cls.__init__)) - _RESERVED
+    init_open = _accepts_var_keywords(cls.__init__)
+    routed = RoutedOptions()
+    for key, value in spec.options.items():
+        if key in _RESERVED:
+            raise ValueError(
+                f"Option {key!r} of method {spec.name!r} is set by the benchmark "
+                "itself; use the runner's own arguments (e.g. --device) instead."
+            )
+        if key in sample_keys:
+            routed.sample[key] = value
+        elif key in definition.posterior_keys:
+            routed.posterior[key] = value
+        elif key in train_keys:
+            routed.train[key] = value
+        elif key in init_keys or init_open:
+            routed.init[key] = value
+        else:
+            valid = sorted(
+                set(sample_keys) | definition.posterior_keys | train_keys | init_keys
+            )
+            raise ValueError(
+                f"Unknown option {key!r} for method {spec.name!r}; valid options are: "
+                f"{', '.join(valid)}."
+            )
+    return routed
+
+
+def build_inference(
+    spec: MethodSpec, prior: torch.distributions.Distribution, device: str
+) -> tuple[Any, RoutedOptions]:
+    """Instantiate the trainer of a method for a prior.
+
+    Constructing is cheap and runs the estimator's own option validation, so the
+    runner calls this for every (task, method) before it trains anything.
+
+    Args:
+        spec: The parsed spec.
+        prior: The task's prior.
+        device: Torch device for training and sampling.
+
+    Returns:
+        The trainer and the routed options.
+
+    Raises:
+        ValueError: If an option is invalid.
+    """
+    routed = route_options(spec)
+    cls = spec.definition.load_class()
+    init_keys = set(_keywords(cls.__init__))
+    kwargs: dict[str, Any] = dict(routed.init)
+    kwargs["device"] = device
+    if "show_progress_bars" in init_keys or _accepts_var_keywords(cls.__init__):
+        kwargs["show_progress_bars"] = False
+    try:
+        inference = cls(prior, **kwargs)
+    except TypeError as err:
+        raise ValueError(
+            f"Method {spec.label!r} rejected its options: {err}; check the option "
+            "names against the estimator's documentation."
+        ) from err
+    return inference, routed
+
+
+def build_posterior(spec: MethodSpec, inference: Any, routed: RoutedOptions) -> Any:
+    """Build the posterior of a trained method.
+
+    Args:
+        spec: The parsed spec.
+        inference: The trained trainer.
+        routed: The routed options.
+
+    Returns:
+        An sbi ``NeuralPosterior``.
+    """
+    if spec.name == "nle":
+        options = dict(routed.posterior)
+        mcmc_parameters = {
+            k: options.pop(k) for k in list(options) if k in MCMC_PARAMETER_KEYS
+        }
+        return inference.build_posterior(mcmc_parameters=mcmc_parameters, **options)
+    return inference.build_posterior(**routed.posterior)
+
+
+@contextlib.contextmanager
+def count_network_evaluations(
+    spec: MethodSpec, inference: Any, posterior: Any
+) -> Iterator[dict[str, float]]:
+    """Count network evaluations of the sbi baselines during sampling.
+
+    Our estimators report ``posterior.last_nfe`` themselves. For sbi's methods the
+    counter records evaluated rows: the vector-field network for NPSE and FMPE,
+    likelihood evaluations for NLE, and one flow pass per sample for NPE.
+
+    Args:
+        spec: The parsed spec.
+        inference: The trained trainer.
+        posterior: The posterior about to be sampled.
+
+    Yields:
+        A dict whose ``"rows"`` entry holds the number of evaluated rows.
+    """
+    counter = {"rows": 0.0}
+    handles: list[Any] = []
+    restore: list[Callable[[], None]] = []
+    estimator: Any = None
+    if spec.name in {"npse", "fmpe"}:
+        estimator = getattr(posterior, "vector_field_estimator", None)
+    elif spec.name == "nle":
+        potential = getattr(posterior, "potential_fn", None)
+        estimator = getattr(potential, "likelihood_estimator", None)
+    if spec.name in {"npse", "fmpe"} and estimator is not None:
+        net = getattr(estimator, "net", None)
+        if isinstance(net, torch.nn.Module):
+
+            def hook(_module: Any, args: tuple[Any, ...], _out: Any) -> None:
+                counter["rows"] += float(args[0].shape[:-1].numel())
+
+            handles.append(net.register_forward_hook(hook))
+    elif spec.name == "nle" and estimator is not None:
+        original = estimator.log_prob
+
+        def log_prob(input: Any, condition: Any, **kwargs: Any) -> Any:
+            counter["rows"] += float(condition.shape[:-1].numel())
+            return original(input, condition, **kwargs)
+
+        estimator.log_prob = log_prob
+        restore.append(lambda: delattr(estimator, "log_prob"))
+    try:
+        yield counter
+    finally:
+        for handle in handles:
+            handle.remove()
+        for undo in restore:
+            undo()

@@ -1,0 +1,256 @@
+"""Reports from a results file: a Markdown table and a C2ST-vs-budget figure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sbi_diffusion.benchmark.results import read_rows
+from sbi_diffusion.benchmark.tasks import TASKS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_METHOD_ORDER = (
+    "diffusion",
+    "flow_matching",
+    "consistency",
+    "joint",
+    "npe",
+    "nle",
+    "npse",
+    "fmpe",
+)
+
+
+def method_label(method: str, options: dict[str, Any] | None) -> str:
+    """Label of a method with its options, e.g. ``diffusion[steps=30]``."""
+    if not options:
+        return method
+    inner = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return f"{method}[{inner}]"
+
+
+def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a results file into a DataFrame with a ``label`` column.
+
+    Args:
+        path: The JSONL results file.
+
+    Returns:
+        One row per result.
+
+    Raises:
+        ValueError: If the file does not exist or holds no rows.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"Results file {path} does not exist; pass a .jsonl file.")
+    rows = read_rows(path)
+    if not rows:
+        raise ValueError(f"Results file {path} holds no rows yet.")
+    frame = pd.DataFrame(rows)
+    pairs = zip(frame["method"], frame["options"], strict=True)
+    frame["label"] = [method_label(m, o) for m, o in pairs]
+    frame["protocol_name"] = [p.get("name", "?") for p in frame["protocol"]]
+    return frame
+
+
+def _label_order(labels: list[str]) -> list[str]:
+    def key(label: str) -> tuple[int, str]:
+        base = label.split("[")[0]
+        rank = _METHOD_ORDER.index(base) if base in _METHOD_ORDER else 99
+        return rank, label
+
+    return sorted(set(labels), key=key)
+
+
+def _task_order(tasks: list[str]) -> list[str]:
+    return sorted(set(tasks), key=lambda t: (TASKS.index(t) if t in TASKS else 99, t))
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread of C2ST, and mean timings, per task, budget and method.
+
+    Args:
+        frame: Rows from :func:`load_results`.
+
+    Returns:
+        One row per (task, num_simulations, label) with ``c2st_mean``,
+        ``c2st_std`` (over observations and seeds), ``n`` (scored rows),
+        ``failed`` (rows without a score), ``train_s``, ``sample_s`` and ``nfe``.
+    """
+    import pandas as pd
+
+    groups = frame.groupby(["task", "num_simulations", "label"], sort=False)
+    out = groups.agg(
+        c2st_mean=("c2st", "mean"),
+        c2st_std=("c2st", "std"),
+        n=("c2st", "count"),
+        rows=("c2st", "size"),
+        train_s=("train_s", "mean"),
+        sample_s=("sample_s", "mean"),
+        nfe=("nfe", "mean"),
+    ).reset_index()
+    out["failed"] = out["rows"] - out["n"]
+    out["c2st_std"] = out["c2st_std"].fillna(0.0)
+    return pd.DataFrame(out.drop(columns="rows"))
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """Markdown tables of C2ST (mean +- std over observations) and timings.
+
+    Args:
+        frame: Rows from :func:`load_results`.
+
+    Returns:
+        Markdown text: a C2ST table with one row per task and method and one
+        column per budget, then a timing table.
+    """
+    summary = summarize(frame)
+    budgets = sorted(summary["num_simulations"].unique())
+    labels = _label_order(list(summary["label"]))
+    lines = [
+        "C2ST (0.5 is best): mean +- standard deviation over observations, "
+        "number of observations in parentheses.",
+        "",
+        "| task | method | " + " | ".join(f"{b:,}" for b in budgets) + " |",
+        "|---|---|" + "---|" * len(budgets),
+    ]
+    index = {
+        (r.task, r.num_simulations, r.label): r for r in summary.itertuples(index=False)
+    }
+    for task in _task_order(list(summary["task"])):
+        for label in labels:
+            cells = []
+            for budget in budgets:
+                r = index.get((task, budget, label))
+                if r is None:
+                    cells.append("")
+                elif r.n == 0:
+                    cells.append(f"failed ({r.failed})")
+                else:
+                    cell = f"{r.c2st_mean:.3f} +- {r.c2st_std:.3f} ({r.n})"
+                    if r.failed:
+                        cell += f", {r.failed} failed"
+                    cells.append(cell)
+            if any(cells):
+                lines.append(f"| {task} | {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Mean training time (s), sampling time for the posterior samples (s) and "
+        "network evaluations per sample.",
+        "",
+        "| task | budget | method | train s | sample s | NFE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task in _task_order(list(summary["task"])):
+        for budget in budgets:
+            for label in labels:
+                r = index.get((task, budget, label))
+                if r is None:
+                    continue
+                nfe = "" if r.nfe != r.nfe else f"{r.nfe:.0f}"
+                lines.append(
+                    f"| {task} | {budget:,} | {label} | {r.train_s:.0f} | "
+                    f"{r.sample_s:.2f} | {nfe} |"
+                )
+    protocols = sorted(set(frame["protocol_name"]))
+    if protocols != ["sbibm"]:
+        lines += [
+            "",
+            f"Note: protocol(s) {', '.join(protocols)}; only 'sbibm' (10,000 "
+            "samples) compares with published numbers.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def figure(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Plot C2ST against budget, one panel per task, one line per method.
+
+    Args:
+        frame: Rows from :func:`load_results`.
+        path: PNG file to write.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(frame)
+    summary = summary[summary["n"] > 0]
+    tasks = _task_order(list(summary["task"]))
+    labels = _label_order(list(summary["label"]))
+    ncols = min(5, max(1, len(tasks)))
+    nrows = (len(tasks) + ncols - 1) // ncols
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(2.6 * ncols + 1.8, 2.4 * nrows), squeeze=False
+    )
+    colors = plt.get_cmap("tab10")
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        part = summary[summary["task"] == task]
+        for number, label in enumerate(labels):
+            line = part[part["label"] == label].sort_values("num_simulations")
+            if line.empty:
+                continue
+            ax.errorbar(
+                line["num_simulations"],
+                line["c2st_mean"],
+                yerr=line["c2st_std"],
+                marker="o",
+                markersize=4,
+                capsize=2,
+                color=colors(number % 10),
+                label=label,
+            )
+        ax.set_xscale("log")
+        ax.set_ylim(0.45, 1.02)
+        ax.set_yticks([0.5, 0.75, 1.0])
+        ax.set_title(task.replace("_", " "), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(tasks) :]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("C2ST")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("simulations")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="center right", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    results: str | os.PathLike[str],
+    table: str | os.PathLike[str] | None = None,
+    png: str | os.PathLike[str] | None = None,
+) -> tuple[Path, Path]:
+    """Write the Markdown table and the PNG figure of a results file.
+
+    Args:
+        results: The JSONL results file.
+        table: Markdown output; defaults to the results path with ``.md``.
+        png: Figure output; defaults to the results path with ``.png``.
+
+    Returns:
+        The table path and the figure path.
+    """
+    results = Path(results)
+    frame = load_results(results)
+    table_path = Path(table) if table else results.with_suffix(".md")
+    png_path = Path(png) if png else results.with_suffix(".png")
+    table_path.parent.mkdir(parents=True, exist_ok=True)
+    table_path.write_text(markdown_table(frame), encoding="utf-8")
+    figure(frame, png_path)
+    return table_path, png_path

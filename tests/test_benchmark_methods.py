@@ -1,0 +1,86 @@
+"""Parsing and routing of method specs."""
+
+import pytest
+
+from sbi_diffusion.benchmark import methods
+from sbi_diffusion.benchmark.tasks import load_task
+
+pytest.importorskip("sbibm")
+
+
+def test_parse_values() -> None:
+    spec = methods.parse("npe:training_batch_size=64,learning_rate=1e-3,x_flag=true")
+    assert spec.name == "npe"
+    assert spec.options == {
+        "training_batch_size": 64,
+        "learning_rate": 1e-3,
+        "x_flag": True,
+    }
+    assert methods.parse_value("heun") == "heun"
+    assert methods.parse_value("none") is None
+    assert methods.parse(spec.to_string()) == spec
+    assert spec.label.startswith("npe[")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("magic", "Unknown method"),
+        ("", "empty"),
+        ("npe:batch", "malformed"),
+        ("npe:a=1,a=2", "twice"),
+    ],
+)
+def test_parse_errors(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        methods.parse(spec)
+
+
+def test_routing_sbi_baselines() -> None:
+    routed = methods.route_options(
+        methods.parse("nle:mcmc_method=slice_np,num_chains=4,training_batch_size=50")
+    )
+    assert routed.posterior == {"mcmc_method": "slice_np", "num_chains": 4}
+    assert routed.train == {"training_batch_size": 50}
+    routed = methods.route_options(methods.parse("npse:sde_type=vp,steps=50"))
+    assert routed.init == {"sde_type": "vp"}
+    assert routed.sample == {"steps": 50}
+
+
+def test_unknown_and_reserved_options() -> None:
+    with pytest.raises(ValueError, match="Unknown option 'foo'"):
+        methods.route_options(methods.parse("npe:foo=1"))
+    with pytest.raises(ValueError, match="set by the benchmark"):
+        methods.route_options(methods.parse("npe:device=cuda"))
+
+
+def test_routing_our_estimators() -> None:
+    try:
+        routed = methods.route_options(
+            methods.parse(
+                "diffusion:schedule=edm,sampler=heun,steps=30,max_num_epochs=3"
+            )
+        )
+    except methods.MethodUnavailableError:
+        pytest.skip("DiffusionNPE is not available")
+    assert routed.sample == {"sampler": "heun", "steps": 30}
+    assert routed.train == {"max_num_epochs": 3}
+    assert routed.init == {"schedule": "edm"}
+
+
+def test_missing_class_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = methods.MethodDefinition("ghost", "sbi_diffusion", "GhostNPE", "x")
+    monkeypatch.setitem(methods.METHODS, "ghost", missing)
+    with pytest.raises(ValueError, match="not available"):
+        methods.route_options(methods.parse("ghost"))
+
+
+def test_constructor_validation_runs_early() -> None:
+    prior = load_task("two_moons").prior
+    spec = methods.parse("diffusion:schedule=bogus")
+    try:
+        methods.route_options(spec)
+    except methods.MethodUnavailableError:
+        pytest.skip("DiffusionNPE is not available")
+    with pytest.raises(ValueError, match="bogus"):
+        methods.build_inference(spec, prior, "cpu")

@@ -1,0 +1,71 @@
+"""The JSONL store: atomic appends, interrupted writes, protocol checks."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sbi_diffusion.benchmark import results
+from sbi_diffusion.benchmark.runner import protocol_for
+
+
+def make_row(num_observation: int = 1, **changes: object) -> dict:
+    row = {
+        "task": "two_moons",
+        "num_simulations": 100,
+        "method": "npe",
+        "options": {},
+        "seed": 0,
+        "num_observation": num_observation,
+        "c2st": 0.7,
+        "train_s": 1.0,
+        "sample_s": 0.1,
+        "nfe": 1.0,
+        "device": "cpu",
+        "versions": {},
+        "protocol": protocol_for(100),
+    }
+    row.update(changes)
+    return row
+
+
+def test_append_and_read(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    results.append_row(path, make_row(1))
+    results.append_row(path, make_row(2))
+    rows = results.read_rows(path)
+    assert [r["num_observation"] for r in rows] == [1, 2]
+    assert results.row_key(rows[0]) != results.row_key(rows[1])
+
+
+def test_half_written_line_is_skipped_and_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    results.append_row(path, make_row(1))
+    with path.open("a") as handle:
+        handle.write(json.dumps(make_row(2))[:40])  # a crash mid-write
+    with pytest.warns(UserWarning, match="incomplete"):
+        assert len(results.read_rows(path)) == 1
+    results.append_row(path, make_row(3))
+    with pytest.warns(UserWarning, match="incomplete"):
+        rows = results.read_rows(path)
+    assert [r["num_observation"] for r in rows] == [1, 3]
+
+
+def test_foreign_file_and_protocol(tmp_path: Path) -> None:
+    path = tmp_path / "other.jsonl"
+    path.write_text('{"hello": 1}\n')
+    with pytest.raises(ValueError, match="not a result row"):
+        results.read_rows(path)
+    rows = [make_row(1)]
+    with pytest.raises(ValueError, match="another protocol"):
+        results.check_protocol(rows, protocol_for(10_000), path)
+    results.check_protocol(rows, protocol_for(100), path)
+
+
+def test_unwritable_paths(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is a directory"):
+        results.check_writable(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="Cannot write"):
+        results.check_writable(blocker / "sub" / "r.jsonl")

@@ -1,0 +1,125 @@
+"""The runner end to end on a tiny budget: rows, resume, reports, executors, CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sbibm")
+
+from sbi_diffusion.benchmark import run_benchmark  # noqa: E402
+from sbi_diffusion.benchmark.cli import main  # noqa: E402
+from sbi_diffusion.benchmark.report import write_report  # noqa: E402
+from sbi_diffusion.benchmark.results import REQUIRED_FIELDS, read_rows  # noqa: E402
+
+TINY = {
+    "tasks": ["two_moons"],
+    "num_simulations": [200],
+    "seeds": [0],
+    "num_posterior_samples": 200,
+}
+NPE = "npe:max_num_epochs=3,training_batch_size=50"
+
+
+def test_end_to_end_and_resume(tmp_path: Path) -> None:
+    output = tmp_path / "r.jsonl"
+    frame = run_benchmark(
+        methods=[NPE], observations=[1], output=output, executor="inline", **TINY
+    )
+    assert len(frame) == 1
+    row = read_rows(output)[0]
+    assert set(REQUIRED_FIELDS) <= set(row)
+    assert row["method"] == "npe" and row["options"]["max_num_epochs"] == 3
+    assert 0.4 <= row["c2st"] <= 1.0
+    assert row["nfe"] == 1.0 and row["protocol"]["name"] == "test"
+    assert set(row["versions"]) >= {"python", "torch", "sbi", "sbibm", "sbi_diffusion"}
+
+    # Simulate an interruption: a half-written line after the finished row.
+    with output.open("a") as handle:
+        handle.write(json.dumps(row)[:30])
+    with pytest.warns(UserWarning, match="incomplete"):
+        frame = run_benchmark(
+            methods=[NPE], observations=[1, 2], output=output, executor="inline", **TINY
+        )
+    with pytest.warns(UserWarning, match="incomplete"):
+        rows = read_rows(output)
+    assert sorted(r["num_observation"] for r in rows) == [1, 2]  # 1 was skipped
+    assert len(frame) == 2
+
+    table, png = write_report(output)
+    text = table.read_text()
+    assert "two_moons" in text and "npe[" in text
+    assert png.stat().st_size > 1000
+
+
+def test_process_pool_and_submitit_local(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
+    output = tmp_path / "r.jsonl"
+    frame = run_benchmark(
+        methods=[NPE], observations=[1], output=output, executor="pool", **TINY
+    )
+    assert len(frame) == 1
+    frame = run_benchmark(
+        methods=[NPE],
+        observations=[1, 2],
+        output=output,
+        executor="local",
+        log_folder=tmp_path / "logs",
+        **TINY,
+    )
+    assert sorted(frame["num_observation"]) == [1, 2]
+    assert any((tmp_path / "logs").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tasks", "nine_moons"], "Unknown task"),
+        (["--budgets", "0"], "must be positive"),
+        (["--methods", "magic"], "Unknown method"),
+        (["--methods", "npe:nonsense=1"], "Unknown option"),
+        (["--observations", "11"], "does not exist"),
+        (["--device", "cuda:7"], "CUDA is not available"),
+    ],
+)
+def test_bad_input_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    defaults = {
+        "--tasks": ["two_moons"],
+        "--budgets": ["100"],
+        "--methods": ["npe"],
+        "--output": [str(tmp_path / "r.jsonl")],
+    }
+    defaults[args[0]] = args[1:]
+    argv = [item for key, value in defaults.items() for item in (key, *value)]
+    if args[0] not in defaults:
+        argv += args
+    if "cuda" in message:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available")
+    assert main(["run", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists() or not read_rows(tmp_path / "r.jsonl")
+
+
+def test_other_protocol_and_unwritable_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "r.jsonl"
+    run_benchmark(
+        methods=[NPE], observations=[1], output=output, executor="inline", **TINY
+    )
+    base = ["--tasks", "two_moons", "--budgets", "200", "--methods", NPE]
+    # Same file, but the published protocol (10,000 samples): refused.
+    assert main([*base, "--observations", "2", "--output", str(output)]) == 2
+    assert "another protocol" in capsys.readouterr().err
+    assert main([*base, "--output", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
