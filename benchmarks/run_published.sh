@@ -5,7 +5,7 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=benchmarks/results/sbibm.jsonl
-ALL="gaussian_linear gaussian_linear_uniform gaussian_mixture two_moons slcp slcp_distractors bernoulli_glm bernoulli_glm_raw sir lotka_volterra"
+ALL="two_moons sir lotka_volterra slcp gaussian_mixture bernoulli_glm gaussian_linear gaussian_linear_uniform slcp_distractors bernoulli_glm_raw"
 SMALL="two_moons slcp gaussian_mixture bernoulli_glm"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 bench() { python -W ignore -m sbi_diffusion.benchmark run --output "$OUT" --observations 1-10 --seeds 0 --workers 1 --no-report "$@"; }
@@ -13,8 +13,7 @@ bench() { python -W ignore -m sbi_diffusion.benchmark run --output "$OUT" --obse
 # 1. sbi NPE on all ten tasks at 10^4 (also validates the sir/lotka_volterra simulators).
 bench --tasks $ALL --budgets 10000 --methods npe
 # 2. Our default estimators at 10^4.
-bench --tasks $ALL --budgets 10000 --methods diffusion
-bench --tasks $ALL --budgets 10000 --methods flow_matching
+bench --tasks $ALL --budgets 10000 --methods diffusion flow_matching
 # 3. Four tasks at 10^3 and 10^5, with sbi NLE as well.
 bench --tasks $SMALL --budgets 1000 --methods npe diffusion flow_matching nle
 bench --tasks $SMALL --budgets 100000 --methods npe diffusion flow_matching nle

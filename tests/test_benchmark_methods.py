@@ -66,6 +66,10 @@ def test_routing_our_estimators() -> None:
     assert routed.sample == {"sampler": "heun", "steps": 30}
     assert routed.train == {"max_num_epochs": 3}
     assert routed.init == {"schedule": "edm"}
+    routed = methods.route_options(
+        methods.parse("diffusion:net_kwargs.hidden=32,net_kwargs.layers=2")
+    )
+    assert routed.init == {"net_kwargs": {"hidden": 32, "layers": 2}}
 
 
 def test_missing_class_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sbi_diffusion.benchmark.runner import Job, run_job
+from sbi_diffusion.benchmark.runner import Job, format_row, run_job
 
 EXECUTORS: tuple[str, ...] = ("pool", "inline", "local", "slurm")
 """``pool``: process pool on this machine (default); ``inline``: this process;
@@ -109,7 +109,7 @@ def _run_inline(jobs: Sequence[Job], log: Logger) -> list[JobFailure]:
     for number, job in enumerate(jobs, start=1):
         log(f"[{number}/{len(jobs)}] {job.name}")
         try:
-            _report(run_job(job), log)
+            run_job(job)
         except Exception as err:  # noqa: BLE001 - keep going with other jobs
             failures.append(JobFailure(job, _describe(err)))
             log(f"FAILED {job.name}: {_describe(err)}")
@@ -127,7 +127,8 @@ def _run_pool(jobs: Sequence[Job], workers: int, log: Logger) -> list[JobFailure
             job = futures[future]
             done += 1
             try:
-                _report(future.result(), log, prefix=f"[{done}/{len(jobs)}] ")
+                future.result()
+                log(f"[{done}/{len(jobs)}] done {job.name}")
             except Exception as err:  # noqa: BLE001
                 failures.append(JobFailure(job, _describe(err)))
                 log(f"[{done}/{len(jobs)}] FAILED {job.name}: {_describe(err)}")
@@ -187,11 +188,4 @@ def _run_submitit(
 
 def _report(rows: list[dict[str, Any]], log: Logger, prefix: str = "") -> None:
     for row in rows:
-        c2st = row["c2st"]
-        score = "n/a" if c2st is None else f"{c2st:.3f}"
-        log(
-            f"{prefix}{row['task']} n={row['num_simulations']} {row['method']} "
-            f"seed={row['seed']} obs={row['num_observation']}: c2st={score} "
-            f"train={row['train_s']:.1f}s sample={row['sample_s']:.2f}s "
-            f"nfe={row['nfe']}"
-        )
+        log(prefix + format_row(row))

@@ -3,7 +3,8 @@
 A method spec is ``name`` or ``name:key=value,key=value``, for example
 ``diffusion:schedule=edm,parameterization=F,sampler=heun,steps=30`` or
 ``nle:mcmc_method=slice_np_vectorized,num_chains=20``. Values parse as int, float,
-bool (``true``/``false``), ``none`` or string.
+bool (``true``/``false``), ``none`` or string; a dotted key such as
+``net_kwargs.hidden_features=128`` sets one entry of a dict-valued option.
 
 Each option goes to exactly one place, decided in this order:
 
@@ -260,7 +261,7 @@ def parse(spec: str | MethodSpec) -> MethodSpec:
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or not key or not key.isidentifier():
+        if not sep or not key or not all(k.isidentifier() for k in key.split(".")):
             raise ValueError(
                 f"Option {item!r} in method spec {spec!r} is malformed; write "
                 "options as key=value separated by commas."
@@ -313,20 +314,30 @@ def route_options(spec: MethodSpec) -> RoutedOptions:
     init_keys = set(_keywords(cls.__init__)) - _RESERVED
     init_open = _accepts_var_keywords(cls.__init__)
     routed = RoutedOptions()
-    for key, value in spec.options.items():
+    for dotted, value in spec.options.items():
+        key, _, sub = dotted.partition(".")
+        if sub:
+            # ``net_kwargs.hidden_features=128`` sets one entry of a dict option.
+            value = {sub: value}
         if key in _RESERVED:
             raise ValueError(
                 f"Option {key!r} of method {spec.name!r} is set by the benchmark "
                 "itself; use the runner's own arguments (e.g. --device) instead."
             )
         if key in sample_keys:
-            routed.sample[key] = value
+            target = routed.sample
         elif key in definition.posterior_keys:
-            routed.posterior[key] = value
+            target = routed.posterior
         elif key in train_keys:
-            routed.train[key] = value
+            target = routed.train
         elif key in init_keys or init_open:
-            routed.init[key] = value
+            target = routed.init
+        else:
+            target = None
+        if target is not None and sub:
+            target.setdefault(key, {}).update(value)
+        elif target is not None:
+            target[key] = value
         else:
             valid = sorted(
                 set(sample_keys) | definition.posterior_keys | train_keys | init_keys

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import random
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,12 @@ from sbi_diffusion.benchmark.results import (
     read_rows,
     row_key,
 )
-from sbi_diffusion.benchmark.tasks import NUM_OBSERVATIONS, check_task_name, load_task
+from sbi_diffusion.benchmark.tasks import (
+    NUM_OBSERVATIONS,
+    check_task_name,
+    distribution_to,
+    load_task,
+)
 
 PROTOCOL_NUM_SAMPLES = 10_000
 """Posterior samples per observation under the published protocol."""
@@ -155,6 +161,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     """
     from sbibm.metrics import c2st
 
+    print(f"start {job.name}", file=sys.stderr, flush=True)
     if job.torch_threads > 0:
         torch.set_num_threads(job.torch_threads)
     spec = method_registry.parse(job.method)
@@ -168,7 +175,8 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     x = task.simulate(theta)
     simulate_s = time.perf_counter() - start
 
-    inference, routed = method_registry.build_inference(spec, task.prior, job.device)
+    prior = distribution_to(task.prior, job.device)
+    inference, routed = method_registry.build_inference(spec, prior, job.device)
     start = time.perf_counter()
     inference.append_simulations(theta, x)
     inference.train(show_train_summary=False, **routed.train)
@@ -209,7 +217,20 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             row["c2st"] = float(c2st(reference, samples)[0])
         append_row(job.output, row)
         rows.append(row)
+        print(format_row(row), file=sys.stderr, flush=True)
     return rows
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One log line for a finished row."""
+    c2st = row["c2st"]
+    score = "n/a" if c2st is None else f"{c2st:.3f}"
+    nfe = "n/a" if row["nfe"] is None else f"{row['nfe']:.1f}"
+    return (
+        f"{row['task']} n={row['num_simulations']} {row['method']} "
+        f"seed={row['seed']} obs={row['num_observation']}: c2st={score} "
+        f"train={row['train_s']:.1f}s sample={row['sample_s']:.2f}s nfe={nfe}"
+    )
 
 
 def _device_name(device: str) -> str:

@@ -14,6 +14,7 @@ Two sbibm tasks need help on current installations:
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import importlib
 import sys
@@ -149,6 +150,33 @@ def _check_observation(num_observation: int) -> None:
             f"Observation {num_observation} does not exist; sbibm tasks have "
             f"observations 1 to {NUM_OBSERVATIONS}."
         )
+
+
+def distribution_to(
+    dist: torch.distributions.Distribution, device: str | torch.device
+) -> torch.distributions.Distribution:
+    """A copy of a distribution with all its tensors on ``device``.
+
+    sbi needs the prior on the training device; sbibm builds its priors on the CPU.
+    Works for the (pyro and torch) distributions of the sbibm tasks, including
+    wrappers such as ``Independent`` whose base distribution is moved as well.
+
+    Args:
+        dist: The distribution.
+        device: Target device.
+
+    Returns:
+        The moved copy (``dist`` itself when the device is the CPU).
+    """
+    if torch.device(device).type == "cpu":
+        return dist
+    moved = copy.copy(dist)
+    for name, value in vars(dist).items():
+        if isinstance(value, Tensor):
+            setattr(moved, name, value.to(device))
+        elif isinstance(value, torch.distributions.Distribution):
+            setattr(moved, name, distribution_to(value, device))
+    return moved
 
 
 @contextlib.contextmanager
