@@ -1,6 +1,7 @@
 """The runner end to end on a tiny budget: rows, resume, reports, executors, CLI."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,27 @@ def test_other_protocol_and_unwritable_output(
 def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_slurm_executor_parameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("submitit")
+    import shutil
+
+    from sbi_diffusion.benchmark.executors import SlurmOptions, make_submitit_executor
+
+    options = SlurmOptions(partition="gpu", gpus_per_node=1, time_min=30)
+    if shutil.which("srun") is None:
+        with pytest.raises(ValueError, match="needs a Slurm cluster"):
+            make_submitit_executor("slurm", tmp_path, options)
+        # Pretend to be on a cluster: submitit only looks for srun on the PATH.
+        fake = tmp_path / "bin"
+        fake.mkdir()
+        (fake / "srun").write_text("#!/bin/sh\n")
+        (fake / "srun").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    executor = make_submitit_executor("slurm", tmp_path, options)
+    params = executor._executor.parameters
+    assert params["partition"] == "gpu" and params["time"] == 30
+    assert params["gpus_per_node"] == 1

@@ -135,6 +135,69 @@ def _run_pool(jobs: Sequence[Job], workers: int, log: Logger) -> list[JobFailure
     return failures
 
 
+def slurm_parameters(options: SlurmOptions) -> dict[str, Any]:
+    """submitit ``update_parameters`` arguments for Slurm jobs.
+
+    Args:
+        options: The requested resources.
+
+    Returns:
+        Keyword arguments for ``submitit.AutoExecutor.update_parameters``.
+    """
+    params: dict[str, Any] = {
+        "timeout_min": options.time_min,
+        "slurm_array_parallelism": options.array_parallelism,
+        "cpus_per_task": options.cpus_per_task,
+        "mem_gb": options.mem_gb,
+        "name": "sbi-diffusion-bench",
+    }
+    if options.gpus_per_node:
+        params["gpus_per_node"] = options.gpus_per_node
+    if options.partition:
+        params["slurm_partition"] = options.partition
+    if options.additional:
+        params["slurm_additional_parameters"] = dict(options.additional)
+    return params
+
+
+def make_submitit_executor(
+    executor: str, folder: Path, slurm: SlurmOptions | None
+) -> Any:
+    """Create the submitit executor for ``local`` or ``slurm``.
+
+    Args:
+        executor: ``"local"`` or ``"slurm"``.
+        folder: submitit's log folder.
+        slurm: Resources; defaults to :class:`SlurmOptions`.
+
+    Returns:
+        A configured submitit executor.
+
+    Raises:
+        ValueError: If submitit is missing or Slurm is not available here.
+    """
+    try:
+        import submitit
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ValueError(
+            f"--executor {executor} needs submitit: pip install submitit."
+        ) from err
+    options = slurm or SlurmOptions()
+    if executor == "local":
+        ex: Any = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=options.time_min)
+        return ex
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    except RuntimeError as err:
+        raise ValueError(
+            f"--executor slurm needs a Slurm cluster ({err}); run on a login node "
+            "or use --executor pool."
+        ) from err
+    ex.update_parameters(**slurm_parameters(options))
+    return ex
+
+
 def _run_submitit(
     jobs: Sequence[Job],
     executor: str,
@@ -143,32 +206,7 @@ def _run_submitit(
     slurm: SlurmOptions | None,
     log: Logger,
 ) -> list[JobFailure]:
-    try:
-        import submitit
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ValueError(
-            f"--executor {executor} needs submitit: pip install submitit."
-        ) from err
-    if executor == "local":
-        ex: Any = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=(slurm or SlurmOptions()).time_min)
-    else:
-        options = slurm or SlurmOptions()
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        params: dict[str, Any] = {
-            "timeout_min": options.time_min,
-            "slurm_array_parallelism": options.array_parallelism,
-            "cpus_per_task": options.cpus_per_task,
-            "mem_gb": options.mem_gb,
-            "name": "sbi-diffusion-bench",
-        }
-        if options.gpus_per_node:
-            params["gpus_per_node"] = options.gpus_per_node
-        if options.partition:
-            params["slurm_partition"] = options.partition
-        if options.additional:
-            params["slurm_additional_parameters"] = dict(options.additional)
-        ex.update_parameters(**params)
+    ex = make_submitit_executor(executor, folder, slurm)
     failures = []
     pending = list(jobs)
     # The local executor runs every submitted job at once; submit in waves.
