@@ -206,8 +206,9 @@ class Denoiser(ConditionalVectorFieldEstimator):
             noise = torch.randn_like(theta)
         noise = noise.reshape(batch, -1)
         p = self.path_point(times)
-        col = PathPoint(*[_column(v, 2) for v in (p.alpha, p.sigma, p.d_alpha,
-                                                  p.d_sigma)])
+        col = PathPoint(
+            *[_column(v, 2) for v in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)]
+        )
         z = col.alpha * theta + col.sigma * noise
         embedding = self.embed_condition(condition)
         if drop_condition is None and self.condition_dropout > 0 and self.training:
@@ -240,8 +241,9 @@ class Denoiser(ConditionalVectorFieldEstimator):
         embedding = torch.broadcast_to(embedding, batch_shape + embedding.shape[-1:])
         z = torch.broadcast_to(input, batch_shape + self.input_shape)
         time = torch.as_tensor(time, device=input.device, dtype=input.dtype)
-        time = torch.broadcast_to(time.reshape(time.shape[: len(batch_shape)] or ()),
-                                  batch_shape)
+        time = torch.broadcast_to(
+            time.reshape(time.shape[: len(batch_shape)] or ()), batch_shape
+        )
         return (
             z.reshape(-1, self.theta_dim),
             embedding.reshape(-1, embedding.shape[-1]),

@@ -81,9 +81,9 @@ def ode_log_prob(
     probes = None
     if divergence == "hutchinson":
         probes = (
-            torch.randint(
-                0, 2, (num_probes, *theta.shape), generator=generator
-            ).to(theta)
+            torch.randint(0, 2, (num_probes, *theta.shape), generator=generator).to(
+                theta
+            )
             * 2
             - 1
         )

@@ -105,7 +105,6 @@ def linear_gaussian_posterior(
     )
     cov = torch.linalg.inv(precision)
     mean = cov @ (
-        torch.linalg.inv(s0) @ m0
-        + likelihood_power * a.T @ noise_inv @ (x - b).sum(0)
+        torch.linalg.inv(s0) @ m0 + likelihood_power * a.T @ noise_inv @ (x - b).sum(0)
     )
     return mean, 0.5 * (cov + cov.T)

@@ -11,16 +11,15 @@ Generative Models", Eq. 7):
 so the regression target of ``F`` is ``(x - c_skip z_t) / c_out``. With
 ``z_t = alpha x + sigma eps`` (see :mod:`sbi_diffusion.schedules`):
 
-============  ===============================================  =====================
-name          prediction                                       ``c_skip, c_out``
-============  ===============================================  =====================
-``eps``       noise ``eps`` (Ho et al. 2020)                   ``1/alpha, -sigma/alpha``
-``x0``        data ``x``                                       ``0, 1``
-``velocity``  flow velocity ``u = alpha' x + sigma' eps``      see :class:`Velocity`
-              (Lipman et al. 2023; Liu et al. 2023)
-``F``         EDM preconditioning (Karras et al. 2022)         see :class:`EDMPreconditioning`
-``score``     ``grad log p_t(z) = -eps / sigma``               ``1/alpha, sigma^2/alpha``
-============  ===============================================  =====================
+- ``eps``: the noise ``eps`` (Ho et al. 2020); ``c_skip = 1/alpha``,
+  ``c_out = -sigma/alpha``.
+- ``x0``: the data ``x``; ``c_skip = 0``, ``c_out = 1``.
+- ``velocity``: the flow velocity ``u = alpha' x + sigma' eps`` (Lipman et al.
+  2023; Liu et al. 2023), see :class:`Velocity`.
+- ``F``: EDM preconditioning (Karras et al. 2022), see
+  :class:`EDMPreconditioning`.
+- ``score``: ``grad log p_t(z) = -eps / sigma``; ``c_skip = 1/alpha``,
+  ``c_out = sigma^2/alpha``.
 
 The input scaling ``c_in = (alpha^2 sigma_data^2 + sigma^2)^{-1/2}`` gives the
 network unit-variance inputs, and the time input is

@@ -114,6 +114,15 @@ class Schedule(ABC):
         g2 = 2.0 * sigma * d_sigma - 2.0 * f * sigma**2
         return f, torch.sqrt(torch.clamp(g2, min=0.0))
 
+    def ode_variable(self, t: Tensor) -> Tensor:
+        """Monotone time variable ``u(t)`` in which fixed-step ODE solvers step.
+
+        ``t`` itself by default; the variance-exploding EDM path steps in its noise
+        level ``sigma`` (Karras et al. 2022), in which the probability-flow ODE is
+        smooth.
+        """
+        return t
+
     def sample_training_times(
         self, num: int, generator: torch.Generator | None = None, device=None
     ) -> Tensor:
@@ -136,6 +145,39 @@ class Schedule(ABC):
     def sampling_grid(self, steps: int, device=None) -> Tensor:
         """Decreasing grid of ``steps + 1`` times from ``t_max`` to ``t_min``."""
         return torch.linspace(self.t_max, self.t_min, steps + 1, device=device)
+
+    def log_snr_grid(self, steps: int, device=None) -> Tensor | None:
+        r"""Decreasing grid of ``steps + 1`` times from ``t_max`` to ``t_min``,
+        uniform in the half log-SNR ``log(alpha / sigma)``.
+
+        The spacing recommended for DPM-Solver (Lu et al. 2022a, Sec. 3.4), whose
+        local error depends on the steps in ``log(alpha / sigma)``; it is
+        decreasing in ``t`` for every schedule and is inverted by bisection in
+        float64.
+
+        Returns:
+            The grid, or None where the log-SNR is infinite at an end point
+            (``alpha(t_max) = 0`` or ``sigma(t_min) = 0``, as for rectified flow).
+        """
+        t_max, t_min = float(self.t_max), float(self.t_min)
+
+        def half_log_snr(t: Tensor) -> Tensor:
+            return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
+
+        ends = half_log_snr(torch.tensor([t_max, t_min], dtype=torch.float64))
+        if not bool(torch.isfinite(ends).all()):
+            return None
+        target = torch.linspace(
+            float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64
+        )
+        lo, hi = torch.full_like(target, t_min), torch.full_like(target, t_max)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            above = half_log_snr(mid) > target  # mid has too little noise
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        grid = 0.5 * (lo + hi)
+        grid[0], grid[-1] = t_max, t_min
+        return grid.to(dtype=torch.float32, device=device)
 
     def prior_std(self) -> float:
         r"""Standard deviation of ``z_{t_max}`` for standardised data.
@@ -280,6 +322,10 @@ class EDMSchedule(Schedule):
     def sigma(self, t: Tensor) -> Tensor:
         return self.edm_sigma(t)
 
+    def ode_variable(self, t: Tensor) -> Tensor:
+        """EDM steps in ``sigma`` (Karras et al. 2022, Algorithm 1)."""
+        return self.edm_sigma(t)
+
     def _training_time_quantile(self, u: Tensor) -> Tensor:
         normal = torch.distributions.Normal(0.0, 1.0)
         u = torch.clamp(u, 1e-6, 1 - 1e-6)
@@ -317,6 +363,10 @@ class EDMVPSchedule(EDMSchedule):
     def sigma(self, t: Tensor) -> Tensor:
         s = self.edm_sigma(t)
         return s * torch.rsqrt(1.0 + s**2)
+
+    def ode_variable(self, t: Tensor) -> Tensor:
+        """Steps in ``t`` (on the VP form the drift in ``t`` is well scaled)."""
+        return t
 
 
 class RectifiedFlowSchedule(Schedule):

@@ -50,9 +50,7 @@ class ExponentialMovingAverage:
         """Move the average towards the current weights of ``model``."""
         self.num_updates += 1
         beta = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for avg, cur in zip(
-            self.model.parameters(), model.parameters(), strict=True
-        ):
+        for avg, cur in zip(self.model.parameters(), model.parameters(), strict=True):
             avg.lerp_(cur.detach(), 1.0 - beta)
         for avg, cur in zip(self.model.buffers(), model.buffers(), strict=True):
             avg.copy_(cur)

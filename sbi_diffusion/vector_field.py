@@ -60,18 +60,14 @@ def eps_from_x_hat(schedule: Schedule, z: Tensor, t: Tensor, x_hat: Tensor) -> T
     return (z - alpha * x_hat) / sigma
 
 
-def score_from_x_hat(
-    schedule: Schedule, z: Tensor, t: Tensor, x_hat: Tensor
-) -> Tensor:
+def score_from_x_hat(schedule: Schedule, z: Tensor, t: Tensor, x_hat: Tensor) -> Tensor:
     r"""``grad_z log p_t(z) = (alpha x_hat - z) / sigma^2``."""
     t = as_time(t, z)
     alpha, sigma = _column(schedule.alpha(t), z), _column(schedule.sigma(t), z)
     return (alpha * x_hat - z) / sigma**2
 
 
-def x_hat_from_score(
-    schedule: Schedule, z: Tensor, t: Tensor, score: Tensor
-) -> Tensor:
+def x_hat_from_score(schedule: Schedule, z: Tensor, t: Tensor, score: Tensor) -> Tensor:
     r"""Tweedie's formula ``x_hat = (z + sigma^2 score) / alpha``."""
     t = as_time(t, z)
     alpha, sigma = _column(schedule.alpha(t), z), _column(schedule.sigma(t), z)
@@ -84,8 +80,6 @@ def ode_drift(schedule: Schedule, z: Tensor, t: Tensor, x_hat: Tensor) -> Tensor
     Equivalent to ``f z - g^2 score / 2`` (Song et al. 2021, Eq. 13).
     """
     t = as_time(t, z)
-    alpha, sigma, d_alpha, d_sigma = (
-        _column(v, z) for v in schedule.derivatives(t)
-    )
+    alpha, sigma, d_alpha, d_sigma = (_column(v, z) for v in schedule.derivatives(t))
     eps = (z - alpha * x_hat) / sigma
     return d_alpha * x_hat + d_sigma * eps

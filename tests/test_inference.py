@@ -83,7 +83,10 @@ def test_log_prob_matches_analytic_posterior(diffusion, linear_gaussian, x_o):
     # a trained model: log densities agree up to a loose tolerance
     assert torch.allclose(log_p, true.log_prob(theta), atol=0.5)
     hutchinson = posterior.log_prob(
-        theta, x=x_o, divergence="hutchinson", num_probes=16,
+        theta,
+        x=x_o,
+        divergence="hutchinson",
+        num_probes=16,
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.allclose(hutchinson, log_p, atol=0.5)
@@ -102,12 +105,20 @@ def test_sample_shapes_default_x_and_batched(diffusion, x_o):
 def test_sampling_is_deterministic_with_generator(diffusion, x_o):
     posterior = diffusion.build_posterior()
     a = posterior.sample(
-        (50,), x=x_o, generator=torch.Generator().manual_seed(3),
-        show_progress_bars=False, sampler="euler_maruyama", steps=20,
+        (50,),
+        x=x_o,
+        generator=torch.Generator().manual_seed(3),
+        show_progress_bars=False,
+        sampler="euler_maruyama",
+        steps=20,
     )
     b = posterior.sample(
-        (50,), x=x_o, generator=torch.Generator().manual_seed(3),
-        show_progress_bars=False, sampler="euler_maruyama", steps=20,
+        (50,),
+        x=x_o,
+        generator=torch.Generator().manual_seed(3),
+        show_progress_bars=False,
+        sampler="euler_maruyama",
+        steps=20,
     )
     assert torch.equal(a, b)
 
@@ -146,10 +157,12 @@ def test_sbi_vector_field_posterior_accepts_estimator(diffusion, linear_gaussian
     estimator = diffusion.build_posterior().estimator
     posterior = VectorFieldPosterior(estimator, linear_gaussian.prior, device="cpu")
     for sample_with in ("ode", "sde"):
-        samples = posterior.sample(
-            (1000,), x=x_o, sample_with=sample_with, show_progress_bars=False
-        ) if sample_with == "ode" else posterior.sample(
-            (1000,), x=x_o, steps=200, show_progress_bars=False
+        samples = (
+            posterior.sample(
+                (1000,), x=x_o, sample_with=sample_with, show_progress_bars=False
+            )
+            if sample_with == "ode"
+            else posterior.sample((1000,), x=x_o, steps=200, show_progress_bars=False)
         )
         assert samples.shape == (1000, 2)
         score = float(c2st(samples, _reference(linear_gaussian, x_o, 1000)))
@@ -204,9 +217,7 @@ def test_empirical_prior_when_prior_is_none(linear_gaussian):
     x = linear_gaussian.simulate(theta)
     inference = DiffusionNPE(net_kwargs=NET_KWARGS, show_progress_bars=False)
     inference.append_simulations(theta, x).train(max_num_epochs=2)
-    samples = inference.build_posterior().sample(
-        (5,), x=x[0], show_progress_bars=False
-    )
+    samples = inference.build_posterior().sample((5,), x=x[0], show_progress_bars=False)
     assert samples.shape == (5, 2)
 
 

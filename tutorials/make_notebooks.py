@@ -95,10 +95,7 @@ QUICKSTART = [
         "## Log densities\n\n`log_prob` integrates the probability-flow ODE with "
         "the exact divergence (or Hutchinson's estimate for many parameters)."
     ),
-    new_code_cell(
-        "log_p = posterior.log_prob(samples[:100], x=x_o)\n"
-        "log_p[:5]"
-    ),
+    new_code_cell("log_p = posterior.log_prob(samples[:100], x=x_o)\nlog_p[:5]"),
     new_markdown_cell(
         "## Simulation-based calibration\n\nRanks of true parameters among "
         "posterior samples should be uniform (a quick check with few tests)."

@@ -198,7 +198,10 @@ class VectorFieldInference(NeuralInference):
             raise ValueError("theta contains NaN or inf values; remove those rows.")
         if self._theta_roundwise:
             prev_theta, prev_x = self._theta_roundwise[0], self._x_roundwise[0]
-            if theta.shape[1:] != prev_theta.shape[1:] or x.shape[1:] != prev_x.shape[1:]:
+            if (
+                theta.shape[1:] != prev_theta.shape[1:]
+                or x.shape[1:] != prev_x.shape[1:]
+            ):
                 raise ValueError(
                     f"New simulations have theta shape {tuple(theta.shape[1:])} and x "
                     f"shape {tuple(x.shape[1:])}, but earlier ones have "
@@ -242,7 +245,9 @@ class VectorFieldInference(NeuralInference):
         theta_mean, theta_std = _zscore_statistics(theta.reshape(theta.shape[0], -1))
         x_mean, x_std = _zscore_statistics(x)
         embedding_net = (
-            nn.Identity() if self._embedding_net is None else deepcopy(self._embedding_net)
+            nn.Identity()
+            if self._embedding_net is None
+            else deepcopy(self._embedding_net)
         )
         with torch.no_grad():
             try:
@@ -350,8 +355,12 @@ class VectorFieldInference(NeuralInference):
         Raises:
             TrainingDivergedError: if the loss becomes NaN or infinite.
         """
-        unknown = set(kwargs) - {"calibration_kernel", "exclude_invalid_x",
-                                 "dataloader_kwargs", "force_first_round_loss"}
+        unknown = set(kwargs) - {
+            "calibration_kernel",
+            "exclude_invalid_x",
+            "dataloader_kwargs",
+            "force_first_round_loss",
+        }
         if unknown:
             raise ValueError(
                 f"Unknown train() arguments {sorted(unknown)}. See "
@@ -443,7 +452,9 @@ class VectorFieldInference(NeuralInference):
             for b in range(steps_per_epoch):
                 idx = order[b * batch_size : (b + 1) * batch_size]
                 factor = learning_rate_factor(
-                    self._num_steps_done, warmup_steps, total_steps,
+                    self._num_steps_done,
+                    warmup_steps,
+                    total_steps,
                     final_learning_rate_factor,
                 )
                 for group in self._optimizer.param_groups:
@@ -465,10 +476,17 @@ class VectorFieldInference(NeuralInference):
                 self._num_steps_done += 1
                 train_loss_sum += loss.item()
             with torch.no_grad():
-                val_loss = self._ema.model.loss(
-                    val_theta_rep, val_x_rep, times=val_times, noise=val_noise,
-                    drop_condition=val_drop,
-                ).mean().item()
+                val_loss = (
+                    self._ema.model.loss(
+                        val_theta_rep,
+                        val_x_rep,
+                        times=val_times,
+                        noise=val_noise,
+                        drop_condition=val_drop,
+                    )
+                    .mean()
+                    .item()
+                )
             self._epoch += 1
             epochs_this_call += 1
             self._val_loss = val_loss

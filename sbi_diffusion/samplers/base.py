@@ -87,9 +87,7 @@ def get_sampler(name: str) -> Callable[..., SamplerResult]:
         ValueError: for an unknown name, listing the known ones.
     """
     if name not in SAMPLERS:
-        raise ValueError(
-            f"Unknown sampler {name!r}. Pass one of {sorted(SAMPLERS)}."
-        )
+        raise ValueError(f"Unknown sampler {name!r}. Pass one of {sorted(SAMPLERS)}.")
     return SAMPLERS[name]
 
 
@@ -98,9 +96,7 @@ def initial_noise(
 ) -> Tensor:
     r"""``z_{t_max} ~ N(0, (alpha(t_max)^2 + sigma(t_max)^2) I)`` for standardised
     data."""
-    return schedule.prior_std() * torch.randn(
-        shape, generator=generator, device=device
-    )
+    return schedule.prior_std() * torch.randn(shape, generator=generator, device=device)
 
 
 def gaussian_like(z: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -128,6 +124,7 @@ def run_fixed_grid(
     corrector_snr: float = 0.1,
     final_denoise: bool = True,
     description: str = "Sampling",
+    spacing: str = "schedule",
 ) -> SamplerResult:
     """Run ``step`` along a decreasing time grid.
 
@@ -143,20 +140,28 @@ def run_fixed_grid(
         corrector_steps: Langevin steps after each predictor step.
         corrector_snr: signal-to-noise ratio ``r`` of the Langevin step size.
         final_denoise: return ``x_hat(z, t_min)`` at the end when ``sigma > 0``.
+        description: label of the progress bar.
+        spacing: time grid when ``time_grid`` is None: ``"schedule"`` (the
+            schedule's default grid, e.g. Karras' rho-grid for EDM) or
+            ``"logsnr"`` (uniform in log-SNR; the schedule's grid where the
+            log-SNR is infinite at an end).
     """
     if steps is None or int(steps) < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
     if corrector not in (None, "langevin"):
-        raise ValueError(
-            f"Unknown corrector {corrector!r}. Pass None or 'langevin'."
-        )
+        raise ValueError(f"Unknown corrector {corrector!r}. Pass None or 'langevin'.")
     counter = CountingDenoiser(denoise, noise.shape[0])
     schedule = denoise.schedule
-    grid = (
-        schedule.sampling_grid(int(steps), device=noise.device)
-        if time_grid is None
-        else torch.as_tensor(time_grid, device=noise.device, dtype=noise.dtype)
-    )
+    if spacing not in ("schedule", "logsnr"):
+        raise ValueError(f"spacing must be 'schedule' or 'logsnr', got {spacing!r}.")
+    if time_grid is not None:
+        grid = torch.as_tensor(time_grid, device=noise.device, dtype=noise.dtype)
+    else:
+        grid = None
+        if spacing == "logsnr":
+            grid = schedule.log_snr_grid(int(steps), device=noise.device)
+        if grid is None:
+            grid = schedule.sampling_grid(int(steps), device=noise.device)
     z = noise
     state: dict = {}
     for i in tqdm(

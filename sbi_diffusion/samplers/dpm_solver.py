@@ -27,47 +27,13 @@ from sbi_diffusion.samplers.base import (
     register_sampler,
     run_fixed_grid,
 )
-from sbi_diffusion.schedules import Schedule
 from sbi_diffusion.vector_field import DenoiseFn
 
-__all__ = ["dpm_solver_pp_2m", "dpm_solver_pp_2m_step", "logsnr_grid"]
+__all__ = ["dpm_solver_pp_2m", "dpm_solver_pp_2m_step"]
 
 
 def _scalar(fn, t: Tensor) -> float:
     return float(fn(torch.as_tensor(t, dtype=torch.float64).reshape(1))[0])
-
-
-def logsnr_grid(schedule: Schedule, steps: int, device=None) -> Tensor | None:
-    r"""Decreasing grid of ``steps + 1`` times from ``t_max`` to ``t_min``, uniform
-    in ``lambda(t) = log(alpha / sigma)``.
-
-    The spacing recommended for DPM-Solver (Lu et al. 2022a, Sec. 3.4), whose
-    local error depends on the steps ``h`` in ``lambda``. ``lambda`` is decreasing
-    in ``t`` for every schedule and is inverted by bisection (in float64).
-
-    Returns:
-        The grid (float32), or None where ``lambda`` is infinite at an end point
-        (``alpha(t_max) = 0`` or ``sigma(t_min) = 0``, as for rectified flow).
-    """
-    t_max, t_min = float(schedule.t_max), float(schedule.t_min)
-
-    def lam(t: Tensor) -> Tensor:
-        return torch.log(schedule.alpha(t)) - torch.log(schedule.sigma(t))
-
-    ends = lam(torch.tensor([t_max, t_min], dtype=torch.float64))
-    if not bool(torch.isfinite(ends).all()):
-        return None
-    target = torch.linspace(
-        float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64
-    )
-    lo, hi = torch.full_like(target, t_min), torch.full_like(target, t_max)
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        above = lam(mid) > target  # mid is too early (too little noise)
-        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-    grid = 0.5 * (lo + hi)
-    grid[0], grid[-1] = t_max, t_min
-    return grid.to(dtype=torch.float32, device=device)
 
 
 def dpm_solver_pp_2m_step(
@@ -143,7 +109,8 @@ def dpm_solver_pp_2m(
 
     Args:
         spacing: ``"logsnr"`` (default): a grid uniform in the log-SNR
-            (:func:`logsnr_grid`), falling back to the schedule's grid where the
+            (:meth:`Schedule.log_snr_grid`), falling back to the schedule grid
+            where the
             log-SNR is infinite at an end point; ``"schedule"``: the schedule's
             :meth:`~sbi_diffusion.schedules.Schedule.sampling_grid`. An explicit
             ``time_grid`` option overrides both.
@@ -152,15 +119,6 @@ def dpm_solver_pp_2m(
     Raises:
         ValueError: for an unknown ``spacing``.
     """
-    if spacing not in ("logsnr", "schedule"):
-        raise ValueError(f"spacing must be 'logsnr' or 'schedule', got {spacing!r}.")
-    if (
-        spacing == "logsnr"
-        and options.get("time_grid") is None
-        and steps is not None
-        and int(steps) >= 1
-    ):
-        options["time_grid"] = logsnr_grid(denoise.schedule, int(steps), noise.device)
     return run_fixed_grid(
         dpm_solver_pp_2m_step,
         denoise,
@@ -169,5 +127,6 @@ def dpm_solver_pp_2m(
         generator,
         show_progress_bars,
         description="DPM-Solver++(2M)",
+        spacing=spacing,
         **options,
     )

@@ -1,6 +1,10 @@
 r"""Fixed-step solvers of the probability-flow ODE ``dz/dt = v(z, t)``.
 
 ``v = alpha' x_hat + sigma' eps_hat`` (see :mod:`sbi_diffusion.vector_field`).
+The solvers step in the schedule's ODE variable ``u(t)``
+(:meth:`~sbi_diffusion.schedules.Schedule.ode_variable`: ``t`` for most paths,
+EDM's ``sigma`` on the variance-exploding EDM path), with the drift
+``dz/du = v / u'(t)``.
 """
 
 from __future__ import annotations
@@ -17,32 +21,49 @@ from sbi_diffusion.samplers.base import (
 from sbi_diffusion.vector_field import DenoiseFn, ode_drift
 
 
-def _drift(denoise: CountingDenoiser, z: Tensor, t: Tensor) -> Tensor:
-    return ode_drift(denoise.schedule, z, t, denoise(z, t))
+def _ode_variable_and_rate(schedule, t: Tensor) -> tuple[Tensor, Tensor]:
+    """``u(t)`` and ``du/dt`` (automatic differentiation)."""
+    with torch.enable_grad():
+        t_ = t.detach().clone().requires_grad_(True)
+        u = schedule.ode_variable(t_)
+        if not u.requires_grad:
+            return u.detach(), torch.ones_like(t)
+        (rate,) = torch.autograd.grad(u.sum(), t_)
+    return u.detach(), rate
 
 
-def euler_step(denoise, z, t_cur, t_next, state, generator) -> Tensor:
-    r"""Explicit Euler: ``z_{i+1} = z_i + (t_{i+1} - t_i) v(z_i, t_i)``."""
-    return z + (t_next - t_cur) * _drift(denoise, z, t_cur)
+def _drift_in_u(denoise: CountingDenoiser, z: Tensor, t: Tensor) -> Tensor:
+    _, rate = _ode_variable_and_rate(denoise.schedule, t)
+    return ode_drift(denoise.schedule, z, t, denoise(z, t)) / rate
 
 
-def heun_step(denoise, z, t_cur, t_next, state, generator) -> Tensor:
+def euler_step(denoise: CountingDenoiser, z, t_cur, t_next, state, generator):
+    r"""Explicit Euler: ``z_{i+1} = z_i + (u_{i+1} - u_i) dz/du(z_i, t_i)``."""
+    u_cur, _ = _ode_variable_and_rate(denoise.schedule, t_cur)
+    u_next, _ = _ode_variable_and_rate(denoise.schedule, t_next)
+    return z + (u_next - u_cur) * _drift_in_u(denoise, z, t_cur)
+
+
+def heun_step(denoise: CountingDenoiser, z, t_cur, t_next, state, generator):
     r"""Heun's second-order step (Karras et al. 2022, Algorithm 1):
 
     .. math::
-        \tilde z = z_i + h v(z_i, t_i), \quad
-        z_{i+1} = z_i + \tfrac{h}{2}\left(v(z_i, t_i) + v(\tilde z, t_{i+1})\right),
+        \tilde z = z_i + h\, d(z_i, t_i), \quad
+        z_{i+1} = z_i + \tfrac{h}{2}\left(d(z_i, t_i) + d(\tilde z, t_{i+1})\right),
 
-    falling back to Euler when ``sigma(t_{i+1}) = 0`` (the drift is undefined
-    there).
+    with ``h = u_{i+1} - u_i`` and ``d = dz/du``; Euler when
+    ``sigma(t_{i+1}) = 0`` (the drift is undefined there).
     """
-    h = t_next - t_cur
-    v_cur = _drift(denoise, z, t_cur)
-    z_euler = z + h * v_cur
-    if float(denoise.schedule.sigma(t_next)) <= 0:
+    schedule = denoise.schedule
+    u_cur, _ = _ode_variable_and_rate(schedule, t_cur)
+    u_next, _ = _ode_variable_and_rate(schedule, t_next)
+    h = u_next - u_cur
+    d_cur = _drift_in_u(denoise, z, t_cur)
+    z_euler = z + h * d_cur
+    if float(schedule.sigma(t_next)) <= 0:
         return z_euler
-    v_next = _drift(denoise, z_euler, t_next)
-    return z + 0.5 * h * (v_cur + v_next)
+    d_next = _drift_in_u(denoise, z_euler, t_next)
+    return z + 0.5 * h * (d_cur + d_next)
 
 
 @register_sampler("euler")
@@ -54,7 +75,8 @@ def euler(
     show_progress_bars: bool = False,
     **options,
 ) -> SamplerResult:
-    """First-order Euler solver of the probability-flow ODE."""
+    """First-order Euler solver of the probability-flow ODE; ``steps`` network
+    evaluations (+1 for the final denoising where ``sigma(t_min) > 0``)."""
     return run_fixed_grid(
         euler_step, denoise, noise, steps, generator, show_progress_bars, **options
     )
@@ -71,7 +93,9 @@ def heun(
 ) -> SamplerResult:
     """EDM's deterministic Heun sampler (Karras et al. 2022, Algorithm 1) on the
     probability-flow ODE; ``2 steps`` network evaluations (one fewer where the
-    last step is Euler)."""
+    last step ends at ``sigma = 0``, one more for the final denoising where it
+    does not). ``spacing="logsnr"`` steps uniformly in log-SNR (better on the
+    linear VP path) instead of on the schedule's grid."""
     return run_fixed_grid(
         heun_step, denoise, noise, steps, generator, show_progress_bars, **options
     )
