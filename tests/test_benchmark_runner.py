@@ -148,3 +148,26 @@ def test_slurm_executor_parameters(
     params = executor._executor.parameters
     assert params["partition"] == "gpu" and params["time"] == 30
     assert params["gpus_per_node"] == 1
+
+
+def test_quick_preset_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    import sbi_diffusion.benchmark.api as api
+
+    seen: dict = {}
+
+    def fake_run_benchmark(**kwargs: object) -> pd.DataFrame:
+        seen.update(kwargs)
+        return pd.DataFrame()
+
+    monkeypatch.setattr(api, "run_benchmark", fake_run_benchmark)
+    output = tmp_path / "q.jsonl"
+    assert main(["--preset", "quick", "--output", str(output), "--no-report"]) == 0
+    assert seen["tasks"] == ["two_moons"]
+    assert seen["num_simulations"] == [1000, 10000]
+    assert seen["methods"] == ["diffusion", "npe"]
+    assert seen["observations"] == [1, 2]
+    assert seen["num_posterior_samples"] == 10_000
