@@ -123,9 +123,14 @@ class Denoiser(ConditionalVectorFieldEstimator):
 
     # ------------------------------------------------------------------ core
 
-    def path_point(self, t: Tensor) -> PathPoint:
-        """Schedule values and derivatives at times ``t``."""
-        return PathPoint(*self.schedule.derivatives(t))
+    def path_point(self, t: Tensor, columns: bool = False) -> PathPoint:
+        """Schedule values and derivatives at times ``t`` ``(batch,)``; as
+        ``(batch, 1)`` columns (broadcasting against ``(batch, dim)``) if
+        ``columns``."""
+        values = self.schedule.derivatives(t)
+        if columns:
+            values = [_column(v, 2) for v in values]
+        return PathPoint(*values)
 
     def embed_condition(self, x: Tensor) -> Tensor:
         """z-score ``x`` of shape ``(batch, *condition_shape)`` and embed it."""
@@ -149,15 +154,10 @@ class Denoiser(ConditionalVectorFieldEstimator):
     def denoise_embedded(self, z: Tensor, embedding: Tensor, t: Tensor) -> Tensor:
         r"""``x_hat`` for standardised ``z`` ``(batch, dim)``, embedded condition
         ``(batch, e)`` (or ``(1, e)``) and time ``(batch,)`` or scalar."""
-        t = as_time(t, z)
-        p = self.path_point(t)
-        col = [_column(v, 2) for v in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)]
-        p_col = PathPoint(*col)
-        c_in = self.parameterization.input_scale(p_col)
-        c_noise = 0.25 * torch.log(torch.clamp(p.sigma / p.alpha, min=1e-10))
+        p_col = self.path_point(as_time(t, z), columns=True)
         if embedding.shape[0] != z.shape[0]:
             embedding = embedding.expand(z.shape[0], -1)
-        out = self.net(c_in * z, embedding, c_noise)
+        out = self.parameterization.network_output(self.net, z, embedding, p_col)
         return self.parameterization.denoise(out, z, p_col)
 
     def bind(self, x: Tensor | None) -> ConditionedDenoiser:
@@ -205,10 +205,7 @@ class Denoiser(ConditionalVectorFieldEstimator):
         if noise is None:
             noise = torch.randn_like(theta)
         noise = noise.reshape(batch, -1)
-        p = self.path_point(times)
-        col = PathPoint(
-            *[_column(v, 2) for v in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)]
-        )
+        col = self.path_point(times, columns=True)
         z = col.alpha * theta + col.sigma * noise
         embedding = self.embed_condition(condition)
         if drop_condition is None and self.condition_dropout > 0 and self.training:
@@ -219,11 +216,9 @@ class Denoiser(ConditionalVectorFieldEstimator):
             embedding = torch.where(
                 drop_condition[:, None], self.null_embedding[None, :], embedding
             )
-        c_in = self.parameterization.input_scale(col)
-        c_noise = 0.25 * torch.log(torch.clamp(p.sigma / p.alpha, min=1e-10))
-        out = self.net(c_in * z, embedding, c_noise)
+        out = self.parameterization.network_output(self.net, z, embedding, col)
         target = self.parameterization.target(theta, z, col)
-        weight = loss_weight(self.weighting, self.parameterization, p)
+        weight = loss_weight(self.weighting, self.parameterization, col).reshape(-1)
         return weight * ((out - target) ** 2).sum(dim=-1)
 
     # ------------------------------------------------- sbi vector-field interface

@@ -74,6 +74,19 @@ class Parameterization(ABC):
     def coefficients(self, p: PathPoint) -> tuple[Tensor, Tensor]:
         """Return ``(c_skip, c_out)`` at the path point ``p``."""
 
+    def noise_input(self, p: PathPoint) -> Tensor:
+        r"""Time input of the network, ``c_noise = log(sigma / alpha) / 4``,
+        flattened to ``(batch,)``."""
+        ratio = torch.clamp(p.sigma / p.alpha, min=1e-10)
+        return 0.25 * torch.log(ratio).reshape(-1)
+
+    def network_output(
+        self, net, z: Tensor, condition_embedding: Tensor, p: PathPoint
+    ) -> Tensor:
+        r"""``F(c_in z, condition, c_noise)`` of a network ``net(z, condition, time)``
+        for ``z`` ``(batch, dim)`` and path values of shape ``(batch, 1)``."""
+        return net(self.input_scale(p) * z, condition_embedding, self.noise_input(p))
+
     def input_scale(self, p: PathPoint) -> Tensor:
         r"""``c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2)``."""
         return torch.rsqrt(p.alpha**2 * SIGMA_DATA**2 + p.sigma**2)

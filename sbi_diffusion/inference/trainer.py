@@ -310,6 +310,7 @@ class VectorFieldInference(NeuralInference):
         validation_fraction: float = 0.1,
         stop_after_epochs: int = 30,
         max_num_epochs: int | None = None,
+        max_num_steps: int | None = 10_000,
         clip_max_norm: float | None = 1.0,
         warmup_steps: int = 200,
         final_learning_rate_factor: float = 0.05,
@@ -331,8 +332,10 @@ class VectorFieldInference(NeuralInference):
             validation_fraction: fraction of simulations held out.
             stop_after_epochs: stop when the validation loss has not improved for
                 this many epochs.
-            max_num_epochs: upper bound on epochs; when given, the learning rate
-                decays (cosine) over it.
+            max_num_epochs: upper bound on epochs.
+            max_num_steps: upper bound on optimiser steps (None: no bound). The
+                learning rate decays (cosine) over the smaller of the two bounds;
+                training also stops early when the validation loss stalls.
             clip_max_norm: gradient-norm clipping (None: off).
             warmup_steps: linear learning-rate warm-up steps.
             final_learning_rate_factor: learning rate at the end of the cosine
@@ -434,11 +437,16 @@ class VectorFieldInference(NeuralInference):
         batch_size = min(training_batch_size, num_train)
         steps_per_epoch = max(1, num_train // batch_size)
         max_epochs = 2**31 - 1 if max_num_epochs is None else int(max_num_epochs)
-        total_steps = None if max_num_epochs is None else max_epochs * steps_per_epoch
+        bounds = [b for b in (max_num_steps,) if b is not None]
+        if max_num_epochs is not None:
+            bounds.append(max_epochs * steps_per_epoch)
+        total_steps = min(bounds) if bounds else None
+        if total_steps is not None:
+            max_epochs = min(max_epochs, -(-total_steps // steps_per_epoch))
         best_state = deepcopy(self._ema.model.state_dict())
 
         progress = tqdm(
-            total=None if max_num_epochs is None else max_epochs,
+            total=None if total_steps is None else max_epochs,
             disable=not self._show_progress_bars,
             desc="Training",
             leave=False,
