@@ -7,10 +7,12 @@ from sbi_diffusion.inference import (
     DiffusionPosterior,
     FlowMatchingNPE,
 )
+from sbi_diffusion.inference.consistency import ConsistencyNPE
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConsistencyNPE",
     "DiffusionNPE",
     "FlowMatchingNPE",
     "DiffusionPosterior",

@@ -1,0 +1,488 @@
+r"""Consistency models: the consistency function, its losses and curricula.
+
+A consistency model learns the map ``f(z_t, t)`` from any point of a
+probability-flow ODE trajectory to the trajectory's end at ``t_min``
+(Song et al. 2023, "Consistency Models"). On the EDM variance-exploding path
+``z_t = x + s(t) eps`` (:class:`~sbi_diffusion.schedules.EDMSchedule`) it is
+parameterised as
+
+.. math::
+    f(z, t) = c_{skip}(s) z + c_{out}(s) F(c_{in}(s) z, e(x), c_{noise}(s)),
+    \qquad
+    c_{skip} = \frac{\sigma_d^2}{(s - s_{min})^2 + \sigma_d^2}, \quad
+    c_{out} = \frac{\sigma_d (s - s_{min})}{\sqrt{\sigma_d^2 + s^2}},
+
+with ``s = s(t)`` the EDM noise level, so the boundary condition
+``f(z, t_min) = z`` holds by construction (Song et al. 2023, Eq. 7 with the
+EDM scalings). Since ``f`` has the interface of a
+:class:`~sbi_diffusion.vector_field.DenoiseFn`, the model is a
+:class:`~sbi_diffusion.denoiser.Denoiser` whose parameterisation is
+:class:`ConsistencyParameterization` and whose loss is one of
+
+- **consistency training** (CT) from simulations alone, in the improved recipe
+  of Song & Dhariwal 2023 ("Improved Techniques for Training Consistency
+  Models"): the Karras grid ``s_1 < ... < s_N``, the exponential discretisation
+  curriculum :func:`improved_num_scales`, discrete log-normal sampling of the
+  grid interval (:func:`lognormal_interval_probabilities`), the pseudo-Huber
+  distance :func:`pseudo_huber`, the weight ``1 / (s_{i+1} - s_i)`` and the
+  student itself (with a stopped gradient, no EMA) as the teacher:
+
+  .. math::
+      \mathcal L_{CT} = \frac{1}{s_{i+1} - s_i}\,
+      d\big(f_\phi(\theta + s_{i+1}\epsilon, t_{i+1}),\,
+      \mathrm{sg}[f_\phi(\theta + s_i \epsilon, t_i)]\big);
+
+- **consistency distillation** (CD) from a trained diffusion model (Song et al.
+  2023, Algorithm 2): the point ``z_{t_i}`` is one step of the core Heun
+  sampler (:func:`sbi_diffusion.samplers.ode.heun_step`) of the teacher's
+  probability-flow ODE from ``z_{t_{i+1}} = \theta + s_{i+1} \epsilon``,
+
+  .. math::
+      \mathcal L_{CD} = \frac{1}{s_{i+1} - s_i}\,
+      d\big(f_\phi(z_{t_{i+1}}, t_{i+1}),\,
+      \mathrm{sg}[f_\phi(\hat z^{\,Heun}_{t_i}, t_i)]\big).
+
+The distillation teacher may live on any Gaussian path: the probability-flow
+ODE in the scaled variable ``z / alpha`` and noise level ``sigma / alpha`` is the
+same for all of them (Karras et al. 2022), see :class:`ScaledTeacher`.
+
+Schmitt et al. 2024 ("Consistency Models for Scalable and Fast Simulation-Based
+Inference", CMPE) apply consistency models to posterior estimation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from sbi_diffusion.denoiser import Denoiser
+from sbi_diffusion.parameterizations import SIGMA_DATA, Parameterization, PathPoint
+from sbi_diffusion.samplers.ode import heun_step
+from sbi_diffusion.schedules import EDMSchedule, EDMVPSchedule, Schedule
+from sbi_diffusion.vector_field import DenoiseFn, as_time
+
+__all__ = [
+    "ConsistencyParameterization",
+    "ConsistencyModel",
+    "ScaledTeacher",
+    "DenoiserTeacher",
+    "check_consistency_schedule",
+    "improved_num_scales",
+    "lognormal_interval_probabilities",
+    "pseudo_huber",
+    "default_huber_constant",
+    "time_for_scaled_sigma",
+]
+
+
+# ----------------------------------------------------------------- building blocks
+
+
+def check_consistency_schedule(schedule: Schedule) -> EDMSchedule:
+    """Check that ``schedule`` is the EDM variance-exploding path.
+
+    The consistency grid is the Karras ``rho``-grid, which is a uniform grid in
+    ``t`` only for :class:`~sbi_diffusion.schedules.EDMSchedule`, and the
+    boundary condition ``f(z, t_min) = z`` is exact where ``alpha = 1``.
+
+    Raises:
+        ValueError: for any other schedule.
+    """
+    t = torch.linspace(0.0, 1.0, 5)
+    if not isinstance(schedule, EDMSchedule) or not torch.equal(
+        schedule.alpha(t), torch.ones_like(t)
+    ):
+        raise ValueError(
+            f"Consistency models need the EDM variance-exploding path, got "
+            f"{schedule!r}. Pass schedule='edm' (options such as sigma_max, rho, "
+            "p_mean, p_std via schedule_kwargs) or an EDMSchedule instance."
+        )
+    return schedule
+
+
+def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
+    r"""Pseudo-Huber distance per row (Song & Dhariwal 2023, Eq. 10):
+
+    .. math::
+        d(a, b) = \sqrt{\|a - b\|_2^2 + c^2} - c.
+
+    Args:
+        a, b: ``(batch, dim)``.
+        c: the constant ``c > 0``; quadratic below ``c``, linear above.
+
+    Returns:
+        Distances of shape ``(batch,)``.
+    """
+    if c <= 0:
+        raise ValueError(f"The pseudo-Huber constant must be positive, got {c}.")
+    return torch.sqrt(((a - b) ** 2).sum(dim=-1) + c**2) - c
+
+
+def default_huber_constant(dim: int) -> float:
+    r"""``c = 0.00054 sqrt(d)``, the choice of Song & Dhariwal 2023 (Sec. 3.3)."""
+    return 0.00054 * math.sqrt(dim)
+
+
+def improved_num_scales(
+    step: int, total_steps: int, initial: int = 10, final: int = 1280
+) -> int:
+    r"""Number of grid points ``N(k)`` of the exponential curriculum
+    (Song & Dhariwal 2023, Eq. 11):
+
+    .. math::
+        N(k) = \min\left(s_0\, 2^{\lfloor k / K' \rfloor}, s_1\right) + 1, \qquad
+        K' = \left\lfloor \frac{K}{\log_2 \lfloor s_1 / s_0 \rfloor + 1}
+        \right\rfloor,
+
+    for training step ``k`` of ``K`` total steps.
+
+    Args:
+        step: current step ``k``.
+        total_steps: total steps ``K``.
+        initial: ``s_0``.
+        final: ``s_1``.
+    """
+    if not 1 <= initial <= final:
+        raise ValueError(
+            f"Need 1 <= initial_num_scales <= final_num_scales, got {initial} and "
+            f"{final}."
+        )
+    stages = math.log2(max(1, final // initial)) + 1
+    per_stage = max(1, math.floor(max(1, total_steps) / stages))
+    return min(initial * 2 ** (step // per_stage), final) + 1
+
+
+def lognormal_interval_probabilities(
+    sigmas: Tensor, p_mean: float, p_std: float
+) -> Tensor:
+    r"""Probabilities of the grid intervals ``[s_i, s_{i+1}]`` under the discrete
+    log-normal of Song & Dhariwal 2023 (Eq. 12):
+
+    .. math::
+        p(i) \propto \mathrm{erf}\left(\frac{\log s_{i+1} - P_{mean}}
+        {\sqrt 2 P_{std}}\right) - \mathrm{erf}\left(\frac{\log s_i - P_{mean}}
+        {\sqrt 2 P_{std}}\right).
+
+    Args:
+        sigmas: increasing noise levels ``(N,)``.
+        p_mean, p_std: mean and standard deviation of ``log s``.
+
+    Returns:
+        Probabilities ``(N - 1,)`` summing to one.
+    """
+    cdf = torch.erf((torch.log(sigmas.double()) - p_mean) / (math.sqrt(2) * p_std))
+    mass = torch.clamp(cdf[1:] - cdf[:-1], min=0.0)
+    if float(mass.sum()) <= 0:
+        mass = torch.ones_like(mass)
+    return (mass / mass.sum()).to(sigmas.dtype)
+
+
+def time_for_scaled_sigma(schedule: Schedule, scaled_sigma: Tensor) -> Tensor:
+    r"""The time ``t`` at which ``sigma(t) / alpha(t)`` equals ``scaled_sigma``.
+
+    Closed form for the EDM schedules (``t_from_edm_sigma``); otherwise bisection
+    on ``[t_min, t_max]`` (``sigma / alpha`` increases with ``t`` on every path).
+    Values outside the schedule's range are clamped to its ends.
+    """
+    if type(schedule) in (EDMSchedule, EDMVPSchedule):
+        return schedule.t_from_edm_sigma(scaled_sigma)
+    lo = torch.full_like(scaled_sigma, float(schedule.t_min))
+    hi = torch.full_like(scaled_sigma, float(schedule.t_max))
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        below = schedule.scaled_sigma(mid) < scaled_sigma
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+class ConsistencyParameterization(Parameterization):
+    r"""The consistency parameterisation with the boundary condition built in
+    (Song et al. 2023, Sec. 3 and Appendix C, with EDM's scalings):
+
+    .. math::
+        c_{skip} = \frac{\sigma_d^2}{\alpha\,((s - s_{min})^2 + \sigma_d^2)},
+        \qquad
+        c_{out} = \frac{\sigma_d (s - s_{min})}{\sqrt{\sigma_d^2 + s^2}},
+
+    with ``s = sigma / alpha`` and ``s_min = s(t_min)``. ``s_min`` is recomputed
+    with the same operations and dtype as ``s``, so ``c_skip = 1`` and
+    ``c_out = 0`` hold exactly at ``t_min``.
+
+    Args:
+        schedule: the path (its ``t_min`` fixes ``s_min``).
+        sigma_data: ``sigma_d``, the data standard deviation (1 for z-scored
+            parameters).
+    """
+
+    name = "consistency"
+
+    def __init__(self, schedule: Schedule, sigma_data: float = SIGMA_DATA):
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}.")
+        self.schedule = schedule
+        self.sigma_data = float(sigma_data)
+
+    def coefficients(self, p: PathPoint) -> tuple[Tensor, Tensor]:
+        s = p.scaled_sigma
+        t_min = torch.full_like(s, float(self.schedule.t_min))
+        s_min = self.schedule.sigma(t_min) / self.schedule.alpha(t_min)
+        gap = s - s_min
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (p.alpha * (gap**2 + sd2))
+        c_out = self.sigma_data * gap * torch.rsqrt(sd2 + s**2)
+        return c_skip, c_out
+
+    def target(self, x: Tensor, z: Tensor, p: PathPoint) -> Tensor:
+        raise ValueError(
+            "A consistency function has no denoising regression target; train it "
+            "with ConsistencyModel.loss (consistency training or distillation)."
+        )
+
+    def __repr__(self) -> str:
+        return f"ConsistencyParameterization(sigma_data={self.sigma_data})"
+
+
+class DenoiserTeacher(Protocol):
+    """What :meth:`ConsistencyModel.loss` needs of a distillation teacher.
+
+    A trained :class:`~sbi_diffusion.denoiser.Denoiser` qualifies; so does any
+    object with a ``schedule``, ``bind(x)`` returning a ``DenoiseFn`` whose rows
+    follow the rows of ``x`` (raw simulations), and the z-scoring buffers
+    ``_theta_shift`` and ``_theta_scale`` of its standardised parameter space.
+    """
+
+    schedule: Schedule
+    _theta_shift: Tensor
+    _theta_scale: Tensor
+
+    def bind(self, x: Tensor) -> DenoiseFn: ...
+
+
+class ScaledTeacher:
+    r"""A teacher's ``DenoiseFn`` seen on the consistency model's EDM VE path.
+
+    For ``y`` at EDM noise level ``s = s(t)`` the teacher is evaluated at its own
+    time ``tau`` with ``sigma_T(tau) / alpha_T(tau) = s`` and at
+    ``z = alpha_T(tau) y``; ``x_hat = E[theta | z]`` is the same for both paths
+    (Karras et al. 2022, Sec. 2), so the teacher's probability-flow ODE is solved
+    on the consistency model's path.
+
+    Args:
+        teacher: the teacher's ``DenoiseFn``.
+        schedule: the consistency model's (VE) schedule.
+    """
+
+    def __init__(self, teacher: DenoiseFn, schedule: Schedule):
+        self.teacher = teacher
+        self.schedule = schedule
+
+    def __call__(self, y: Tensor, t: Tensor) -> Tensor:
+        t = as_time(t, y)
+        level = self.schedule.scaled_sigma(t)
+        tau = time_for_scaled_sigma(self.teacher.schedule, level)
+        alpha = self.teacher.schedule.alpha(tau)
+        return self.teacher(alpha[:, None] * y, tau)
+
+
+# --------------------------------------------------------------------- the model
+
+
+class ConsistencyModel(Denoiser):
+    r"""Conditional consistency function ``f(z_t, t | x)`` for parameters ``theta``.
+
+    A :class:`~sbi_diffusion.denoiser.Denoiser` with
+    :class:`ConsistencyParameterization` on the EDM VE path, so ``bind(x)``,
+    ``denoise_embedded`` and the z-scoring are shared with the diffusion
+    estimators; ``denoise_embedded`` returns ``f`` instead of ``E[theta | z]``.
+    :meth:`loss` is the consistency-training loss, or the distillation loss when
+    ``teacher`` is set.
+
+    Args:
+        net: network ``net(z, condition_embedding, time)``.
+        schedule: an :class:`~sbi_diffusion.schedules.EDMSchedule` (VE); its
+            ``p_mean``, ``p_std`` set the log-normal interval sampling.
+        input_shape, condition_shape, embedding_net, theta_shift, theta_scale,
+        x_shift, x_scale, condition_embedding_dim: as for ``Denoiser``.
+        sigma_data: ``sigma_d`` of the parameterisation.
+
+    Attributes:
+        teacher: ``None`` (consistency training) or a :class:`DenoiserTeacher`
+            (distillation). Held outside the module tree: it is neither trained
+            nor saved in the state dict.
+        initial_num_scales, final_num_scales: ``s_0``, ``s_1`` of the curriculum
+            (distillation: the fixed ``N - 1`` is ``final_num_scales``).
+        total_steps: ``K`` of the curriculum.
+        training_step: optimiser steps taken so far (counts training-mode losses).
+        huber_constant: ``c`` of the pseudo-Huber distance (None: the default).
+    """
+
+    SCORE_DEFINED = False
+    SDE_DEFINED = False
+    MARGINALS_DEFINED = True
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        schedule: Schedule,
+        input_shape: torch.Size,
+        condition_shape: torch.Size,
+        embedding_net: torch.nn.Module | None = None,
+        theta_shift: Tensor | None = None,
+        theta_scale: Tensor | None = None,
+        x_shift: Tensor | None = None,
+        x_scale: Tensor | None = None,
+        condition_embedding_dim: int | None = None,
+        sigma_data: float = SIGMA_DATA,
+    ) -> None:
+        schedule = check_consistency_schedule(schedule)
+        super().__init__(
+            net=net,
+            schedule=schedule,
+            parameterization=ConsistencyParameterization(schedule, sigma_data),
+            input_shape=input_shape,
+            condition_shape=condition_shape,
+            embedding_net=embedding_net,
+            weighting="uniform",
+            theta_shift=theta_shift,
+            theta_scale=theta_scale,
+            x_shift=x_shift,
+            x_scale=x_scale,
+            condition_dropout=0.0,
+            condition_embedding_dim=condition_embedding_dim,
+        )
+        self.__dict__["teacher"] = None
+        self.initial_num_scales = 10
+        self.final_num_scales = 1280
+        self.total_steps = 1
+        self.training_step = 0
+        self.huber_constant: float | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "teacher":  # keep the teacher out of parameters and state dict
+            self.__dict__["teacher"] = value
+            return
+        super().__setattr__(name, value)
+
+    # ------------------------------------------------------------------ grid
+
+    def num_scales(self) -> int:
+        """Current ``N``: the curriculum in training, the final grid otherwise."""
+        if self.teacher is not None or not self.training:
+            return self.final_num_scales + 1
+        return improved_num_scales(
+            self.training_step,
+            self.total_steps,
+            self.initial_num_scales,
+            self.final_num_scales,
+        )
+
+    def _interval_indices(
+        self, num_scales: int, batch: int, times: Tensor | None, device
+    ) -> Tensor:
+        """Grid intervals ``i`` (``0 <= i <= N - 2``): drawn from the discrete
+        log-normal, or the intervals holding the given ``times``."""
+        if times is not None:
+            idx = torch.floor(times.to(device) * (num_scales - 1)).long()
+            return torch.clamp(idx, 0, num_scales - 2)
+        grid = torch.linspace(0.0, 1.0, num_scales, device=device)
+        probabilities = lognormal_interval_probabilities(
+            self.schedule.edm_sigma(grid), self.schedule.p_mean, self.schedule.p_std
+        )
+        return torch.multinomial(probabilities, batch, replacement=True)
+
+    # ------------------------------------------------------------------ loss
+
+    def loss(
+        self,
+        input: Tensor,
+        condition: Tensor,
+        times: Tensor | None = None,
+        noise: Tensor | None = None,
+        drop_condition: Tensor | None = None,
+        **kwargs,
+    ) -> Tensor:
+        r"""Per-sample consistency loss for raw ``theta`` and ``x``.
+
+        .. math::
+            \ell = \frac{1}{s_{i+1} - s_i}\, d\big(f_\phi(z_{t_{i+1}}, t_{i+1}),
+            \mathrm{sg}[f_\phi(z_{t_i}, t_i)]\big),
+
+        with ``z_{t_i} = theta + s_i eps`` (training) or one Heun step of the
+        teacher's ODE from ``z_{t_{i+1}}`` (distillation), ``d`` the pseudo-Huber
+        distance and ``t_i = i / (N - 1)`` the Karras grid.
+
+        Args:
+            input: parameters ``(batch, *input_shape)`` (original space).
+            condition: simulations ``(batch, *condition_shape)``.
+            times: times ``(batch,)`` whose grid intervals are used (fixed
+                validation times); drawn from the discrete log-normal if None.
+            noise: ``eps`` like ``input``; standard normal if None.
+            drop_condition: unsupported, must be None or all False.
+
+        Returns:
+            Loss per sample, shape ``(batch,)``.
+        """
+        if kwargs:
+            raise ValueError(
+                f"Unknown loss arguments {sorted(kwargs)}; ConsistencyModel.loss "
+                "takes input, condition, times, noise."
+            )
+        if drop_condition is not None and bool(drop_condition.any()):
+            raise ValueError("Consistency models do not support condition dropout.")
+        batch = input.shape[0]
+        device = input.device
+        theta = self.to_z(input).reshape(batch, -1)
+        noise = torch.randn_like(theta) if noise is None else noise.reshape(batch, -1)
+        num_scales = self.num_scales()
+        idx = self._interval_indices(num_scales, batch, times, device)
+        t_lo = idx.to(theta.dtype) / (num_scales - 1)
+        t_hi = (idx + 1).to(theta.dtype) / (num_scales - 1)
+        s_lo, s_hi = self.schedule.edm_sigma(t_lo), self.schedule.edm_sigma(t_hi)
+        z_hi = theta + s_hi[:, None] * noise
+        embedding = self.embed_condition(condition)
+        student = self.denoise_embedded(z_hi, embedding, t_hi)
+        with torch.no_grad():
+            if self.teacher is None:
+                z_lo = theta + s_lo[:, None] * noise
+            else:
+                z_lo = self._teacher_step(z_hi, condition, idx, num_scales)
+            target = self.denoise_embedded(z_lo, embedding.detach(), t_lo)
+        c = self.huber_constant
+        c = default_huber_constant(theta.shape[-1]) if c is None else c
+        loss = pseudo_huber(student, target, c) / (s_hi - s_lo)
+        if self.training and torch.is_grad_enabled():
+            self.training_step += 1
+        return loss
+
+    def _teacher_step(
+        self, z_hi: Tensor, condition: Tensor, idx: Tensor, num_scales: int
+    ) -> Tensor:
+        """One Heun step (the core sampler's step) of the teacher's ODE from
+        ``t_{i+1}`` to ``t_i``, for each interval ``i`` present in the batch."""
+        z_lo = torch.empty_like(z_hi)
+        for i in torch.unique(idx).tolist():
+            rows = idx == i
+            bound = self.teacher.bind(condition[rows])
+            teacher_fn = ScaledTeacher(bound, self.schedule)
+            t_cur = torch.tensor((i + 1) / (num_scales - 1), device=z_hi.device)
+            t_next = torch.tensor(i / (num_scales - 1), device=z_hi.device)
+            z_lo[rows] = heun_step(teacher_fn, z_hi[rows], t_cur, t_next, {}, None)
+        return z_lo
+
+    # ------------------------------------------- sbi interface: no score or SDE
+
+    def score(self, input: Tensor, condition: Tensor, t: Tensor) -> Tensor:
+        raise NotImplementedError(
+            "A consistency model has no score: f(z, t) maps to the end of the ODE "
+            "trajectory, not to E[theta | z]. Use DiffusionNPE for a score."
+        )
+
+    def ode_fn(self, input: Tensor, condition: Tensor, times: Tensor) -> Tensor:
+        raise NotImplementedError(
+            "A consistency model has no probability-flow ODE drift; sample it with "
+            "the 'consistency' sampler, or use DiffusionNPE / FlowMatchingNPE."
+        )
