@@ -171,3 +171,22 @@ def test_quick_preset_arguments(
     assert seen["methods"] == ["diffusion", "npe"]
     assert seen["observations"] == [1, 2]
     assert seen["num_posterior_samples"] == 10_000
+
+
+def test_sampling_failure_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sbi_diffusion.benchmark.runner as runner
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no samples inside the prior")
+
+    monkeypatch.setattr(runner, "_sample", broken)
+    output = tmp_path / "r.jsonl"
+    frame = run_benchmark(
+        methods=[NPE], observations=[1], output=output, executor="inline", **TINY
+    )
+    row = frame.iloc[0]
+    assert row["c2st"] is None and "no samples inside the prior" in row["error"]
+    table, _ = write_report(output)
+    assert "failed (1)" in table.read_text()

@@ -184,8 +184,8 @@ def figure(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     import matplotlib.pyplot as plt
 
     summary = summarize(frame)
+    tasks = _task_order(list(summary["task"]))  # a panel even without scores
     summary = summary[summary["n"] > 0]
-    tasks = _task_order(list(summary["task"]))
     labels = _label_order(list(summary["label"]))
     ncols = min(5, max(1, len(tasks)))
     nrows = (len(tasks) + ncols - 1) // ncols
@@ -221,7 +221,12 @@ def figure(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         ax.set_ylabel("C2ST")
     for ax in axes[-1, :]:
         ax.set_xlabel("simulations")
-    handles, names = axes.flat[0].get_legend_handles_labels()
+    handles, names = [], []
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            if name not in names:
+                handles.append(handle)
+                names.append(name)
     fig.legend(handles, names, loc="center right", fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.82, 1))
     path = Path(path)

@@ -190,9 +190,16 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     for num_observation in job.observations:
         seed_everything(sampling_seed(job.seed, num_observation))
         x_o = task.get_observation(num_observation).to(job.device)
-        samples, sample_s, nfe = _sample(
-            spec, inference, posterior, routed, x_o, job.num_posterior_samples
-        )
+        error = None
+        try:
+            samples, sample_s, nfe = _sample(
+                spec, inference, posterior, routed, x_o, job.num_posterior_samples
+            )
+        except Exception as err:  # noqa: BLE001 - a failed sample is a result
+            # The shared training is kept for the other observations; the row
+            # records the failure (no C2ST) and counts as failed in reports.
+            error = f"sampling failed: {type(err).__name__}: {err}"
+            samples, sample_s, nfe = torch.empty(0, task.dim_parameters), None, None
         reference = task.get_reference_posterior_samples(num_observation)
         reference = reference[: job.num_posterior_samples]
         row: dict[str, Any] = {
@@ -205,7 +212,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             "c2st": None,
             "train_s": round(train_s, 3),
             "train_cpu_s": round(train_cpu_s, 3),
-            "sample_s": round(sample_s, 4),
+            "sample_s": None if sample_s is None else round(sample_s, 4),
             "simulate_s": round(simulate_s, 3),
             "nfe": nfe,
             "device": _device_name(job.device),
@@ -213,7 +220,9 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             "protocol": protocol,
         }
         finite = torch.isfinite(samples).all(dim=1)
-        if not finite.all():
+        if error is not None:
+            row["error"] = error
+        elif not finite.all():
             row["error"] = f"{int((~finite).sum())} non-finite posterior samples"
         else:
             row["c2st"] = float(c2st(reference, samples)[0])
@@ -228,11 +237,13 @@ def format_row(row: dict[str, Any]) -> str:
     c2st = row["c2st"]
     score = "n/a" if c2st is None else f"{c2st:.3f}"
     nfe = "n/a" if row["nfe"] is None else f"{row['nfe']:.1f}"
-    return (
+    sample = "n/a" if row["sample_s"] is None else f"{row['sample_s']:.2f}s"
+    line = (
         f"{row['task']} n={row['num_simulations']} {row['method']} "
         f"seed={row['seed']} obs={row['num_observation']}: c2st={score} "
-        f"train={row['train_s']:.1f}s sample={row['sample_s']:.2f}s nfe={nfe}"
+        f"train={row['train_s']:.1f}s sample={sample} nfe={nfe}"
     )
+    return line + (f" ({row['error']})" if row.get("error") else "")
 
 
 def _device_name(device: str) -> str:
