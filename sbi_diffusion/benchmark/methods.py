@@ -57,7 +57,6 @@ _RESERVED = frozenset(
         "x",
         "sample_shape",
         "theta",
-        "density_estimator",
     }
 )
 
