@@ -2,5 +2,12 @@
 
 from sbi_diffusion.nets.mlp import AdaLNMLP, ResidualMLP, build_net
 from sbi_diffusion.nets.time_embedding import SinusoidalTimeEmbedding
+from sbi_diffusion.nets.transformer import TokenTransformer
 
-__all__ = ["ResidualMLP", "AdaLNMLP", "SinusoidalTimeEmbedding", "build_net"]
+__all__ = [
+    "ResidualMLP",
+    "AdaLNMLP",
+    "SinusoidalTimeEmbedding",
+    "TokenTransformer",
+    "build_net",
+]
