@@ -5,13 +5,18 @@ r"""The sbi posterior of a trained denoiser.
 ``set_default_x``, and it can be pickled with ``torch.save``. Samples run any
 registered sampler (:mod:`sbi_diffusion.samplers`) in standardised space and are
 mapped back to ``theta``; samples outside the prior's support are rejected and
-redrawn, as in sbi.
+redrawn, as in sbi. ``x`` with several rows is a set of i.i.d. trials: the
+posterior is composed from the single-trial model
+(:mod:`sbi_diffusion.composition`); ``guidance=`` applies score transforms
+(:mod:`sbi_diffusion.guidance`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,9 +27,21 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
+from sbi_diffusion.composition import (
+    IID_METHODS,
+    IIDComposedDenoiser,
+    diffused_prior,
+)
 from sbi_diffusion.denoiser import ConditionedDenoiser, Denoiser
 from sbi_diffusion.density import ode_log_prob
+from sbi_diffusion.guidance import (
+    GuidanceContext,
+    ScoreTransform,
+    apply_guidance,
+    check_sampler_accepts_guidance,
+)
 from sbi_diffusion.samplers import get_sampler, initial_noise
+from sbi_diffusion.vector_field import DenoiseFn
 
 __all__ = ["DiffusionPosterior", "DiffusionPotential"]
 
@@ -77,6 +94,10 @@ class DiffusionPosterior(NeuralPosterior):
         self.sampler_options = dict(sampler_options or {})
         self.max_sampling_batch_size = int(max_sampling_batch_size)
         self.last_nfe: float | None = None
+        self.iid_method = "gauss"
+        self.iid_options: dict = {}
+        self.guidance: list[ScoreTransform] = []
+        self.last_iid_info: dict | None = None
         self._purpose = (
             "It samples a diffusion / flow-matching model by integrating the "
             "reverse process and evaluates log_prob through the probability-flow ODE."
@@ -101,8 +122,9 @@ class DiffusionPosterior(NeuralPosterior):
         if tuple(x.shape[1:]) != x_shape:
             raise ValueError(
                 f"x has shape {tuple(x.shape)}, but the model was trained on "
-                f"simulations of shape {x_shape}. Pass x of shape {x_shape} or "
-                f"(batch, *{x_shape})."
+                f"simulations of shape {x_shape}. Pass x of shape {x_shape}, or "
+                f"(num_trials, *{x_shape}) for i.i.d. trials / (batch, *{x_shape}) "
+                "for sample_batched."
             )
         if not torch.isfinite(x).all():
             raise ValueError("x contains NaN or inf values.")
@@ -132,7 +154,7 @@ class DiffusionPosterior(NeuralPosterior):
 
     def _run_sampler(
         self,
-        denoise: ConditionedDenoiser,
+        denoise: DenoiseFn,
         num: int,
         sampler: str,
         options: dict,
@@ -158,15 +180,23 @@ class DiffusionPosterior(NeuralPosterior):
 
     def _draw(
         self,
-        embeddings: Tensor,
+        embeddings: Tensor | None,
         sampler: str,
         options: dict,
         generator: torch.Generator | None,
         show_progress_bars: bool,
         reject_outside_prior: bool,
+        make_denoise: Callable[[Tensor], DenoiseFn] | None = None,
+        num: int | None = None,
     ) -> Tensor:
-        """One sample per row of ``embeddings``; rejected rows are redrawn."""
-        num = embeddings.shape[0]
+        """One sample per row of ``embeddings`` (or ``num`` samples of
+        ``make_denoise(rows)``); rejected rows are redrawn."""
+        if make_denoise is None:
+
+            def make_denoise(rows: Tensor) -> DenoiseFn:
+                return ConditionedDenoiser(self.estimator, embeddings[rows])
+
+            num = embeddings.shape[0]
         out = torch.empty(num, self.estimator.theta_dim, device=self._device)
         todo = torch.arange(num, device=self._device)
         total_evals, total_drawn, rounds = 0.0, 0, 0
@@ -180,10 +210,11 @@ class DiffusionPosterior(NeuralPosterior):
             rounds += 1
             accepted_rows = []
             for chunk in todo.split(self.max_sampling_batch_size):
-                denoise = ConditionedDenoiser(self.estimator, embeddings[chunk])
+                denoise = make_denoise(chunk)
                 z, nfe = self._run_sampler(
                     denoise, chunk.numel(), sampler, options, generator, False
                 )
+                nfe = nfe * float(getattr(denoise, "evaluations_per_call", 1))
                 theta = self.estimator.from_z(z).reshape(-1, *self.theta_shape)
                 theta_flat = theta.reshape(chunk.numel(), -1)
                 total_evals += nfe * chunk.numel()
@@ -217,9 +248,14 @@ class DiffusionPosterior(NeuralPosterior):
         return out
 
     def _sampling_options(
-        self, sampler: str | None, steps: int | None, options: dict
+        self,
+        sampler: str | None,
+        steps: int | None,
+        options: dict,
+        iid: bool = False,
     ) -> tuple[str, dict]:
-        sampler = self.sampler if sampler is None else sampler
+        if sampler is None:
+            sampler = self.iid_sampler if iid else self.sampler
         get_sampler(sampler)
         merged = dict(self.sampler_options) if sampler == self.sampler else {}
         merged.update(options)
@@ -227,52 +263,196 @@ class DiffusionPosterior(NeuralPosterior):
             merged["steps"] = steps
         return sampler, merged
 
+    # ---------------------------------------------------- guidance and i.i.d.
+
+    #: sampler used for i.i.d. trials when none is given: the composed posterior
+    #: is narrow, and the adaptive solver resolves it on every schedule.
+    iid_sampler = "dopri5"
+
+    def guidance_context(self, prior_score: str = "auto") -> GuidanceContext:
+        """What score transforms need: z-scoring, estimator and prior."""
+        return GuidanceContext.from_estimator(self.estimator, self.prior, prior_score)
+
+    def with_guidance(
+        self, *transforms: ScoreTransform | Sequence[ScoreTransform]
+    ) -> DiffusionPosterior:
+        """A copy of this posterior that applies ``transforms`` (after any it
+        already has) in every ``sample`` call; chain calls to compose."""
+        items: list[ScoreTransform] = []
+        for item in transforms:
+            items.extend(item if isinstance(item, Sequence) else [item])
+        new = copy.copy(self)
+        new.guidance = list(self.guidance) + items
+        new.sampler_options = dict(self.sampler_options)
+        return new
+
+    def _guidance_list(self, guidance) -> list[ScoreTransform]:
+        if guidance is None:
+            return list(self.guidance)
+        if isinstance(guidance, ScoreTransform):
+            guidance = [guidance]
+        return list(self.guidance) + list(guidance)
+
+    def iid_denoiser(
+        self,
+        x: Tensor,
+        iid_method: str | None = None,
+        generator: torch.Generator | None = None,
+        show_progress_bars: bool = False,
+        **iid_options: Any,
+    ) -> IIDComposedDenoiser:
+        r"""The ``DenoiseFn`` of ``p(theta | x_1, ..., x_N)`` composed from the
+        single-trial model (standardised space).
+
+        Args:
+            x: trials ``(N, *x_shape)``.
+            iid_method: one of ``IID_METHODS`` (``factorized``,
+                ``factorized_bridge``, ``gauss``, ``jac``); ``self.iid_method``
+                (``gauss``) if None.
+            generator: random generator of GAUSS's covariance estimate.
+            show_progress_bars: show progress of that estimate.
+            **iid_options: ``prior_score`` (``auto``, ``analytic``, ``network``,
+                ``gaussian``) and the options of
+                :class:`~sbi_diffusion.composition.IIDComposedDenoiser`.
+        """
+        method = self.iid_method if iid_method is None else iid_method
+        if method not in IID_METHODS:
+            raise ValueError(
+                f"Unknown iid_method {method!r}. Pass one of {IID_METHODS}."
+            )
+        options = {**self.iid_options, **iid_options}
+        prior_score = options.pop("prior_score", "auto")
+        x = self._check_x(x, allow_batch=True)
+        key = (method, prior_score, repr(sorted(options.items())))
+        cached = getattr(self, "_iid_cache", None)
+        if (
+            cached is not None
+            and cached[0] == key
+            and cached[1].shape == x.shape
+            and torch.equal(cached[1], x)
+        ):
+            return cached[2]
+        prior = diffused_prior(self.estimator, self.prior, prior_score)
+        denoise = IIDComposedDenoiser(
+            self.estimator,
+            x,
+            prior,
+            method=method,
+            generator=generator,
+            show_progress_bars=show_progress_bars,
+            **options,
+        )
+        self._iid_cache = (key, x.clone(), denoise)
+        return denoise
+
     def sample(
         self,
-        sample_shape: torch.Size | tuple = torch.Size(),
+        sample_shape: torch.Size | tuple = (),
         x: Tensor | None = None,
         sampler: str | None = None,
         steps: int | None = None,
         show_progress_bars: bool = True,
         reject_outside_prior: bool = True,
         generator: torch.Generator | None = None,
+        guidance: ScoreTransform | Sequence[ScoreTransform] | None = None,
+        iid_method: str | None = None,
+        iid_options: dict | None = None,
         **sampler_options: Any,
     ) -> Tensor:
         r"""Draw samples from ``p(theta | x)``.
 
         Args:
             sample_shape: shape of the samples.
-            x: one observation ``(*x_shape)`` or ``(1, *x_shape)``; the default x
-                if None.
+            x: one observation ``(*x_shape)`` or ``(1, *x_shape)``, or ``N``
+                i.i.d. trials ``(N, *x_shape)`` (the posterior given all of them,
+                composed from the single-trial model); the default x if None.
             sampler: sampler name (``heun``, ``euler``, ``euler_maruyama``, ``ddim``,
-                ``dpm++2m``, ``dopri5``, ``adaptive_sde``, ...); the default if None.
+                ``dpm++2m``, ``dopri5``, ``adaptive_sde``, ...); the default if
+                None (``iid_sampler``, i.e. ``dopri5``, for i.i.d. trials).
             steps: number of steps of a fixed-grid sampler.
             show_progress_bars: show progress.
             reject_outside_prior: reject and redraw samples outside the prior
                 support.
             generator: random generator (for reproducible samples).
+            guidance: a score transform or a list of them
+                (:mod:`sbi_diffusion.guidance`), applied after those of
+                :meth:`with_guidance`.
+            iid_method: composition for i.i.d. trials (``gauss`` by default,
+                ``jac``, ``factorized``, ``factorized_bridge``).
+            iid_options: options of the composition (``prior_score``,
+                ``covariance_samples``, ``max_rows``, ...; see
+                :meth:`iid_denoiser`).
             **sampler_options: further sampler options (``eta``, ``rtol``,
                 ``corrector``, ...).
 
         Returns:
             Samples of shape ``(*sample_shape, *theta_shape)``. ``self.last_nfe``
-            holds the network evaluations per sample.
+            holds the network evaluations per sample (for i.i.d. trials: sampler
+            steps times evaluations per step, all trials counted).
         """
-        x = self._check_x(self._resolve_x(x), allow_batch=False)
+        x = self._check_x(self._resolve_x(x), allow_batch=True)
         sample_shape = torch.Size(sample_shape)
         num = int(math.prod(sample_shape))
-        sampler, options = self._sampling_options(sampler, steps, sampler_options)
+        iid = x.shape[0] > 1
+        sampler, options = self._sampling_options(
+            sampler, steps, sampler_options, iid=iid
+        )
+        transforms = self._guidance_list(guidance)
+        if transforms or iid:
+            check_sampler_accepts_guidance(sampler, get_sampler(sampler))
+        context = self.guidance_context() if transforms else None
+        if iid:
+            composed = self.iid_denoiser(
+                x,
+                iid_method,
+                generator=generator,
+                show_progress_bars=show_progress_bars,
+                **(iid_options or {}),
+            )
+            denoise = apply_guidance(composed, transforms, context)
+            self.last_iid_info = {
+                "method": composed.method,
+                "num_trials": composed.num_trials,
+                "prior_score": composed.prior.description,
+            }
+
+            def make_denoise(rows: Tensor) -> DenoiseFn:
+                return denoise
+
+            samples = self._draw(
+                None,
+                sampler,
+                options,
+                generator,
+                show_progress_bars,
+                reject_outside_prior,
+                make_denoise=make_denoise,
+                num=num,
+            )
+            return samples.reshape(*sample_shape, *self.theta_shape)
         with torch.no_grad():
             embedding = self.estimator.embed_condition(x)
+        rows = embedding.expand(num, -1)
         samples = self._draw(
-            embedding.expand(num, -1),
+            rows,
             sampler,
             options,
             generator,
             show_progress_bars,
             reject_outside_prior,
+            make_denoise=self._guided_factory(rows, transforms, context),
+            num=num,
         )
         return samples.reshape(*sample_shape, *self.theta_shape)
+
+    def _guided_factory(
+        self, embeddings: Tensor, transforms: list, context: GuidanceContext | None
+    ) -> Callable[[Tensor], DenoiseFn]:
+        def make_denoise(rows: Tensor) -> DenoiseFn:
+            base = ConditionedDenoiser(self.estimator, embeddings[rows])
+            return apply_guidance(base, transforms, context) if transforms else base
+
+        return make_denoise
 
     def sample_batched(
         self,
@@ -283,9 +463,14 @@ class DiffusionPosterior(NeuralPosterior):
         show_progress_bars: bool = True,
         reject_outside_prior: bool = True,
         generator: torch.Generator | None = None,
+        guidance: ScoreTransform | Sequence[ScoreTransform] | None = None,
         **sampler_options: Any,
     ) -> Tensor:
-        """Draw samples for each of a batch of observations ``x`` ``(B, *x_shape)``.
+        """Draw samples for each of a batch of observations ``x`` ``(B, *x_shape)``
+        (each row a separate observation; for i.i.d. trials use :meth:`sample`).
+
+        Args:
+            guidance: score transforms, as in :meth:`sample`.
 
         Returns:
             Samples of shape ``(*sample_shape, B, *theta_shape)``.
@@ -294,12 +479,23 @@ class DiffusionPosterior(NeuralPosterior):
         sample_shape = torch.Size(sample_shape)
         num = int(math.prod(sample_shape))
         sampler, options = self._sampling_options(sampler, steps, sampler_options)
+        transforms = self._guidance_list(guidance)
+        if transforms:
+            check_sampler_accepts_guidance(sampler, get_sampler(sampler))
+        context = self.guidance_context() if transforms else None
         with torch.no_grad():
             embedding = self.estimator.embed_condition(x)
         batch = x.shape[0]
         rows = embedding.repeat(num, 1)  # sample-major: row i*B + b has x_b
         samples = self._draw(
-            rows, sampler, options, generator, show_progress_bars, reject_outside_prior
+            rows,
+            sampler,
+            options,
+            generator,
+            show_progress_bars,
+            reject_outside_prior,
+            make_denoise=self._guided_factory(rows, transforms, context),
+            num=rows.shape[0],
         )
         return samples.reshape(*sample_shape, batch, *self.theta_shape)
 
@@ -315,6 +511,8 @@ class DiffusionPosterior(NeuralPosterior):
         rtol: float = 1e-5,
         atol: float = 1e-5,
         generator: torch.Generator | None = None,
+        iid_method: str | None = None,
+        iid_options: dict | None = None,
     ) -> Tensor:
         r"""``log p(theta | x)`` through the probability-flow ODE.
 
@@ -322,20 +520,34 @@ class DiffusionPosterior(NeuralPosterior):
         space (``- sum log scale``); it is ``-inf`` outside the prior support. It
         is not renormalised for the mass the model puts outside the support.
 
+        For i.i.d. trials ``x`` ``(N, *x_shape)`` it is the density of the
+        probability-flow ODE of the composed denoiser (``iid_method`` ``gauss``
+        or ``factorized``: their drift is differentiable in ``z`` without
+        differentiating a Jacobian); a normalised density of what the ODE
+        samplers draw, not the exact ``N``-trial posterior.
+
         Args:
             theta: ``(batch, *theta_shape)`` or ``theta_shape``.
-            x: one observation; the default x if None.
+            x: one observation or ``N`` i.i.d. trials; the default x if None.
             track_gradients: keep the autograd graph (not supported by the ODE
                 solve; the result is detached).
             divergence: ``"exact"`` (Jacobian trace) or ``"hutchinson"``.
             num_probes: probes of the Hutchinson estimator.
             rtol, atol: ODE solver tolerances.
             generator: random generator of the Hutchinson probes.
+            iid_method, iid_options: composition for i.i.d. trials (as in
+                :meth:`sample`).
 
         Returns:
             Log densities of shape ``(batch,)``.
+
+        Raises:
+            ValueError: for ``iid_method`` ``jac`` or ``factorized_bridge``, whose
+                ODE density is not available (``jac`` would need second
+                derivatives of the network; the bridge is not a probability-flow
+                ODE of one distribution).
         """
-        x = self._check_x(self._resolve_x(x), allow_batch=False)
+        x = self._check_x(self._resolve_x(x), allow_batch=True)
         theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
         if tuple(theta.shape) == tuple(self.theta_shape):
             theta = theta.unsqueeze(0)
@@ -345,10 +557,28 @@ class DiffusionPosterior(NeuralPosterior):
                 f"*{tuple(self.theta_shape)})."
             )
         z = self.estimator.to_z(theta).reshape(theta.shape[0], -1)
-        denoise = self.denoiser_for(x)
+        if x.shape[0] > 1:
+            method = self.iid_method if iid_method is None else iid_method
+            if method not in ("gauss", "factorized"):
+                raise ValueError(
+                    f"log_prob for i.i.d. trials is not available with "
+                    f"iid_method={method!r}: 'jac' would need second derivatives "
+                    "of the network and 'factorized_bridge' is not the ODE of one "
+                    "distribution. Pass iid_method='gauss' or 'factorized'."
+                )
+            denoise = self.iid_denoiser(
+                x, method, generator=generator, **(iid_options or {})
+            )
+        else:
+            denoise = self.denoiser_for(x)
         log_p = ode_log_prob(
-            denoise, z, divergence=divergence, num_probes=num_probes,
-            rtol=rtol, atol=atol, generator=generator,
+            denoise,
+            z,
+            divergence=divergence,
+            num_probes=num_probes,
+            rtol=rtol,
+            atol=atol,
+            generator=generator,
         )
         log_p = log_p - self.estimator.log_abs_det()
         inside = within_support(self.prior, theta).reshape(-1)

@@ -1,0 +1,595 @@
+r"""Guidance: score transforms applied at sampling time, without retraining.
+
+A transform maps a ``DenoiseFn`` ``(z, t) -> x_hat`` to another one; since the
+score and ``x_hat`` are related by Tweedie's formula
+``s = (alpha x_hat - z) / sigma^2``, adding ``Delta s`` to the score is adding
+``sigma^2 / alpha Delta s`` to ``x_hat``. Every sampler of
+:mod:`sbi_diffusion.samplers` takes the result. Transforms work in the
+estimator's standardised space ``z``; user functions of ``theta`` are evaluated
+at ``theta = shift + scale * z`` and differentiated through it (chain rule by
+automatic differentiation). Lists of transforms are applied in order
+(:func:`apply_guidance`).
+
+Tilting. A target ``p(theta | x) r(theta)`` has the denoising posterior
+``p(theta_0 | z_t, x) r(theta_0)``. With the Gaussian approximation
+``N(x_hat, C)`` of ``p(theta_0 | z_t, x)`` (``C`` from Tweedie's second-order
+formula ``C = (sigma^2 / alpha) d x_hat / dz``, or the isotropic
+``C = sigma^2 / (alpha^2 + sigma^2) I`` of a unit-variance standardised prior)
+and a second-order expansion of ``log r`` at ``x_hat`` (gradient ``g``, Hessian
+``-R``),
+
+.. math::
+    \hat x_{new} = \hat x + (C^{-1} + R)^{-1} g,
+
+which is exact when both factors are Gaussian. As ``t -> 0`` it adds
+``grad_z log r`` to the score, and at large noise the correction vanishes with
+``C`` (an annealing in time). :class:`PriorSwap` and :class:`ConstraintGuidance`
+are tilts; :class:`ClassifierFreeGuidance` and :class:`LikelihoodTemperature`
+combine the conditional and unconditional (prior) denoisers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from sbi_diffusion.composition import (
+    DiffusedPrior,
+    _inverse_clamped,
+    denoiser_jacobian,
+    diffused_prior,
+    precision_from_jacobian,
+)
+from sbi_diffusion.schedules import Schedule
+from sbi_diffusion.vector_field import DenoiseFn, as_time
+
+__all__ = [
+    "GuidanceContext",
+    "ScoreTransform",
+    "GuidedDenoiser",
+    "ClassifierFreeGuidance",
+    "ConstraintGuidance",
+    "PriorSwap",
+    "LikelihoodTemperature",
+    "interval_constraint",
+    "linear_constraint",
+    "apply_guidance",
+    "check_sampler_accepts_guidance",
+]
+
+
+@dataclass
+class GuidanceContext:
+    """What transforms may need besides the ``DenoiseFn``.
+
+    Attributes:
+        shift, scale: z-scoring of ``theta`` (``theta = shift + scale z``), ``(d,)``.
+        estimator: the trained denoiser (unconditional score, prior moments).
+        prior: the training prior.
+        prior_score: which diffused prior score to use (see
+            :func:`sbi_diffusion.composition.diffused_prior`).
+    """
+
+    shift: Tensor
+    scale: Tensor
+    estimator: Any = None
+    prior: Any = None
+    prior_score: str = "auto"
+    _diffused_prior: DiffusedPrior | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_estimator(
+        cls, estimator: Any, prior: Any = None, prior_score: str = "auto"
+    ) -> GuidanceContext:
+        d = int(estimator.theta_dim)
+        shift = estimator._theta_shift.reshape(-1).detach().expand(d).clone()
+        scale = estimator._theta_scale.reshape(-1).detach().expand(d).clone()
+        return cls(shift, scale, estimator, prior, prior_score)
+
+    def theta(self, z: Tensor) -> Tensor:
+        """``theta = shift + scale z`` (differentiable)."""
+        return self.shift.to(z) + self.scale.to(z) * z
+
+    def prior_max_variance(self) -> float | None:
+        """Largest variance of the standardised training prior (None if unknown)."""
+        if self.estimator is None or self.prior is None:
+            return None
+        try:
+            cov = self.diffused_prior().cov
+        except ValueError:
+            return None
+        return float(torch.linalg.eigvalsh(cov.double()).max())
+
+    def diffused_prior(self) -> DiffusedPrior:
+        """The training prior as a denoiser (built once)."""
+        if self._diffused_prior is None:
+            if self.estimator is None:
+                raise ValueError("This transform needs the estimator and its prior.")
+            self._diffused_prior = diffused_prior(
+                self.estimator, self.prior, self.prior_score
+            )
+        return self._diffused_prior
+
+
+class GuidedDenoiser:
+    """A ``DenoiseFn`` built by a transform from ``base``.
+
+    Attributes:
+        schedule: the schedule of ``base``.
+        evaluations_per_call: network evaluations per call (NFE reporting).
+    """
+
+    def __init__(
+        self,
+        base: DenoiseFn,
+        fn: Callable[[Tensor, Tensor], Tensor],
+        evaluations_per_call: float,
+    ):
+        self.base = base
+        self.schedule: Schedule = base.schedule
+        self._fn = fn
+        self.evaluations_per_call = evaluations_per_call
+
+    def __call__(self, z: Tensor, t: Tensor) -> Tensor:
+        return self._fn(z, as_time(t, z))
+
+
+def _evaluations(denoise: DenoiseFn) -> float:
+    return float(getattr(denoise, "evaluations_per_call", 1))
+
+
+class ScoreTransform:
+    """Base class: ``transform.apply(denoise, context) -> DenoiseFn``."""
+
+    name = "transform"
+
+    def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{k}={v!r}" for k, v in vars(self).items() if not callable(v)
+        )
+        return f"{type(self).__name__}({fields})"
+
+
+# ---------------------------------------------------- classifier-free guidance
+
+
+class ClassifierFreeGuidance(ScoreTransform):
+    r"""Classifier-free guidance (Ho & Salimans 2022):
+
+    .. math::
+        s_w = s(z, t \mid \varnothing) + w\,\big(s(z, t \mid x)
+        - s(z, t \mid \varnothing)\big), \qquad
+        \hat x_w = \hat x_\varnothing + w (\hat x_x - \hat x_\varnothing),
+
+    the diffused version of ``p(theta) p(x | theta)^w``. ``w = 1`` is the
+    posterior, ``w = 0`` the prior. Needs a model trained with condition dropout
+    and must act on the conditional denoiser (first in a list of transforms).
+
+    Args:
+        scale: the guidance scale ``w``.
+    """
+
+    name = "cfg"
+
+    def __init__(self, scale: float):
+        if not math.isfinite(float(scale)):
+            raise ValueError(f"guidance scale must be finite, got {scale!r}.")
+        self.scale = float(scale)
+
+    def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
+        inner = getattr(denoise, "denoiser", None)
+        embedding = getattr(denoise, "embedding", None)
+        if inner is None or embedding is None:
+            raise ValueError(
+                "Classifier-free guidance acts on the conditional denoiser of a "
+                "trained model (posterior.denoiser_for(x)); put it first in the "
+                "list of transforms, and use LikelihoodTemperature for i.i.d. "
+                "compositions."
+            )
+        null = inner.null_condition(1)  # clear error without condition dropout
+        w = self.scale
+
+        def fn(z: Tensor, t: Tensor) -> Tensor:
+            b = z.shape[0]
+            emb = embedding.expand(b, -1)
+            both = inner.denoise_embedded(
+                torch.cat([z, z]),
+                torch.cat([emb, null.expand(b, -1)]),
+                torch.cat([t, t]),
+            )
+            x_cond, x_null = both[:b], both[b:]
+            return x_null + w * (x_cond - x_null)
+
+        return GuidedDenoiser(denoise, fn, 2 * _evaluations(denoise))
+
+
+# ------------------------------------------------------------------ tilting
+
+
+def _grad_and_hessian(
+    log_fn: Callable[[Tensor], Tensor], u: Tensor, hessian: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Per-row gradient (and Hessian) of ``log_fn`` ``(batch,) `` at ``u``."""
+    with torch.enable_grad():
+        uu = u.detach().requires_grad_(True)
+        value = log_fn(uu)
+        (grad,) = torch.autograd.grad(value.sum(), uu, create_graph=hessian)
+        hess = None
+        if hessian:
+            rows = []
+            for j in range(u.shape[1]):
+                if grad[:, j].requires_grad:
+                    (h,) = torch.autograd.grad(
+                        grad[:, j].sum(), uu, retain_graph=True, allow_unused=True
+                    )
+                    h = torch.zeros_like(u) if h is None else h
+                else:
+                    h = torch.zeros_like(u)
+                rows.append(h)
+            hess = torch.stack(rows, dim=1).detach()
+    grad = torch.nan_to_num(grad.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+    if hess is not None:
+        hess = torch.nan_to_num(hess, nan=0.0, posinf=0.0, neginf=0.0)
+    return grad, hess
+
+
+def _denoising_covariance(
+    denoise: DenoiseFn,
+    z: Tensor,
+    t: Tensor,
+    covariance: str,
+    max_variance: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``x_hat`` and the denoising covariance ``C`` ``(batch, d, d)``; with
+    ``max_variance`` (the training prior's largest standardised variance) a
+    Jacobian covariance is bounded by that of a target no wider than the prior."""
+    schedule = denoise.schedule
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    d = z.shape[1]
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    if covariance == "jacobian":
+        x_hat, jac = denoiser_jacobian(denoise, z, t)
+        precision = precision_from_jacobian(
+            jac, alpha, sigma, max_variance=max_variance
+        )
+        return x_hat, torch.linalg.inv(precision)
+    x_hat = denoise(z, t)
+    c = (sigma**2 / (alpha**2 + sigma**2))[:, None, None]
+    return x_hat, c * eye
+
+
+def _tilt(x_hat: Tensor, cov: Tensor, grad: Tensor, hess: Tensor | None) -> Tensor:
+    r"""``x_hat + (C^{-1} + R)^{-1} g`` with ``R = -hess`` (clamped to keep the
+    combined precision positive definite)."""
+    if hess is None:
+        return x_hat + (cov @ grad[:, :, None])[:, :, 0]
+    precision = torch.linalg.inv(cov.double()) - hess.double()
+    combined = _inverse_clamped(precision, 1e-6)
+    return x_hat + (combined.to(x_hat) @ grad[:, :, None])[:, :, 0]
+
+
+_COVARIANCES = ("jacobian", "isotropic")
+
+
+def _check_covariance(covariance: str) -> str:
+    if covariance not in _COVARIANCES:
+        raise ValueError(
+            f"Unknown covariance {covariance!r}. Pass one of {_COVARIANCES}."
+        )
+    return covariance
+
+
+def _log_prob_fn(dist_or_fn: Distribution | Callable, name: str) -> Callable:
+    if isinstance(dist_or_fn, Distribution):
+        return dist_or_fn.log_prob
+    if callable(dist_or_fn):
+        return dist_or_fn
+    raise ValueError(
+        f"{name} must be a torch Distribution or a callable theta -> log density "
+        f"(batch,), got {type(dist_or_fn).__name__}."
+    )
+
+
+class PriorSwap(ScoreTransform):
+    r"""Sample the posterior under a new prior: ``p(theta | x) p_new(theta) /
+    p_train(theta)``, as a tilt with ``log r = log p_new - log p_train``.
+
+    At small noise this adds ``grad log p_new - grad log p_train`` to the score;
+    at larger noise the addition is annealed by the denoising covariance (see the
+    module docstring). Exact for Gaussian posteriors and Gaussian priors with
+    ``covariance="jacobian"`` (the default). Any prior with a differentiable log
+    density works (points where ``log p_train`` is not finite, e.g. outside a
+    box, get no correction).
+
+    Args:
+        new_prior: a ``Distribution`` or a callable ``theta -> log p_new(theta)``.
+        train_prior: the training prior; the posterior's if None.
+        hessian: use the Hessian of ``log r`` (exact for Gaussian priors).
+
+    The denoising covariance comes from the Jacobian of the denoiser (one
+    backward pass per dimension). The isotropic shortcut of
+    :class:`ConstraintGuidance` is not offered: on the linear-Gaussian test it
+    over-corrected (further from the new posterior than no swap at all).
+    """
+
+    name = "prior_swap"
+
+    def __init__(
+        self,
+        new_prior: Distribution | Callable[[Tensor], Tensor],
+        train_prior: Distribution | Callable[[Tensor], Tensor] | None = None,
+        hessian: bool = True,
+    ):
+        self.new_log_prob = _log_prob_fn(new_prior, "new_prior")
+        self.train_prior = train_prior
+        self.covariance = "jacobian"
+        self.hessian = bool(hessian)
+
+    def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
+        train = self.train_prior if self.train_prior is not None else context.prior
+        if train is None:
+            raise ValueError("PriorSwap needs the training prior: pass train_prior=.")
+        train_log_prob = _log_prob_fn(train, "train_prior")
+        new_log_prob = self.new_log_prob
+
+        def log_ratio(z: Tensor) -> Tensor:
+            theta = context.theta(z)
+            value = new_log_prob(theta) - train_log_prob(theta)
+            return torch.where(torch.isfinite(value), value, torch.zeros_like(value))
+
+        covariance, hessian = self.covariance, self.hessian
+        max_variance = context.prior_max_variance()
+
+        def fn(z: Tensor, t: Tensor) -> Tensor:
+            x_hat, cov = _denoising_covariance(denoise, z, t, covariance, max_variance)
+            grad, hess = _grad_and_hessian(log_ratio, x_hat, hessian)
+            return _tilt(x_hat, cov, grad, hess)
+
+        extra = z_dim_evals(context) if covariance == "jacobian" else 0
+        return GuidedDenoiser(denoise, fn, _evaluations(denoise) * (1 + extra))
+
+
+def z_dim_evals(context: GuidanceContext) -> int:
+    """Backward passes of a Jacobian (one per dimension)."""
+    return int(context.shift.numel())
+
+
+def interval_constraint(
+    low: Tensor | float | None = None, high: Tensor | float | None = None
+) -> Callable[[Tensor], Tensor]:
+    """Constraint ``low <= theta <= high`` as ``c(theta) <= 0`` ``(batch, 2d)``."""
+    if low is None and high is None:
+        raise ValueError("Pass low=, high= or both for an interval constraint.")
+
+    def constraint(theta: Tensor) -> Tensor:
+        parts = []
+        if low is not None:
+            parts.append(torch.as_tensor(low).to(theta) - theta)
+        if high is not None:
+            parts.append(theta - torch.as_tensor(high).to(theta))
+        return torch.cat(parts, dim=-1)
+
+    return constraint
+
+
+def linear_constraint(matrix: Tensor, bound: Tensor) -> Callable[[Tensor], Tensor]:
+    """Linear inequalities ``A theta <= b`` as ``c(theta) = A theta - b``
+    ``(batch, m)``."""
+    matrix = torch.as_tensor(matrix, dtype=torch.float32)
+    bound = torch.as_tensor(bound, dtype=torch.float32).reshape(-1)
+    if matrix.dim() != 2 or matrix.shape[0] != bound.shape[0]:
+        raise ValueError(
+            f"linear_constraint needs A (m, d) and b (m,), got {tuple(matrix.shape)} "
+            f"and {tuple(bound.shape)}."
+        )
+
+    def constraint(theta: Tensor) -> Tensor:
+        return theta @ matrix.to(theta).T - bound.to(theta)
+
+    return constraint
+
+
+class ConstraintGuidance(ScoreTransform):
+    r"""Steer samples into ``{theta : c_j(theta) <= 0 for all j}``.
+
+    A tilt (module docstring) by the soft indicator
+
+    .. math::
+        \log r(\theta) = \text{strength} \sum_j
+        \log \mathrm{sigmoid}\big(-c_j(\theta) / \tau\big),
+
+    evaluated at the denoised estimate (as in universal guidance, Bansal et al.
+    2023), with the isotropic denoising covariance by default. Inside the
+    constraint ``r`` is about one; outside its log falls with slope
+    ``strength / tau``.
+
+    Args:
+        constraint: ``c(theta)`` returning ``(batch,)`` or ``(batch, m)``;
+            differentiable (e.g. :func:`interval_constraint`,
+            :func:`linear_constraint`, or any torch function).
+        strength: the exponent of the soft indicator.
+        tau: softness, in the units of ``c``.
+        covariance: ``"isotropic"`` or ``"jacobian"``.
+
+    Raises:
+        ValueError: (at sampling time) if ``c`` returns the wrong shape or NaN.
+    """
+
+    name = "constraint"
+
+    def __init__(
+        self,
+        constraint: Callable[[Tensor], Tensor],
+        strength: float = 10.0,
+        tau: float = 0.01,
+        covariance: str = "isotropic",
+    ):
+        if not callable(constraint):
+            raise ValueError("constraint must be a callable theta -> c(theta).")
+        if strength < 0 or tau <= 0:
+            raise ValueError(
+                f"Pass strength >= 0 and tau > 0, got {strength} and {tau}."
+            )
+        self.constraint = constraint
+        self.strength, self.tau = float(strength), float(tau)
+        self.covariance = _check_covariance(covariance)
+
+    def _checked(self, theta: Tensor) -> Tensor:
+        c = self.constraint(theta)
+        if not isinstance(c, Tensor):
+            raise ValueError(
+                f"The constraint returned {type(c).__name__}; return a tensor of "
+                f"shape ({theta.shape[0]},) or ({theta.shape[0]}, m)."
+            )
+        if c.dim() == 1:
+            c = c[:, None]
+        if c.dim() != 2 or c.shape[0] != theta.shape[0]:
+            raise ValueError(
+                f"The constraint returned shape {tuple(c.shape)} for theta of shape "
+                f"{tuple(theta.shape)}; return ({theta.shape[0]},) or "
+                f"({theta.shape[0]}, m), one value per sample (and constraint)."
+            )
+        if torch.isnan(c).any():
+            raise ValueError(
+                "The constraint returned NaN; it must be defined (finite) for every "
+                "theta the sampler visits."
+            )
+        return c
+
+    def satisfied(self, theta: Tensor) -> Tensor:
+        """Boolean ``(batch,)``: all ``c_j(theta) <= 0``."""
+        return (self._checked(theta) <= 0).all(dim=-1)
+
+    def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
+        strength, tau, covariance = self.strength, self.tau, self.covariance
+        max_variance = (
+            context.prior_max_variance() if covariance == "jacobian" else None
+        )
+
+        def log_r(z: Tensor) -> Tensor:
+            c = self._checked(context.theta(z))
+            return strength * torch.nn.functional.logsigmoid(-c / tau).sum(-1)
+
+        def fn(z: Tensor, t: Tensor) -> Tensor:
+            x_hat, cov = _denoising_covariance(denoise, z, t, covariance, max_variance)
+            grad, _ = _grad_and_hessian(log_r, x_hat, False)
+            return _tilt(x_hat, cov, grad, None)
+
+        extra = z_dim_evals(context) if covariance == "jacobian" else 0
+        return GuidedDenoiser(denoise, fn, _evaluations(denoise) * (1 + extra))
+
+
+# --------------------------------------------------------------- temperature
+
+
+class LikelihoodTemperature(ScoreTransform):
+    r"""Temper the likelihood: ``p(theta) p(x | theta)^gamma
+    = p(theta)^{1 - gamma} p(theta | x)^gamma``.
+
+    The factors combine as in :mod:`sbi_diffusion.composition`:
+    ``Lambda = gamma P_post + (1 - gamma) P_prior``,
+    ``x_hat = Lambda^{-1} (gamma P_post x_hat_post + (1 - gamma) P_prior
+    x_hat_prior)`` with denoising precisions from the Jacobian (``"jacobian"``,
+    exact for Gaussians; Linhart et al. 2024) or equal (``"identity"``: the
+    weighted sum of scores, classifier-free guidance with the prior's score).
+
+    Args:
+        power: ``gamma > 0``.
+        precision: ``"jacobian"`` or ``"identity"``.
+    """
+
+    name = "temperature"
+
+    def __init__(self, power: float, precision: str = "jacobian"):
+        if not float(power) > 0:
+            raise ValueError(f"power must be positive, got {power!r}.")
+        if precision not in ("jacobian", "identity"):
+            raise ValueError(
+                f"Unknown precision {precision!r}. Pass 'jacobian' or 'identity'."
+            )
+        self.power, self.precision = float(power), precision
+
+    def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
+        prior = context.diffused_prior()
+        gamma, mode = self.power, self.precision
+
+        def fn(z: Tensor, t: Tensor) -> Tensor:
+            if mode == "identity":
+                return gamma * denoise(z, t) + (1 - gamma) * prior(z, t)
+            schedule = denoise.schedule
+            alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+            x_post, jac = denoiser_jacobian(denoise, z, t)
+            p_post = precision_from_jacobian(jac, alpha, sigma)
+            p_prior = prior.precision(z, t)
+            if p_prior is None:
+                x_prior, jac_p = denoiser_jacobian(prior, z, t)
+                p_prior = precision_from_jacobian(jac_p, alpha, sigma)
+            else:
+                x_prior = prior(z, t)
+            lam = gamma * p_post + (1 - gamma) * p_prior
+            num = gamma * (p_post @ x_post[:, :, None]) + (1 - gamma) * (
+                p_prior @ x_prior[:, :, None]
+            )
+            snr = (alpha**2 / torch.clamp(sigma**2, min=1e-12)).double()
+            inv = _inverse_clamped(lam, snr + 1e-3).to(z)
+            return (inv @ num)[:, :, 0]
+
+        evals = _evaluations(denoise) + prior.evaluations_per_call
+        if mode == "jacobian":
+            evals *= 1 + z_dim_evals(context)
+        return GuidedDenoiser(denoise, fn, evals)
+
+
+# --------------------------------------------------------------- composing
+
+
+def _as_list(guidance) -> list[ScoreTransform]:
+    if guidance is None:
+        return []
+    if isinstance(guidance, ScoreTransform):
+        return [guidance]
+    if isinstance(guidance, Sequence) and not isinstance(guidance, str):
+        items = list(guidance)
+        for item in items:
+            if not isinstance(item, ScoreTransform):
+                raise ValueError(
+                    f"guidance items must be ScoreTransform instances "
+                    f"(ClassifierFreeGuidance, ConstraintGuidance, PriorSwap, "
+                    f"LikelihoodTemperature), got {type(item).__name__}."
+                )
+        return items
+    raise ValueError(
+        "guidance must be a ScoreTransform or a list of them, got "
+        f"{type(guidance).__name__}."
+    )
+
+
+def apply_guidance(
+    denoise: DenoiseFn,
+    guidance: ScoreTransform | Sequence[ScoreTransform] | None,
+    context: GuidanceContext,
+) -> DenoiseFn:
+    """Apply transforms in order: ``guidance[-1](...guidance[0](denoise))``."""
+    for transform in _as_list(guidance):
+        denoise = transform.apply(denoise, context)
+    return denoise
+
+
+def check_sampler_accepts_guidance(sampler: str, sampler_fn: Callable) -> None:
+    """Raise if a sampler does not integrate a ``DenoiseFn`` (e.g. a one-step
+    consistency sampler marked ``accepts_guidance = False``)."""
+    if not getattr(sampler_fn, "accepts_guidance", True):
+        raise ValueError(
+            f"Sampler {sampler!r} cannot use score transforms (it does not "
+            "integrate the model's score). Pick one of the score-based samplers: "
+            "euler, heun, ddim, dpm++2m, euler_maruyama, adaptive_sde, dopri5."
+        )
