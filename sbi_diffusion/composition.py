@@ -350,8 +350,9 @@ def _unwrap_prior(prior: Any) -> Any:
 
 
 def _standardisation(estimator: Any) -> tuple[Tensor, Tensor]:
-    shift = estimator._theta_shift.reshape(-1).detach()
-    scale = estimator._theta_scale.reshape(-1).detach()
+    # on the CPU, like the prior; the diffused priors move to z's device per call
+    shift = estimator._theta_shift.reshape(-1).detach().cpu()
+    scale = estimator._theta_scale.reshape(-1).detach().cpu()
     d = int(estimator.theta_dim)
     return shift.expand(d).clone(), scale.expand(d).clone()
 
@@ -404,19 +405,19 @@ def diffused_prior(
     base = _unwrap_prior(prior)
     analytic: DiffusedPrior | None = None
     if isinstance(base, MultivariateNormal):
-        mean, cov = base.mean.reshape(-1), base.covariance_matrix
+        mean, cov = base.mean.reshape(-1).cpu(), base.covariance_matrix.cpu()
         analytic = GaussianDiffusedPrior(
             schedule, (mean - shift) / scale, cov / (scale[:, None] * scale[None, :])
         )
     elif isinstance(base, Independent) and isinstance(base.base_dist, Normal):
-        mean = base.base_dist.loc.reshape(-1).expand(d)
-        var = base.base_dist.scale.reshape(-1).expand(d) ** 2
+        mean = base.base_dist.loc.reshape(-1).cpu().expand(d)
+        var = base.base_dist.scale.reshape(-1).cpu().expand(d) ** 2
         analytic = GaussianDiffusedPrior(
             schedule, (mean - shift) / scale, torch.diag(var / scale**2)
         )
     elif isinstance(base, Independent) and isinstance(base.base_dist, Uniform):
-        low = base.base_dist.low.reshape(-1).expand(d)
-        high = base.base_dist.high.reshape(-1).expand(d)
+        low = base.base_dist.low.reshape(-1).cpu().expand(d)
+        high = base.base_dist.high.reshape(-1).cpu().expand(d)
         analytic = BoxDiffusedPrior(
             schedule, (low - shift) / scale, (high - shift) / scale
         )
@@ -431,7 +432,7 @@ def diffused_prior(
         return analytic
     if prior is None:
         raise ValueError("A prior is needed for the prior score; pass prior=.")
-    mean, cov = _prior_moments(base, d, num_moment_samples)
+    mean, cov = (v.cpu() for v in _prior_moments(base, d, num_moment_samples))
     mean_z = (mean.reshape(-1).float() - shift) / scale
     cov_z = cov.float() / (scale[:, None] * scale[None, :])
     if prior_score == "network" or (
