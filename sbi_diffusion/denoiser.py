@@ -319,3 +319,9 @@ class ConditionedDenoiser(nn.Module):
 
     def forward(self, z: Tensor, t: Tensor) -> Tensor:
         return self.denoiser.denoise_embedded(z, self.embedding, t)
+
+    def restricted_to(self, rows: Tensor) -> ConditionedDenoiser:
+        """The denoiser for the batch rows ``rows`` (per-row conditions kept)."""
+        if self.embedding.shape[0] == 1:
+            return self
+        return ConditionedDenoiser(self.denoiser, self.embedding[rows])

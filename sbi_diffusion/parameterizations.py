@@ -76,8 +76,13 @@ class Parameterization(ABC):
 
     def noise_input(self, p: PathPoint) -> Tensor:
         r"""Time input of the network, ``c_noise = log(sigma / alpha) / 4``,
-        flattened to ``(batch,)``."""
-        ratio = torch.clamp(p.sigma / p.alpha, min=1e-10)
+        flattened to ``(batch,)``.
+
+        ``sigma / alpha`` is clipped to ``[1e-5, 1e5]`` (the range that training
+        times reach on every schedule), so the pure-noise end of rectified flow
+        (``alpha = 0``) gets a finite input.
+        """
+        ratio = torch.clamp(p.sigma / p.alpha, min=1e-5, max=1e5)
         return 0.25 * torch.log(ratio).reshape(-1)
 
     def network_output(

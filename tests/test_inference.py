@@ -16,8 +16,8 @@ from sbi_diffusion.training import TrainingDivergedError
 
 matplotlib.use("Agg")
 
-NUM_SIMULATIONS = 3000
-TRAIN_KWARGS = dict(max_num_epochs=80, training_batch_size=128, seed=0)
+NUM_SIMULATIONS = 2000
+TRAIN_KWARGS = dict(max_num_epochs=40, training_batch_size=128, seed=0)
 NET_KWARGS = dict(width=64, depth=2)
 C2ST_THRESHOLD = 0.62
 

@@ -506,9 +506,10 @@ def adaptive_sde(
         else:
             dw = memory.query(active, ha, generator)
         ha_col = ha.to(dtype).reshape(col)
-        drift, g = _reverse_sde_drift(counter, za, ta.to(dtype))
+        rows = counter.restricted_to(active)
+        drift, g = _reverse_sde_drift(rows, za, ta.to(dtype))
         z1 = za - ha_col * drift + g * dw
-        drift2, g2 = _reverse_sde_drift(counter, z1, sa.to(dtype))
+        drift2, g2 = _reverse_sde_drift(rows, z1, sa.to(dtype))
         z2 = 0.5 * (z1 + za - ha_col * drift2 + g2 * dw)
         delta = torch.clamp(
             eps_rel * torch.maximum(z1.abs(), z_prev[active].abs()), min=eps_abs

@@ -53,17 +53,40 @@ class CountingDenoiser:
     A call on ``m`` rows of a batch of ``n`` samples counts ``m / n``
     evaluations, so adaptive samplers that evaluate only unfinished rows report
     their mean NFE per sample.
+
+    Args:
+        denoise: the wrapped ``(z, t) -> x_hat``.
+        batch_size: number of samples ``n``.
+        counter: the counter to add evaluations to (this one if None); used by
+            :meth:`restricted_to`.
     """
 
-    def __init__(self, denoise: DenoiseFn, batch_size: int):
+    def __init__(
+        self,
+        denoise: DenoiseFn,
+        batch_size: int,
+        counter: CountingDenoiser | None = None,
+    ):
         self.denoise = denoise
         self.schedule = denoise.schedule
         self.batch_size = max(int(batch_size), 1)
         self.nfe = 0.0
+        self._counter = self if counter is None else counter
 
     def __call__(self, z: Tensor, t: Tensor) -> Tensor:
-        self.nfe += z.shape[0] / self.batch_size
+        self._counter.nfe += z.shape[0] / self._counter.batch_size
         return self.denoise(z, as_time(t, z))
+
+    def restricted_to(self, rows: Tensor) -> CountingDenoiser:
+        """The same denoiser on the batch rows ``rows`` only, counting here.
+
+        Needed where the denoiser holds per-row state (one condition per row, as
+        in ``sample_batched``); a denoiser without a ``restricted_to`` method is
+        taken to act on rows independently.
+        """
+        restrict = getattr(self.denoise, "restricted_to", None)
+        inner = self.denoise if restrict is None else restrict(rows)
+        return CountingDenoiser(inner, self.batch_size, counter=self._counter)
 
 
 SAMPLERS: dict[str, Callable[..., SamplerResult]] = {}
