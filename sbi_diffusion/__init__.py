@@ -14,6 +14,7 @@ from sbi_diffusion.inference import (
     FlowMatchingNPE,
 )
 from sbi_diffusion.inference.consistency import ConsistencyNPE
+from sbi_diffusion.inference.joint import JointDiffusion
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "ConsistencyNPE",
     "DiffusionNPE",
     "FlowMatchingNPE",
+    "JointDiffusion",
     "DiffusionPosterior",
     "Denoiser",
     "__version__",
