@@ -37,7 +37,7 @@ from sbi_diffusion.benchmark.tasks import load_task
 
 METHODS = {"diffusion": DiffusionNPE, "flow_matching": FlowMatchingNPE}
 
-# (sampler, options): the full sweep; "--quick-samplers" keeps the first three.
+# (sampler, options): the full sweep; "--samplers" selects a subset.
 SAMPLERS: list[tuple[str, dict]] = [
     ("heun", {"steps": 18}),
     ("dpm++2m", {"steps": 20}),
@@ -79,13 +79,23 @@ def main() -> None:
     parser.add_argument("--observations", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     parser.add_argument("--num-simulations", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick-samplers", action="store_true")
+    parser.add_argument(
+        "--samplers",
+        nargs="+",
+        default=None,
+        help="subset as name:steps (e.g. heun:18 dpm++2m:20 dopri5); default all",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="benchmarks/results/core.jsonl")
     parser.add_argument("--cache", default="outputs/models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    samplers = SAMPLERS[:3] if args.quick_samplers else SAMPLERS
+    samplers = SAMPLERS
+    if args.samplers is not None:
+        samplers = []
+        for text in args.samplers:
+            name, _, steps = text.partition(":")
+            samplers.append((name, {"steps": int(steps)} if steps else {}))
     done = {row_key(r) for r in read_rows(args.output)}
     versions = package_versions()
     for task_name in args.tasks:
