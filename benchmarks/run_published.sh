@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Produces benchmarks/results/sbibm.jsonl, the committed benchmark results.
-# Resumable: rerunning skips every row already in the file. One worker, one torch
-# thread; add --workers N (and more cores) or --executor slurm to go faster.
+# Resumable: rerunning skips every row already in the file, and trained posteriors
+# are kept in outputs/models, so an interrupted job samples again without
+# retraining. One worker, one torch thread; add --workers N (and more cores) or
+# --executor slurm to go faster. Pass task names to run only those tasks.
 set -u
 cd "$(dirname "$0")/.."
 OUT=benchmarks/results/sbibm.jsonl
-ALL="two_moons sir lotka_volterra slcp gaussian_mixture bernoulli_glm gaussian_linear gaussian_linear_uniform slcp_distractors bernoulli_glm_raw"
+ALL="two_moons bernoulli_glm gaussian_linear gaussian_linear_uniform sir lotka_volterra slcp_distractors bernoulli_glm_raw slcp gaussian_mixture"
 SMALL="two_moons slcp gaussian_mixture bernoulli_glm"
+if [ $# -gt 0 ]; then ALL="$*"; SMALL="$*"; fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-bench() { python -W ignore -m sbi_diffusion.benchmark run --output "$OUT" --observations 1-10 --seeds 0 --workers 1 --no-report "$@"; }
+bench() {
+  python -W ignore -m sbi_diffusion.benchmark run --output "$OUT" --observations 1-10 \
+    --seeds 0 --workers 1 --no-report --model-cache outputs/models "$@"
+}
 
 # 1. All ten tasks at 10^4: sbi NPE (also validates the sir/lotka_volterra
 #    simulators against the published NPE numbers) and our default estimators,
@@ -17,6 +23,9 @@ for task in $ALL; do
   bench --tasks "$task" --budgets 10000 --methods npe diffusion flow_matching
 done
 # 2. Four tasks at 10^3 and 10^5, with sbi NLE as well.
-bench --tasks $SMALL --budgets 1000 --methods npe diffusion flow_matching nle
-bench --tasks $SMALL --budgets 100000 --methods npe diffusion flow_matching nle
+for budget in 1000 100000; do
+  for task in $SMALL; do
+    bench --tasks "$task" --budgets "$budget" --methods npe diffusion flow_matching nle
+  done
+done
 python -m sbi_diffusion.benchmark report "$OUT" --table benchmarks/results/sbibm.md --figure benchmarks/results/sbibm.png

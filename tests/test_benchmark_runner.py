@@ -1,5 +1,6 @@
 """The runner end to end on a tiny budget: rows, resume, reports, executors, CLI."""
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -51,6 +52,51 @@ def test_end_to_end_and_resume(tmp_path: Path) -> None:
     text = table.read_text()
     assert "two_moons" in text and "npe[" in text
     assert png.stat().st_size > 1000
+
+
+def test_model_cache_reuses_the_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sbi_diffusion.benchmark import methods, runner
+
+    cache = tmp_path / "models"
+    output = tmp_path / "r.jsonl"
+    run_benchmark(
+        methods=[NPE],
+        observations=[1],
+        output=output,
+        executor="inline",
+        model_cache=cache,
+        **TINY,
+    )
+    (saved,) = cache.glob("*.pt")
+    assert saved.name.startswith("two_moons_npe_200_0_")  # options are hashed in
+    first = read_rows(output)[0]
+
+    from sbi.inference import NPE_C
+
+    @functools.wraps(NPE_C.train)  # keeps the signature the options are routed by
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached estimator should have been used")
+
+    monkeypatch.setattr(NPE_C, "train", no_training)
+    frame = run_benchmark(
+        methods=[NPE],
+        observations=[1, 2],
+        output=output,
+        executor="inline",
+        model_cache=cache,
+        **TINY,
+    )
+    assert len(frame) == 2
+    second = [r for r in read_rows(output) if r["num_observation"] == 2][0]
+    assert second["train_s"] == pytest.approx(first["train_s"], abs=1e-3)
+    # Sampling options do not change the trained model, so they share the file.
+    sampled_differently = methods.parse("diffusion:sampler=heun,steps=30")
+    path = runner.model_cache_path(
+        cache, "two_moons", sampled_differently, 200, 0, "cpu"
+    )
+    assert path == cache / "two_moons_diffusion_200_0.pt"
 
 
 def test_process_pool_and_submitit_local(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ protocol (``sbibm.metrics.c2st``, 10,000 samples against the 10,000 reference
 samples). Rows go to a JSONL file in the format of ``sbi_diffusion.benchmark``
 (``options`` holds the sampler settings), so ``sbi-diffusion-bench report`` reads
 it, and an interrupted run resumes: rows already written are skipped, trained
-posteriors are cached in ``--cache``.
+posteriors are cached in ``--cache`` (trained by the runner's ``train_or_load``, so
+this folder can be the runner's ``--model-cache``).
 
 sbi's NPE, NPSE and FMPE baselines come from the benchmark runner, e.g.
 ``sbi-diffusion-bench run --tasks two_moons --budgets 10000 --methods npe npse
@@ -25,17 +26,18 @@ from pathlib import Path
 
 import torch
 
-from sbi_diffusion import DiffusionNPE, FlowMatchingNPE
+from sbi_diffusion.benchmark.methods import parse
 from sbi_diffusion.benchmark.results import append_row, read_rows, row_key
 from sbi_diffusion.benchmark.runner import (
     package_versions,
     protocol_for,
     sampling_seed,
     seed_everything,
+    train_or_load,
 )
 from sbi_diffusion.benchmark.tasks import load_task
 
-METHODS = {"diffusion": DiffusionNPE, "flow_matching": FlowMatchingNPE}
+METHODS = ["diffusion", "flow_matching"]
 
 # (sampler, options): the full sweep; "--samplers" selects a subset.
 SAMPLERS: list[tuple[str, dict]] = [
@@ -49,25 +51,6 @@ SAMPLERS: list[tuple[str, dict]] = [
     ("adaptive_sde", {}),
     ("dopri5", {}),
 ]
-
-
-def trained_posterior(task_name, task, method, num_simulations, seed, cache: Path):
-    """Train (or load from the cache) the posterior of ``method`` on ``task``."""
-    path = cache / f"{task_name}_{method}_{num_simulations}_{seed}.pt"
-    if path.exists():
-        saved = torch.load(path, weights_only=False)
-        return saved["posterior"], saved["train_s"]
-    seed_everything(seed)
-    theta = task.sample_prior(num_simulations)
-    x = task.simulate(theta)
-    inference = METHODS[method](task.prior, show_progress_bars=False)
-    start = time.perf_counter()
-    inference.append_simulations(theta, x).train(seed=seed)
-    train_s = time.perf_counter() - start
-    posterior = inference.build_posterior()
-    cache.mkdir(parents=True, exist_ok=True)
-    torch.save({"posterior": posterior, "train_s": train_s}, path)
-    return posterior, train_s
 
 
 def main() -> None:
@@ -116,14 +99,16 @@ def main() -> None:
                     if row_key(row) in done:
                         continue
                     if posterior is None:
-                        posterior, train_s = trained_posterior(
+                        trained = train_or_load(
                             task_name,
                             task,
-                            method,
+                            parse(method),
                             args.num_simulations,
                             args.seed,
-                            Path(args.cache),
+                            "cpu",
+                            cache=Path(args.cache),
                         )
+                        posterior, train_s = trained.posterior, trained.train_s
                     seed_everything(sampling_seed(args.seed, num_observation))
                     x_o = task.get_observation(num_observation)
                     start = time.perf_counter()

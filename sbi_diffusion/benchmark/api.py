@@ -35,6 +35,7 @@ def run_benchmark(
     log_folder: str | os.PathLike[str] | None = None,
     num_posterior_samples: int = PROTOCOL_NUM_SAMPLES,
     raise_on_failure: bool = True,
+    model_cache: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) a benchmark and return its rows.
 
@@ -59,6 +60,9 @@ def run_benchmark(
             the rows as a test protocol, kept apart from published numbers.
         raise_on_failure: Raise :class:`BenchmarkJobsFailed` after the run if any
             job failed (its finished rows are kept).
+        model_cache: Folder where each trained estimator is saved and reused by
+            reruns (an interrupted job, or new observations or sampling options
+            on the same training). ``None`` (default) trains every time.
 
     Returns:
         All rows of the requested grid found in ``output`` after the run, one per
@@ -80,6 +84,7 @@ def run_benchmark(
         output=output,
         num_posterior_samples=num_posterior_samples,
         torch_threads=torch_threads,
+        model_cache=model_cache,
     )
     folder = Path(log_folder) if log_folder else Path(f"{output}.logs")
     # Largest budgets first: the longest jobs start early, which shortens the run.

@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         help="samples per observation; only 10000 is the published protocol",
     )
+    run.add_argument(
+        "--model-cache",
+        metavar="DIR",
+        help="keep trained estimators here; reruns reuse them instead of training",
+    )
     run.add_argument("--log-folder", help="submitit log folder")
     run.add_argument("--no-report", action="store_true", help="skip table and figure")
     slurm = run.add_argument_group("slurm (--executor slurm)")
@@ -187,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
             slurm=slurm,
             log_folder=args.log_folder,
             num_posterior_samples=args.num_posterior_samples,
+            model_cache=args.model_cache,
         )
         print(f"{len(frame)} rows of the requested grid are in {output}")
     except BenchmarkJobsFailed as err:

@@ -384,13 +384,18 @@ def build_inference(
     return inference, routed
 
 
-def build_posterior(spec: MethodSpec, inference: Any, routed: RoutedOptions) -> Any:
+def build_posterior(
+    spec: MethodSpec, inference: Any, routed: RoutedOptions, estimator: Any = None
+) -> Any:
     """Build the posterior of a trained method.
 
     Args:
         spec: The parsed spec.
-        inference: The trained trainer.
+        inference: The trainer (trained, or fresh when ``estimator`` is given).
         routed: The routed options.
+        estimator: A trained estimator (what ``train()`` returned); ``None`` uses
+            the trainer's own. Every trainer takes it as the first argument of
+            ``build_posterior``.
 
     Returns:
         An sbi ``NeuralPosterior``.
@@ -400,8 +405,10 @@ def build_posterior(spec: MethodSpec, inference: Any, routed: RoutedOptions) -> 
         mcmc_parameters = {
             k: options.pop(k) for k in list(options) if k in MCMC_PARAMETER_KEYS
         }
-        return inference.build_posterior(mcmc_parameters=mcmc_parameters, **options)
-    return inference.build_posterior(**routed.posterior)
+        return inference.build_posterior(
+            estimator, mcmc_parameters=mcmc_parameters, **options
+        )
+    return inference.build_posterior(estimator, **routed.posterior)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ that shared training.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import platform
@@ -88,6 +90,8 @@ class Job:
         output: Results file the rows are appended to.
         num_posterior_samples: Samples scored per observation.
         torch_threads: Intra-op threads for this job (0 leaves torch's default).
+        model_cache: Folder of trained estimators (see :func:`train_or_load`);
+            ``None`` trains every time.
     """
 
     task: str
@@ -99,6 +103,7 @@ class Job:
     output: str
     num_posterior_samples: int = PROTOCOL_NUM_SAMPLES
     torch_threads: int = 1
+    model_cache: str | None = None
 
     @property
     def name(self) -> str:
@@ -150,6 +155,149 @@ def _sample(
     return samples.detach().cpu(), sample_s, nfe
 
 
+@dataclass
+class TrainedMethod:
+    """A trained method with the times its training took.
+
+    Attributes:
+        inference: The trainer (untrained when the estimator came from the cache).
+        posterior: The sbi posterior.
+        routed: The method's options, routed.
+        train_s: Wall-clock training time in seconds.
+        train_cpu_s: CPU time of the training process in seconds.
+        simulate_s: Time to simulate the training data in seconds.
+    """
+
+    inference: Any
+    posterior: Any
+    routed: method_registry.RoutedOptions
+    train_s: float
+    train_cpu_s: float
+    simulate_s: float
+
+
+def model_cache_path(
+    cache: Path,
+    task_name: str,
+    spec: method_registry.MethodSpec,
+    num_simulations: int,
+    seed: int,
+    device: str,
+) -> Path:
+    """File of a trained estimator in a model cache.
+
+    Sampling options do not change the trained model, so specs that differ only
+    in them share one file: the name holds the task, the method, the budget, the
+    seed, the device type and a hash of the options that reach the trainer.
+
+    Args:
+        cache: The cache folder.
+        task_name: sbibm task name.
+        spec: The method spec.
+        num_simulations: Simulation budget.
+        seed: Training seed.
+        device: Torch device.
+
+    Returns:
+        The path (it may not exist yet).
+    """
+    routed = method_registry.route_options(spec)
+    trained_by = {"init": routed.init, "train": routed.train}
+    name = f"{task_name}_{spec.name}_{num_simulations}_{seed}"
+    if routed.init or routed.train:
+        digest = hashlib.sha1(
+            json.dumps(trained_by, sort_keys=True, default=str).encode()
+        ).hexdigest()[:10]
+        name += f"_{digest}"
+    device_type = torch.device(device).type
+    if device_type != "cpu":
+        name += f"_{device_type}"
+    return cache / f"{name}.pt"
+
+
+def train_or_load(
+    task_name: str,
+    task: Any,
+    spec: method_registry.MethodSpec,
+    num_simulations: int,
+    seed: int,
+    device: str,
+    cache: Path | None = None,
+) -> TrainedMethod:
+    """Simulate, train and build the posterior of a method, or load it from a cache.
+
+    With a cache, a finished training is saved (atomically) as the trained
+    estimator with its timings, so a rerun after an interruption, or a later sweep
+    over sampling options, does not train again. The posterior is always built
+    anew, so it follows the current sampling defaults.
+
+    Args:
+        task_name: sbibm task name.
+        task: The loaded task.
+        spec: The method spec.
+        num_simulations: Simulation budget.
+        seed: Seed of the simulations and the training.
+        device: Torch device.
+        cache: Cache folder, or ``None`` to always train.
+
+    Returns:
+        The trained method.
+    """
+    prior = distribution_to(task.prior, device)
+    inference, routed = method_registry.build_inference(spec, prior, device)
+    path = None
+    if cache is not None:
+        path = model_cache_path(cache, task_name, spec, num_simulations, seed, device)
+        if path.exists():
+            saved = torch.load(path, weights_only=False, map_location=device)
+            print(f"loaded the trained estimator from {path}", file=sys.stderr)
+            estimator = saved.get("estimator")
+            if estimator is None:  # files that hold a whole posterior of ours
+                estimator = saved["posterior"].estimator
+            # The posterior is rebuilt, so it takes today's sampling defaults.
+            posterior = method_registry.build_posterior(
+                spec, inference, routed, estimator
+            )
+            return TrainedMethod(
+                inference=inference,
+                posterior=posterior,
+                routed=routed,
+                train_s=float(saved["train_s"]),
+                train_cpu_s=float(saved.get("train_cpu_s", math.nan)),
+                simulate_s=float(saved.get("simulate_s", math.nan)),
+            )
+
+    seed_everything(seed)
+    start = time.perf_counter()
+    theta = task.sample_prior(num_simulations)
+    x = task.simulate(theta)
+    simulate_s = time.perf_counter() - start
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    inference.append_simulations(theta, x)
+    estimator = inference.train(show_train_summary=False, **routed.train)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    train_s = time.perf_counter() - start
+    train_cpu_s = time.process_time() - cpu_start
+    posterior = method_registry.build_posterior(spec, inference, routed, estimator)
+    if path is not None:
+        saved = {
+            "estimator": estimator,
+            "train_s": train_s,
+            "train_cpu_s": train_cpu_s,
+            "simulate_s": simulate_s,
+        }
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".partial{os.getpid()}")
+            torch.save(saved, partial)
+            os.replace(partial, path)
+        except Exception as err:  # noqa: BLE001 - caching is an optimisation
+            print(f"could not cache the trained estimator: {err}", file=sys.stderr)
+    return TrainedMethod(inference, posterior, routed, train_s, train_cpu_s, simulate_s)
+
+
 def run_job(job: Job) -> list[dict[str, Any]]:
     """Run one job and append its rows to ``job.output``.
 
@@ -169,22 +317,18 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     protocol = protocol_for(job.num_posterior_samples)
     versions = package_versions()
 
-    seed_everything(job.seed)
-    start = time.perf_counter()
-    theta = task.sample_prior(job.num_simulations)
-    x = task.simulate(theta)
-    simulate_s = time.perf_counter() - start
-
-    prior = distribution_to(task.prior, job.device)
-    inference, routed = method_registry.build_inference(spec, prior, job.device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    inference.append_simulations(theta, x)
-    inference.train(show_train_summary=False, **routed.train)
-    if job.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    train_s = time.perf_counter() - start
-    train_cpu_s = time.process_time() - cpu_start
-    posterior = method_registry.build_posterior(spec, inference, routed)
+    trained = train_or_load(
+        task_name=job.task,
+        task=task,
+        spec=spec,
+        num_simulations=job.num_simulations,
+        seed=job.seed,
+        device=job.device,
+        cache=None if job.model_cache is None else Path(job.model_cache),
+    )
+    inference, posterior, routed = trained.inference, trained.posterior, trained.routed
+    train_s, train_cpu_s = trained.train_s, trained.train_cpu_s
+    simulate_s = trained.simulate_s
 
     rows = []
     for num_observation in job.observations:
@@ -295,6 +439,7 @@ def plan(
     output: str | os.PathLike[str] = "results.jsonl",
     num_posterior_samples: int = PROTOCOL_NUM_SAMPLES,
     torch_threads: int = 1,
+    model_cache: str | os.PathLike[str] | None = None,
 ) -> Plan:
     """Validate a benchmark request and list the jobs still to run.
 
@@ -314,6 +459,7 @@ def plan(
         num_posterior_samples: Samples per observation; 10,000 is the protocol,
             smaller values mark rows as a test protocol.
         torch_threads: Intra-op threads per job.
+        model_cache: Folder where trained estimators are kept and reused.
 
     Returns:
         The plan.
@@ -391,6 +537,9 @@ def plan(
                                 output=str(output),
                                 num_posterior_samples=num_posterior_samples,
                                 torch_threads=torch_threads,
+                                model_cache=(
+                                    None if model_cache is None else str(model_cache)
+                                ),
                             )
                         )
     return result
