@@ -38,18 +38,12 @@ __all__ = [
 ]
 
 
-def _time_derivative(value: Tensor, t: Tensor) -> Tensor | None:
-    """Elementwise ``d value / d t`` (None where ``value`` does not depend on t)."""
-    if not value.requires_grad:
-        return None
-    return torch.autograd.grad(value.sum(), t, retain_graph=True, allow_unused=True)[0]
-
-
 class Schedule(ABC):
     r"""A Gaussian path ``z_t = alpha(t) x + sigma(t) eps`` on ``t in [0, 1]``.
 
     Subclasses implement :meth:`alpha` and :meth:`sigma`; derivatives are
-    computed by automatic differentiation so every schedule is written once.
+    computed by forward-mode automatic differentiation so every schedule is
+    written once.
 
     Attributes:
         t_min: smallest time used by samplers (the end of sampling).
@@ -84,18 +78,17 @@ class Schedule(ABC):
     def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Return ``alpha(t), sigma(t), alpha'(t), sigma'(t)``.
 
-        The derivatives are taken by automatic differentiation of the (elementwise)
-        schedule functions, so they are exact for every schedule.
+        The derivatives are taken by forward-mode automatic differentiation
+        (``torch.func.jvp`` with a unit tangent) of the elementwise schedule
+        functions, so they are exact for every schedule, need no autograd graph,
+        and compose with ``torch.func`` transforms (``vmap``, ``jacrev``) applied
+        to a denoiser, as sbi's Jacobian-based i.i.d. methods do.
         """
-        with torch.enable_grad():
-            t_ = t.detach().clone().requires_grad_(True)
-            alpha = self.alpha(t_)
-            sigma = self.sigma(t_)
-            d_alpha = _time_derivative(alpha, t_)
-            d_sigma = _time_derivative(sigma, t_)
-        d_alpha = torch.zeros_like(t) if d_alpha is None else d_alpha
-        d_sigma = torch.zeros_like(t) if d_sigma is None else d_sigma
-        return alpha.detach(), sigma.detach(), d_alpha.detach(), d_sigma.detach()
+        t = t.detach().clone()  # also materialises expanded (stride-0) times
+        unit = torch.ones_like(t)
+        alpha, d_alpha = torch.func.jvp(self.alpha, (t,), (unit,))
+        sigma, d_sigma = torch.func.jvp(self.sigma, (t,), (unit,))
+        return alpha, sigma, d_alpha, d_sigma
 
     def sde_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
         r"""Drift and diffusion of the forward SDE ``dz = f(t) z dt + g(t) dW``.

@@ -165,3 +165,28 @@ def test_probability_flow_drift_matches_sde_form(schedule_name):
     torch.testing.assert_close(
         ode_drift(schedule, z, t, x_hat), f * z - 0.5 * g**2 * score
     )
+
+
+@pytest.mark.parametrize("schedule_name", ["vp", "edm_vp", "rectified_flow"])
+def test_score_composes_with_torch_func(schedule_name):
+    """Jacobians of the score by ``torch.func`` (as sbi's JAC i.i.d. method takes
+    them) match autograd: the schedule's derivatives need no autograd graph."""
+    from sbi_diffusion import DiffusionNPE
+
+    torch.manual_seed(0)
+    prior = MultivariateNormal(torch.zeros(2), torch.eye(2))
+    theta = prior.sample((200,))
+    x = theta + 0.1 * torch.randn_like(theta)
+    inference = DiffusionNPE(prior, schedule=schedule_name, show_progress_bars=False)
+    estimator = inference.append_simulations(theta, x).train(max_num_epochs=1)
+    x_o, t = x[:1], torch.tensor([0.5])
+
+    def score(theta_batch: torch.Tensor) -> torch.Tensor:
+        return estimator.score(theta_batch, x_o, t)
+
+    # sbi's JAC i.i.d. method: vmap(vmap(jacrev(score))) over (trials, batch, 1, d).
+    inputs = torch.randn(4, 3, 1, 2)
+    jacobians = torch.func.vmap(torch.func.vmap(torch.func.jacrev(score)))(inputs)
+    assert jacobians.shape == (4, 3, 1, 2, 1, 2)
+    reference = torch.autograd.functional.jacobian(score, inputs[1, 2])
+    assert torch.allclose(jacobians[1, 2], reference, atol=1e-5)
