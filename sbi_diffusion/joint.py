@@ -55,6 +55,7 @@ __all__ = [
     "MaskDistribution",
     "check_condition_mask",
     "check_edge_mask",
+    "join_flat",
     "attention_mask",
     "MaskedJointModel",
     "JointDenoiser",
@@ -107,6 +108,14 @@ def check_condition_mask(
         else:
             mask = mask.expand(batch, dim)
     return mask
+
+
+def join_flat(theta: Tensor, x: Tensor) -> Tensor:
+    """Flatten ``theta`` ``(B, *theta_shape)`` and ``x`` ``(B, *x_shape)`` and
+    stack them into joint vectors ``(B, D)``, theta first."""
+    return torch.cat(
+        [theta.reshape(theta.shape[0], -1), x.reshape(x.shape[0], -1)], dim=1
+    )
 
 
 def check_edge_mask(edges: Tensor | None, dim: int) -> Tensor | None:
@@ -340,9 +349,7 @@ class MaskedJointModel(nn.Module, ABC):
     def join(self, theta: Tensor, x: Tensor) -> Tensor:
         """Stack raw ``theta`` ``(B, *theta_shape)`` and ``x`` ``(B, *x_shape)``
         into ``(B, D)``."""
-        return torch.cat(
-            [theta.reshape(theta.shape[0], -1), x.reshape(x.shape[0], -1)], dim=1
-        )
+        return join_flat(theta, x)
 
     def to_z(self, values: Tensor) -> Tensor:
         """Standardise joint values ``(B, D)``: ``(v - shift) / scale``."""

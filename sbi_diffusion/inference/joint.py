@@ -52,7 +52,7 @@ from sbi_diffusion.guidance import (
     check_sampler_accepts_guidance,
 )
 from sbi_diffusion.inference.posterior import DiffusionPosterior
-from sbi_diffusion.inference.trainer import VectorFieldInference
+from sbi_diffusion.inference.trainer import VectorFieldInference, as_simulation_batch
 from sbi_diffusion.joint import (
     ConditionalView,
     JointDenoiser,
@@ -60,6 +60,7 @@ from sbi_diffusion.joint import (
     MaskedJointModel,
     check_condition_mask,
     check_edge_mask,
+    join_flat,
 )
 from sbi_diffusion.nets.transformer import TokenTransformer
 from sbi_diffusion.samplers import get_sampler, initial_noise
@@ -563,6 +564,7 @@ class JointDiffusion(VectorFieldInference):
     default_weighting = "edm"
     default_sampler = "heun"
     default_sampler_options = {"steps": 18}
+    _posterior_class = JointPosterior
 
     def __init__(
         self,
@@ -662,24 +664,14 @@ class JointDiffusion(VectorFieldInference):
         Returns:
             self, for chaining.
         """
-        theta = torch.as_tensor(theta, dtype=torch.float32)
-        x = torch.as_tensor(x, dtype=torch.float32)
-        if theta.dim() < 2 or x.dim() < 2:
-            raise ValueError(
-                "theta and x need a batch dimension: got theta of shape "
-                f"{tuple(theta.shape)} and x of shape {tuple(x.shape)}. Pass tensors "
-                "of shape (num_simulations, dim)."
-            )
+        theta, x = as_simulation_batch(theta, x)
         if torch.isinf(theta).any():
             raise ValueError(
                 "theta contains inf values; remove those rows (NaN marks a missing "
                 "value and is allowed)."
             )
         if theta.shape[0] == x.shape[0]:
-            flat = torch.cat(
-                [theta.reshape(theta.shape[0], -1), x.reshape(x.shape[0], -1)], 1
-            )
-            if torch.isnan(flat).all(dim=1).any():
+            if torch.isnan(join_flat(theta, x)).all(dim=1).any():
                 raise ValueError(
                     "Some simulations have every value of theta and x missing (NaN); "
                     "remove those rows."
@@ -709,9 +701,7 @@ class JointDiffusion(VectorFieldInference):
 
     def _build_denoiser(self, theta: Tensor, x: Tensor) -> JointDenoiser:
         theta_shape, x_shape = theta.shape[1:], x.shape[1:]
-        values = torch.cat(
-            [theta.reshape(theta.shape[0], -1), x.reshape(x.shape[0], -1)], 1
-        )
+        values = join_flat(theta, x)
         shift, scale = _nan_zscore(values.cpu())
         dim = values.shape[1]
         theta_dim = int(theta_shape.numel())
@@ -740,18 +730,8 @@ class JointDiffusion(VectorFieldInference):
         )
         return denoiser.to(self._device)
 
-    def _get_potential_function(self, prior, estimator):
-        posterior = JointPosterior(estimator, prior, device=self._device)
-        return posterior.potential_fn, posterior.theta_transform
-
     def _model(self, estimator: MaskedJointModel | None) -> MaskedJointModel:
-        if estimator is not None:
-            return deepcopy(estimator)
-        if getattr(self, "_trained_estimator", None) is None:
-            raise ValueError(
-                "No trained estimator: call train() first, or pass estimator=."
-            )
-        return deepcopy(self._trained_estimator)
+        return deepcopy(self._estimator_or_trained(estimator, "call train() first"))
 
     # ----------------------------------------------------------- posterior
 
@@ -785,9 +765,7 @@ class JointDiffusion(VectorFieldInference):
             **sampler_options: default sampler options (e.g. ``steps=30``).
         """
         model = self._model(estimator)
-        prior = self._prior if prior is None else prior
-        if prior is None:
-            raise ValueError("No prior: pass prior= to the constructor or here.")
+        prior = self._prior_or_default(prior)
         method = (
             self._posterior_method if posterior_method is None else posterior_method
         )
@@ -800,15 +778,12 @@ class JointDiffusion(VectorFieldInference):
             return self._mcmc_posterior(
                 model, prior, mcmc_method, mcmc_parameters, log_prob_options
             )
-        options = dict(self._sampler_options)
-        options.update(sampler_options)
         self._posterior = JointPosterior(
             model,
             prior,
-            sampler=self._sampler if sampler is None else sampler,
-            sampler_options=options,
-            max_sampling_batch_size=max_sampling_batch_size,
-            device=self._device,
+            **self._posterior_options(
+                sampler, max_sampling_batch_size, sampler_options
+            ),
         )
         return self._posterior
 
@@ -894,12 +869,7 @@ class JointDiffusion(VectorFieldInference):
     def _conditional_options(
         self, sampler: str | None, max_batch: int, sampler_options: dict
     ) -> dict[str, Any]:
-        options = dict(self._sampler_options)
-        options.update(sampler_options)
         return {
-            "sampler": self._sampler if sampler is None else sampler,
-            "sampler_options": options,
-            "max_sampling_batch_size": max_batch,
-            "device": self._device,
+            **self._posterior_options(sampler, max_batch, sampler_options),
             "show_progress_bars": self._show_progress_bars,
         }
