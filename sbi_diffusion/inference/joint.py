@@ -63,7 +63,12 @@ from sbi_diffusion.joint import (
     join_flat,
 )
 from sbi_diffusion.nets.transformer import TokenTransformer
-from sbi_diffusion.samplers import get_sampler, initial_noise
+from sbi_diffusion.samplers import (
+    get_sampler,
+    network_evaluations_per_call,
+    sample_from_noise,
+    sampling_call_options,
+)
 from sbi_diffusion.vector_field import DenoiseFn
 
 __all__ = [
@@ -312,10 +317,9 @@ class JointConditional:
         num = int(math.prod(sample_shape))
         sampler = self.sampler if sampler is None else sampler
         sampler_fn = get_sampler(sampler)
-        options = dict(self.sampler_options) if sampler == self.sampler else {}
-        options.update(sampler_options)
-        if steps is not None:
-            options["steps"] = steps
+        options = sampling_call_options(
+            sampler, self.sampler, self.sampler_options, sampler_options, steps
+        )
         if guidance is not None:
             check_sampler_accepts_guidance(sampler, sampler_fn)
             context = self.guidance_context()
@@ -334,22 +338,18 @@ class JointConditional:
             denoise: DenoiseFn = ConditionedDenoiser(self.view, rows[chunk])
             if guidance is not None:
                 denoise = apply_guidance(denoise, guidance, context)
-            noise = initial_noise(
+            result = sample_from_noise(
+                sampler_fn,
+                denoise,
                 self.model.schedule,
                 (chunk.numel(), self.num_latent),
-                generator=generator,
-                device="cpu" if generator is not None else self.device,
-            ).to(self.device)
-            with torch.no_grad():
-                result = sampler_fn(
-                    denoise,
-                    noise,
-                    generator=generator,
-                    show_progress_bars=False,
-                    **options,
-                )
+                generator,
+                self.device,
+                show_progress_bars=False,
+                **options,
+            )
             out[chunk.to(self.device)] = result.samples
-            evaluations = float(getattr(denoise, "evaluations_per_call", 1))
+            evaluations = network_evaluations_per_call(denoise)
             total_nfe += result.nfe * evaluations * chunk.numel()
             progress.update(chunk.numel())
         progress.close()
