@@ -58,7 +58,7 @@ from sbi_diffusion.joint import (
     JointDenoiser,
     MaskDistribution,
     MaskedJointModel,
-    check_condition_mask,
+    check_conditional_mask,
     check_edge_mask,
     join_flat,
 )
@@ -178,17 +178,7 @@ class JointConditional:
         device: str | torch.device = "cpu",
         show_progress_bars: bool = True,
     ):
-        mask = check_condition_mask(condition_mask, model.dim)
-        if mask.dim() != 1:
-            raise ValueError(
-                f"A conditional needs one mask of shape ({model.dim},), got "
-                f"{tuple(mask.shape)}."
-            )
-        if bool(mask.all()):
-            raise ValueError(
-                "The condition mask observes every variable, so the conditional has "
-                "no free variable to sample. Set at least one entry to False."
-            )
+        mask = check_conditional_mask(condition_mask, model.dim)
         get_sampler(sampler)
         self.model = model.eval()
         self.device = torch.device(device)
