@@ -39,6 +39,8 @@ __all__ = [
     "sample_from_noise",
     "sampling_call_options",
     "network_evaluations_per_call",
+    "schedule_value",
+    "final_denoising",
 ]
 
 
@@ -174,6 +176,24 @@ def sampling_call_options(
     return merged
 
 
+def schedule_value(
+    fn: Callable[[Tensor], Tensor],
+    t: Tensor | float,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """A schedule function (``alpha``, ``sigma``, ...) at the single time ``t``,
+    as a 0-d tensor; ``t`` is converted to ``dtype`` first where given."""
+    return fn(torch.as_tensor(t, dtype=dtype).reshape(1))[0]
+
+
+def final_denoising(counter: CountingDenoiser, z: Tensor, t_end: Tensor) -> Tensor:
+    r"""``x_hat(z, t_end)`` where ``sigma(t_end) > 0``, else ``z``: the last,
+    noise-free Euler step to ``sigma = 0`` (Karras et al. 2022, Algorithm 1)."""
+    if float(schedule_value(counter.schedule.sigma, t_end)) > 0:
+        return counter(z, t_end)
+    return z
+
+
 def gaussian_like(z: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise like ``z`` from an optional generator."""
     return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
@@ -253,7 +273,6 @@ def run_fixed_grid(
             z = langevin_correct(
                 counter, z, t_next, corrector_steps, corrector_snr, generator
             )
-    t_end = grid[-1]
-    if final_denoise and float(schedule.sigma(t_end)) > 0:
-        z = counter(z, t_end)
+    if final_denoise:
+        z = final_denoising(counter, z, grid[-1])
     return SamplerResult(z, counter.nfe)
