@@ -11,23 +11,13 @@ from pathlib import Path
 import pandas as pd
 
 from sbi_diffusion.benchmark.report import load_results, markdown_table, write_report
+from sbi_diffusion.benchmark.tasks import TASKS
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "sbibm.jsonl"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 MISSING_START, MISSING_END = "<!-- missing:start -->", "<!-- missing:end -->"
-ALL = (
-    "gaussian_linear",
-    "gaussian_linear_uniform",
-    "gaussian_mixture",
-    "two_moons",
-    "slcp",
-    "slcp_distractors",
-    "bernoulli_glm",
-    "bernoulli_glm_raw",
-    "sir",
-    "lotka_volterra",
-)
+ALL = TASKS
 SMALL = ("two_moons", "slcp", "gaussian_mixture", "bernoulli_glm")
 # The grid of benchmarks/run_published.sh: (tasks, budget, methods).
 GRID = (

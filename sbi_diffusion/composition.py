@@ -550,7 +550,7 @@ def estimate_trial_covariances(
         show_progress_bars: show progress over chunks of trials.
     """
     from sbi_diffusion.denoiser import ConditionedDenoiser
-    from sbi_diffusion.samplers import get_sampler, initial_noise
+    from sbi_diffusion.samplers import get_sampler, sample_from_noise
 
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}.")
@@ -569,20 +569,16 @@ def estimate_trial_covariances(
         leave=False,
     ):
         emb = embeddings[chunk].repeat_interleave(num_samples, dim=0)
-        noise = initial_noise(
+        result = sample_from_noise(
+            sampler_fn,
+            ConditionedDenoiser(estimator, emb),
             estimator.schedule,
             (emb.shape[0], d),
-            generator=generator,
-            device="cpu" if generator is not None else emb.device,
-        ).to(emb.device)
-        with torch.no_grad():
-            result = sampler_fn(
-                ConditionedDenoiser(estimator, emb),
-                noise,
-                steps=steps,
-                generator=generator,
-                time_grid=grid,
-            )
+            generator,
+            emb.device,
+            steps=steps,
+            time_grid=grid,
+        )
         s = result.samples.reshape(chunk.numel(), num_samples, d)
         means.append(s.mean(1))
         s = s - s.mean(1, keepdim=True)

@@ -46,6 +46,7 @@ from sbi_diffusion.composition import (
     diffused_prior,
     precision_from_jacobian,
 )
+from sbi_diffusion.samplers.base import network_evaluations_per_call
 from sbi_diffusion.schedules import Schedule
 from sbi_diffusion.vector_field import DenoiseFn, as_time
 
@@ -140,10 +141,6 @@ class GuidedDenoiser:
         return self._fn(z, as_time(t, z))
 
 
-def _evaluations(denoise: DenoiseFn) -> float:
-    return float(getattr(denoise, "evaluations_per_call", 1))
-
-
 class ScoreTransform:
     """Base class: ``transform.apply(denoise, context) -> DenoiseFn``."""
 
@@ -209,7 +206,7 @@ class ClassifierFreeGuidance(ScoreTransform):
             x_cond, x_null = both[:b], both[b:]
             return x_null + w * (x_cond - x_null)
 
-        return GuidedDenoiser(denoise, fn, 2 * _evaluations(denoise))
+        return GuidedDenoiser(denoise, fn, 2 * network_evaluations_per_call(denoise))
 
 
 # ------------------------------------------------------------------ tilting
@@ -275,6 +272,34 @@ def _tilt(x_hat: Tensor, cov: Tensor, grad: Tensor, hess: Tensor | None) -> Tens
     precision = torch.linalg.inv(cov.double()) - hess.double()
     combined = _inverse_clamped(precision, 1e-6)
     return x_hat + (combined.to(x_hat) @ grad[:, :, None])[:, :, 0]
+
+
+def _tilted_denoiser(
+    denoise: DenoiseFn,
+    context: GuidanceContext,
+    log_r: Callable[[Tensor], Tensor],
+    covariance: str,
+    hessian: bool,
+) -> GuidedDenoiser:
+    r"""The tilt of ``denoise`` by ``r`` (module docstring):
+    ``x_hat_new = x_hat + (C^{-1} + R)^{-1} g`` with ``g`` and ``-R`` the gradient
+    and Hessian of ``log r`` (a function of ``z``) at ``x_hat``, and ``C`` the
+    ``"jacobian"`` or ``"isotropic"`` denoising covariance. Without ``hessian``,
+    ``R = 0`` and ``x_hat_new = x_hat + C g``.
+
+    A Jacobian covariance is bounded by the training prior's largest variance and
+    costs one backward pass per dimension (counted in the evaluations per call).
+    """
+    max_variance = context.prior_max_variance() if covariance == "jacobian" else None
+
+    def fn(z: Tensor, t: Tensor) -> Tensor:
+        x_hat, cov = _denoising_covariance(denoise, z, t, covariance, max_variance)
+        grad, hess = _grad_and_hessian(log_r, x_hat, hessian)
+        return _tilt(x_hat, cov, grad, hess)
+
+    extra = z_dim_evals(context) if covariance == "jacobian" else 0
+    evaluations = network_evaluations_per_call(denoise) * (1 + extra)
+    return GuidedDenoiser(denoise, fn, evaluations)
 
 
 _COVARIANCES = ("jacobian", "isotropic")
@@ -346,16 +371,9 @@ class PriorSwap(ScoreTransform):
             value = new_log_prob(theta) - train_log_prob(theta)
             return torch.where(torch.isfinite(value), value, torch.zeros_like(value))
 
-        covariance, hessian = self.covariance, self.hessian
-        max_variance = context.prior_max_variance()
-
-        def fn(z: Tensor, t: Tensor) -> Tensor:
-            x_hat, cov = _denoising_covariance(denoise, z, t, covariance, max_variance)
-            grad, hess = _grad_and_hessian(log_ratio, x_hat, hessian)
-            return _tilt(x_hat, cov, grad, hess)
-
-        extra = z_dim_evals(context) if covariance == "jacobian" else 0
-        return GuidedDenoiser(denoise, fn, _evaluations(denoise) * (1 + extra))
+        return _tilted_denoiser(
+            denoise, context, log_ratio, self.covariance, self.hessian
+        )
 
 
 def z_dim_evals(context: GuidanceContext) -> int:
@@ -470,22 +488,13 @@ class ConstraintGuidance(ScoreTransform):
         return (self._checked(theta) <= 0).all(dim=-1)
 
     def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
-        strength, tau, covariance = self.strength, self.tau, self.covariance
-        max_variance = (
-            context.prior_max_variance() if covariance == "jacobian" else None
-        )
+        strength, tau = self.strength, self.tau
 
         def log_r(z: Tensor) -> Tensor:
             c = self._checked(context.theta(z))
             return strength * torch.nn.functional.logsigmoid(-c / tau).sum(-1)
 
-        def fn(z: Tensor, t: Tensor) -> Tensor:
-            x_hat, cov = _denoising_covariance(denoise, z, t, covariance, max_variance)
-            grad, _ = _grad_and_hessian(log_r, x_hat, False)
-            return _tilt(x_hat, cov, grad, None)
-
-        extra = z_dim_evals(context) if covariance == "jacobian" else 0
-        return GuidedDenoiser(denoise, fn, _evaluations(denoise) * (1 + extra))
+        return _tilted_denoiser(denoise, context, log_r, self.covariance, False)
 
 
 # --------------------------------------------------------------- temperature
@@ -543,7 +552,7 @@ class LikelihoodTemperature(ScoreTransform):
             inv = _inverse_clamped(lam, snr + 1e-3).to(z)
             return (inv @ num)[:, :, 0]
 
-        evals = _evaluations(denoise) + prior.evaluations_per_call
+        evals = network_evaluations_per_call(denoise) + prior.evaluations_per_call
         if mode == "jacobian":
             evals *= 1 + z_dim_evals(context)
         return GuidedDenoiser(denoise, fn, evals)

@@ -54,7 +54,9 @@ __all__ = [
     "MASK_KINDS",
     "MaskDistribution",
     "check_condition_mask",
+    "check_conditional_mask",
     "check_edge_mask",
+    "join_flat",
     "attention_mask",
     "MaskedJointModel",
     "JointDenoiser",
@@ -107,6 +109,36 @@ def check_condition_mask(
         else:
             mask = mask.expand(batch, dim)
     return mask
+
+
+def check_conditional_mask(mask: Tensor | Sequence[bool], dim: int) -> Tensor:
+    """Validate the condition mask of one conditional ``p(v_L | v_O)``: a single
+    ``(dim,)`` mask (see :func:`check_condition_mask`) with at least one latent
+    variable.
+
+    Raises:
+        ValueError: for a wrong shape, a batch of masks, or a mask that observes
+            every variable.
+    """
+    mask = check_condition_mask(mask, dim)
+    if mask.dim() != 1:
+        raise ValueError(
+            f"A conditional needs one mask of shape ({dim},), got {tuple(mask.shape)}."
+        )
+    if bool(mask.all()):
+        raise ValueError(
+            "The condition mask observes every variable, so the conditional has "
+            "no free variable to sample. Set at least one entry to False."
+        )
+    return mask
+
+
+def join_flat(theta: Tensor, x: Tensor) -> Tensor:
+    """Flatten ``theta`` ``(B, *theta_shape)`` and ``x`` ``(B, *x_shape)`` and
+    stack them into joint vectors ``(B, D)``, theta first."""
+    return torch.cat(
+        [theta.reshape(theta.shape[0], -1), x.reshape(x.shape[0], -1)], dim=1
+    )
 
 
 def check_edge_mask(edges: Tensor | None, dim: int) -> Tensor | None:
@@ -340,9 +372,7 @@ class MaskedJointModel(nn.Module, ABC):
     def join(self, theta: Tensor, x: Tensor) -> Tensor:
         """Stack raw ``theta`` ``(B, *theta_shape)`` and ``x`` ``(B, *x_shape)``
         into ``(B, D)``."""
-        return torch.cat(
-            [theta.reshape(theta.shape[0], -1), x.reshape(x.shape[0], -1)], dim=1
-        )
+        return join_flat(theta, x)
 
     def to_z(self, values: Tensor) -> Tensor:
         """Standardise joint values ``(B, D)``: ``(v - shift) / scale``."""
@@ -400,6 +430,15 @@ class MaskedJointModel(nn.Module, ABC):
 
 def _path_point(schedule: Schedule, t: Tensor) -> PathPoint:
     return PathPoint(*schedule.derivatives(t))
+
+
+def _variable_path_point(schedule: Schedule, t: Tensor, dim: int) -> PathPoint:
+    """The path point at times ``t`` ``(B, 1)`` for each of ``dim`` variables,
+    ``(B, dim)``."""
+    p = _path_point(schedule, t)
+    return PathPoint(
+        *(v.expand(t.shape[0], dim) for v in (p.alpha, p.sigma, p.d_alpha, p.d_sigma))
+    )
 
 
 def _select(mask: Tensor, a: PathPoint, b: PathPoint) -> PathPoint:
@@ -474,22 +513,10 @@ class JointDenoiser(MaskedJointModel):
     ) -> tuple[Tensor, PathPoint]:
         """Network output ``F`` and the per-variable path point ``(B, D)``."""
         batch = z.shape[0]
-        p = _path_point(self.schedule, t.reshape(batch, 1))
-        p = PathPoint(
-            *(
-                v.expand(batch, self.dim)
-                for v in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)
-            )
-        )
+        p = _variable_path_point(self.schedule, t.reshape(batch, 1), self.dim)
         if missing is not None and bool(missing.any()):
             t_max = torch.full_like(t.reshape(batch, 1), float(self.schedule.t_max))
-            p_max = _path_point(self.schedule, t_max)
-            p_max = PathPoint(
-                *(
-                    v.expand(batch, self.dim)
-                    for v in (p_max.alpha, p_max.sigma, p_max.d_alpha, p_max.d_sigma)
-                )
-            )
+            p_max = _variable_path_point(self.schedule, t_max, self.dim)
             p = _select(missing, p_max, p)
             z = torch.where(missing, torch.zeros_like(z), z)
         c_in = self.parameterization.input_scale(p)
@@ -722,18 +749,8 @@ class JointConditionalDenoiser(nn.Module):
         observed: Tensor,
     ):
         super().__init__()
-        mask = check_condition_mask(condition_mask, model.dim)
-        if mask.dim() != 1:
-            raise ValueError(
-                f"A conditional needs one mask of shape ({model.dim},), got "
-                f"{tuple(mask.shape)}."
-            )
+        mask = check_conditional_mask(condition_mask, model.dim)
         mask = mask.to(model.shift.device)
-        if bool(mask.all()):
-            raise ValueError(
-                "The condition mask observes every variable, so the conditional has "
-                "no free variable to sample. Set at least one entry to False."
-            )
         observed = torch.as_tensor(observed, dtype=torch.float32)
         if observed.dim() == 1:
             observed = observed[None]

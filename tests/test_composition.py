@@ -301,24 +301,30 @@ def test_bad_input(linear_gaussian):
 # ------------------------------------------------------------- trained model
 
 
+def train_posterior(cls, prior, theta: Tensor, x: Tensor):
+    """A small posterior estimator of class ``cls`` trained on ``(theta, x)``, with
+    condition dropout (so it also has an unconditional model)."""
+    inference = cls(
+        prior,
+        net_kwargs=dict(width=64, depth=2),
+        condition_dropout=0.1,
+        show_progress_bars=False,
+    )
+    inference.append_simulations(theta, x).train(
+        max_num_epochs=60, training_batch_size=128, seed=0
+    )
+    return inference.build_posterior()
+
+
 @pytest.fixture(scope="module")
 def trained(linear_gaussian):
     torch.manual_seed(0)
     theta = linear_gaussian.prior.sample((2000,))
     x = linear_gaussian.simulate(theta)
-    out = {}
-    for cls in (DiffusionNPE, FlowMatchingNPE):
-        inference = cls(
-            linear_gaussian.prior,
-            net_kwargs=dict(width=64, depth=2),
-            condition_dropout=0.1,
-            show_progress_bars=False,
-        )
-        inference.append_simulations(theta, x).train(
-            max_num_epochs=60, training_batch_size=128, seed=0
-        )
-        out[cls.__name__] = inference.build_posterior()
-    return out
+    return {
+        cls.__name__: train_posterior(cls, linear_gaussian.prior, theta, x)
+        for cls in (DiffusionNPE, FlowMatchingNPE)
+    }
 
 
 @pytest.mark.parametrize("name", ["DiffusionNPE", "FlowMatchingNPE"])

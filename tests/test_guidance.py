@@ -11,6 +11,7 @@ from test_composition import (
     ExactSingleTrialEstimator,
     _trials,
     moment_errors,
+    train_posterior,
 )
 from torch.distributions import MultivariateNormal
 
@@ -175,16 +176,7 @@ def posterior(linear_gaussian):
     torch.manual_seed(0)
     theta = linear_gaussian.prior.sample((2000,))
     x = linear_gaussian.simulate(theta)
-    inference = DiffusionNPE(
-        linear_gaussian.prior,
-        net_kwargs=dict(width=64, depth=2),
-        condition_dropout=0.1,
-        show_progress_bars=False,
-    )
-    inference.append_simulations(theta, x).train(
-        max_num_epochs=60, training_batch_size=128, seed=0
-    )
-    return inference.build_posterior()
+    return train_posterior(DiffusionNPE, linear_gaussian.prior, theta, x)
 
 
 def test_trained_model_guidance(posterior, linear_gaussian):

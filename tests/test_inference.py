@@ -107,21 +107,16 @@ def test_sample_shapes_default_x_and_batched(diffusion, x_o):
 
 def test_sampling_is_deterministic_with_generator(diffusion, x_o):
     posterior = diffusion.build_posterior()
-    a = posterior.sample(
-        (50,),
-        x=x_o,
-        generator=torch.Generator().manual_seed(3),
-        show_progress_bars=False,
-        sampler="euler_maruyama",
-        steps=20,
-    )
-    b = posterior.sample(
-        (50,),
-        x=x_o,
-        generator=torch.Generator().manual_seed(3),
-        show_progress_bars=False,
-        sampler="euler_maruyama",
-        steps=20,
+    a, b = (
+        posterior.sample(
+            (50,),
+            x=x_o,
+            generator=torch.Generator().manual_seed(3),
+            show_progress_bars=False,
+            sampler="euler_maruyama",
+            steps=20,
+        )
+        for _ in range(2)
     )
     assert torch.equal(a, b)
 

@@ -74,18 +74,18 @@ def run_benchmark(
     """
     import pandas as pd
 
-    the_plan = plan(
-        tasks=tasks,
-        num_simulations=num_simulations,
-        methods=methods,
-        observations=observations,
-        seeds=seeds,
-        device=device,
-        output=output,
-        num_posterior_samples=num_posterior_samples,
-        torch_threads=torch_threads,
-        model_cache=model_cache,
-    )
+    grid = {
+        "tasks": tasks,
+        "num_simulations": num_simulations,
+        "methods": methods,
+        "observations": observations,
+        "seeds": seeds,
+        "device": device,
+        "output": output,
+        "num_posterior_samples": num_posterior_samples,
+        "torch_threads": torch_threads,
+    }
+    the_plan = plan(**grid, model_cache=model_cache)
     folder = Path(log_folder) if log_folder else Path(f"{output}.logs")
     # Largest budgets first: the longest jobs start early, which shortens the run.
     jobs = sorted(the_plan.jobs, key=lambda job: -job.num_simulations)
@@ -93,17 +93,7 @@ def run_benchmark(
         jobs, executor=executor, workers=workers, folder=folder, slurm=slurm
     )
     # Re-plan to collect every finished row of the grid, old and new.
-    final = plan(
-        tasks=tasks,
-        num_simulations=num_simulations,
-        methods=methods,
-        observations=observations,
-        seeds=seeds,
-        device=device,
-        output=output,
-        num_posterior_samples=num_posterior_samples,
-        torch_threads=torch_threads,
-    )
+    final = plan(**grid)
     if failures and raise_on_failure:
         details = "\n".join(f"- {f.job.name}: {f.error}" for f in failures)
         raise BenchmarkJobsFailed(

@@ -42,7 +42,11 @@ from sbi_diffusion.consistency import (
 )
 from sbi_diffusion.denoiser import Denoiser
 from sbi_diffusion.inference.posterior import DiffusionPosterior
-from sbi_diffusion.inference.trainer import VectorFieldInference
+from sbi_diffusion.inference.trainer import (
+    VectorFieldInference,
+    steps_per_epoch,
+    validation_size,
+)
 from sbi_diffusion.samplers import consistency as _consistency_sampler  # noqa: F401
 from sbi_diffusion.schedules import get_schedule
 
@@ -364,9 +368,8 @@ class ConsistencyNPE(VectorFieldInference):
         """Optimiser steps the core loop runs: ``max_num_epochs`` epochs, bounded
         by its ``max_num_steps`` where the core trainer has that bound."""
         num = sum(t.shape[0] for t in self._theta_roundwise)
-        num_train = num - max(1, int(validation_fraction * num))
-        per_epoch = max(1, num_train // min(training_batch_size, num_train))
-        steps = max_num_epochs * per_epoch
+        num_train = num - validation_size(num, validation_fraction)
+        steps = max_num_epochs * steps_per_epoch(num_train, training_batch_size)
         bound = inspect.signature(VectorFieldInference.train).parameters.get(
             "max_num_steps"
         )
@@ -597,16 +600,10 @@ class ConsistencyNPE(VectorFieldInference):
                 f"A consistency posterior takes steps= or times=, got sampler="
                 f"{sampler!r} and options {sorted(sampler_options)}."
             )
-        if estimator is None:
-            if getattr(self, "_trained_estimator", None) is None:
-                raise ValueError(
-                    "No trained estimator: call train() or distill() before "
-                    "build_posterior(), or pass estimator=."
-                )
-            estimator = self._trained_estimator
-        prior = self._prior if prior is None else prior
-        if prior is None:
-            raise ValueError("No prior: pass prior= to the constructor or here.")
+        estimator = self._estimator_or_trained(
+            estimator, "call train() or distill() before build_posterior()"
+        )
+        prior = self._prior_or_default(prior)
         if steps is None and times is None:
             steps = self._sampler_options.get("steps")
             times = self._sampler_options.get("times")

@@ -52,17 +52,23 @@ from sbi_diffusion.guidance import (
     check_sampler_accepts_guidance,
 )
 from sbi_diffusion.inference.posterior import DiffusionPosterior
-from sbi_diffusion.inference.trainer import VectorFieldInference
+from sbi_diffusion.inference.trainer import VectorFieldInference, as_simulation_batch
 from sbi_diffusion.joint import (
     ConditionalView,
     JointDenoiser,
     MaskDistribution,
     MaskedJointModel,
-    check_condition_mask,
+    check_conditional_mask,
     check_edge_mask,
+    join_flat,
 )
 from sbi_diffusion.nets.transformer import TokenTransformer
-from sbi_diffusion.samplers import get_sampler, initial_noise
+from sbi_diffusion.samplers import (
+    get_sampler,
+    network_evaluations_per_call,
+    sample_from_noise,
+    sampling_call_options,
+)
 from sbi_diffusion.vector_field import DenoiseFn
 
 __all__ = [
@@ -172,17 +178,7 @@ class JointConditional:
         device: str | torch.device = "cpu",
         show_progress_bars: bool = True,
     ):
-        mask = check_condition_mask(condition_mask, model.dim)
-        if mask.dim() != 1:
-            raise ValueError(
-                f"A conditional needs one mask of shape ({model.dim},), got "
-                f"{tuple(mask.shape)}."
-            )
-        if bool(mask.all()):
-            raise ValueError(
-                "The condition mask observes every variable, so the conditional has "
-                "no free variable to sample. Set at least one entry to False."
-            )
+        mask = check_conditional_mask(condition_mask, model.dim)
         get_sampler(sampler)
         self.model = model.eval()
         self.device = torch.device(device)
@@ -311,10 +307,9 @@ class JointConditional:
         num = int(math.prod(sample_shape))
         sampler = self.sampler if sampler is None else sampler
         sampler_fn = get_sampler(sampler)
-        options = dict(self.sampler_options) if sampler == self.sampler else {}
-        options.update(sampler_options)
-        if steps is not None:
-            options["steps"] = steps
+        options = sampling_call_options(
+            sampler, self.sampler, self.sampler_options, sampler_options, steps
+        )
         if guidance is not None:
             check_sampler_accepts_guidance(sampler, sampler_fn)
             context = self.guidance_context()
@@ -333,22 +328,18 @@ class JointConditional:
             denoise: DenoiseFn = ConditionedDenoiser(self.view, rows[chunk])
             if guidance is not None:
                 denoise = apply_guidance(denoise, guidance, context)
-            noise = initial_noise(
+            result = sample_from_noise(
+                sampler_fn,
+                denoise,
                 self.model.schedule,
                 (chunk.numel(), self.num_latent),
-                generator=generator,
-                device="cpu" if generator is not None else self.device,
-            ).to(self.device)
-            with torch.no_grad():
-                result = sampler_fn(
-                    denoise,
-                    noise,
-                    generator=generator,
-                    show_progress_bars=False,
-                    **options,
-                )
+                generator,
+                self.device,
+                show_progress_bars=False,
+                **options,
+            )
             out[chunk.to(self.device)] = result.samples
-            evaluations = float(getattr(denoise, "evaluations_per_call", 1))
+            evaluations = network_evaluations_per_call(denoise)
             total_nfe += result.nfe * evaluations * chunk.numel()
             progress.update(chunk.numel())
         progress.close()
@@ -563,6 +554,7 @@ class JointDiffusion(VectorFieldInference):
     default_weighting = "edm"
     default_sampler = "heun"
     default_sampler_options = {"steps": 18}
+    _posterior_class = JointPosterior
 
     def __init__(
         self,
@@ -662,24 +654,14 @@ class JointDiffusion(VectorFieldInference):
         Returns:
             self, for chaining.
         """
-        theta = torch.as_tensor(theta, dtype=torch.float32)
-        x = torch.as_tensor(x, dtype=torch.float32)
-        if theta.dim() < 2 or x.dim() < 2:
-            raise ValueError(
-                "theta and x need a batch dimension: got theta of shape "
-                f"{tuple(theta.shape)} and x of shape {tuple(x.shape)}. Pass tensors "
-                "of shape (num_simulations, dim)."
-            )
+        theta, x = as_simulation_batch(theta, x)
         if torch.isinf(theta).any():
             raise ValueError(
                 "theta contains inf values; remove those rows (NaN marks a missing "
                 "value and is allowed)."
             )
         if theta.shape[0] == x.shape[0]:
-            flat = torch.cat(
-                [theta.reshape(theta.shape[0], -1), x.reshape(x.shape[0], -1)], 1
-            )
-            if torch.isnan(flat).all(dim=1).any():
+            if torch.isnan(join_flat(theta, x)).all(dim=1).any():
                 raise ValueError(
                     "Some simulations have every value of theta and x missing (NaN); "
                     "remove those rows."
@@ -709,9 +691,7 @@ class JointDiffusion(VectorFieldInference):
 
     def _build_denoiser(self, theta: Tensor, x: Tensor) -> JointDenoiser:
         theta_shape, x_shape = theta.shape[1:], x.shape[1:]
-        values = torch.cat(
-            [theta.reshape(theta.shape[0], -1), x.reshape(x.shape[0], -1)], 1
-        )
+        values = join_flat(theta, x)
         shift, scale = _nan_zscore(values.cpu())
         dim = values.shape[1]
         theta_dim = int(theta_shape.numel())
@@ -740,18 +720,8 @@ class JointDiffusion(VectorFieldInference):
         )
         return denoiser.to(self._device)
 
-    def _get_potential_function(self, prior, estimator):
-        posterior = JointPosterior(estimator, prior, device=self._device)
-        return posterior.potential_fn, posterior.theta_transform
-
     def _model(self, estimator: MaskedJointModel | None) -> MaskedJointModel:
-        if estimator is not None:
-            return deepcopy(estimator)
-        if getattr(self, "_trained_estimator", None) is None:
-            raise ValueError(
-                "No trained estimator: call train() first, or pass estimator=."
-            )
-        return deepcopy(self._trained_estimator)
+        return deepcopy(self._estimator_or_trained(estimator, "call train() first"))
 
     # ----------------------------------------------------------- posterior
 
@@ -785,9 +755,7 @@ class JointDiffusion(VectorFieldInference):
             **sampler_options: default sampler options (e.g. ``steps=30``).
         """
         model = self._model(estimator)
-        prior = self._prior if prior is None else prior
-        if prior is None:
-            raise ValueError("No prior: pass prior= to the constructor or here.")
+        prior = self._prior_or_default(prior)
         method = (
             self._posterior_method if posterior_method is None else posterior_method
         )
@@ -800,15 +768,12 @@ class JointDiffusion(VectorFieldInference):
             return self._mcmc_posterior(
                 model, prior, mcmc_method, mcmc_parameters, log_prob_options
             )
-        options = dict(self._sampler_options)
-        options.update(sampler_options)
         self._posterior = JointPosterior(
             model,
             prior,
-            sampler=self._sampler if sampler is None else sampler,
-            sampler_options=options,
-            max_sampling_batch_size=max_sampling_batch_size,
-            device=self._device,
+            **self._posterior_options(
+                sampler, max_sampling_batch_size, sampler_options
+            ),
         )
         return self._posterior
 
@@ -894,12 +859,7 @@ class JointDiffusion(VectorFieldInference):
     def _conditional_options(
         self, sampler: str | None, max_batch: int, sampler_options: dict
     ) -> dict[str, Any]:
-        options = dict(self._sampler_options)
-        options.update(sampler_options)
         return {
-            "sampler": self._sampler if sampler is None else sampler,
-            "sampler_options": options,
-            "max_sampling_batch_size": max_batch,
-            "device": self._device,
+            **self._posterior_options(sampler, max_batch, sampler_options),
             "show_progress_bars": self._show_progress_bars,
         }

@@ -40,7 +40,12 @@ from sbi_diffusion.guidance import (
     apply_guidance,
     check_sampler_accepts_guidance,
 )
-from sbi_diffusion.samplers import get_sampler, initial_noise
+from sbi_diffusion.samplers import (
+    get_sampler,
+    network_evaluations_per_call,
+    sample_from_noise,
+    sampling_call_options,
+)
 from sbi_diffusion.vector_field import DenoiseFn
 
 __all__ = ["DiffusionPosterior", "DiffusionPotential"]
@@ -161,42 +166,31 @@ class DiffusionPosterior(NeuralPosterior):
         generator: torch.Generator | None,
         show_progress_bars: bool,
     ) -> tuple[Tensor, float]:
-        sampler_fn = get_sampler(sampler)
-        noise = initial_noise(
+        result = sample_from_noise(
+            get_sampler(sampler),
+            denoise,
             self.estimator.schedule,
             (num, self.estimator.theta_dim),
-            generator=generator,
-            device="cpu" if generator is not None else self._device,
-        ).to(self._device)
-        with torch.no_grad():
-            result = sampler_fn(
-                denoise,
-                noise,
-                generator=generator,
-                show_progress_bars=show_progress_bars,
-                **options,
-            )
+            generator,
+            self._device,
+            show_progress_bars=show_progress_bars,
+            **options,
+        )
         return result.samples, result.nfe
 
     def _draw(
         self,
-        embeddings: Tensor | None,
+        make_denoise: Callable[[Tensor], DenoiseFn],
+        num: int,
         sampler: str,
         options: dict,
         generator: torch.Generator | None,
         show_progress_bars: bool,
         reject_outside_prior: bool,
-        make_denoise: Callable[[Tensor], DenoiseFn] | None = None,
-        num: int | None = None,
     ) -> Tensor:
-        """One sample per row of ``embeddings`` (or ``num`` samples of
-        ``make_denoise(rows)``); rejected rows are redrawn."""
-        if make_denoise is None:
-
-            def make_denoise(rows: Tensor) -> DenoiseFn:
-                return ConditionedDenoiser(self.estimator, embeddings[rows])
-
-            num = embeddings.shape[0]
+        """``num`` samples, row ``i`` drawn with the denoiser
+        ``make_denoise(rows)`` of the batch ``rows`` holding ``i``; rejected rows
+        are redrawn."""
         out = torch.empty(num, self.estimator.theta_dim, device=self._device)
         todo = torch.arange(num, device=self._device)
         total_evals, total_drawn, rounds = 0.0, 0, 0
@@ -214,7 +208,7 @@ class DiffusionPosterior(NeuralPosterior):
                 z, nfe = self._run_sampler(
                     denoise, chunk.numel(), sampler, options, generator, False
                 )
-                nfe = nfe * float(getattr(denoise, "evaluations_per_call", 1))
+                nfe = nfe * network_evaluations_per_call(denoise)
                 theta = self.estimator.from_z(z).reshape(-1, *self.theta_shape)
                 theta_flat = theta.reshape(chunk.numel(), -1)
                 total_evals += nfe * chunk.numel()
@@ -257,11 +251,9 @@ class DiffusionPosterior(NeuralPosterior):
         if sampler is None:
             sampler = self.iid_sampler if iid else self.sampler
         get_sampler(sampler)
-        merged = dict(self.sampler_options) if sampler == self.sampler else {}
-        merged.update(options)
-        if steps is not None:
-            merged["steps"] = steps
-        return sampler, merged
+        return sampler, sampling_call_options(
+            sampler, self.sampler, self.sampler_options, options, steps
+        )
 
     # ---------------------------------------------------- guidance and i.i.d.
 
@@ -397,10 +389,7 @@ class DiffusionPosterior(NeuralPosterior):
         sampler, options = self._sampling_options(
             sampler, steps, sampler_options, iid=iid
         )
-        transforms = self._guidance_list(guidance)
-        if transforms or iid:
-            check_sampler_accepts_guidance(sampler, get_sampler(sampler))
-        context = self.guidance_context() if transforms else None
+        transforms, context = self._guidance_for(sampler, guidance, composed=iid)
         if iid:
             composed = self.iid_denoiser(
                 x,
@@ -419,35 +408,49 @@ class DiffusionPosterior(NeuralPosterior):
             def make_denoise(rows: Tensor) -> DenoiseFn:
                 return denoise
 
-            samples = self._draw(
-                None,
-                sampler,
-                options,
-                generator,
-                show_progress_bars,
-                reject_outside_prior,
-                make_denoise=make_denoise,
-                num=num,
+        else:
+            with torch.no_grad():
+                embedding = self.estimator.embed_condition(x)
+            make_denoise = self._guided_factory(
+                embedding.expand(num, -1), transforms, context
             )
-            return samples.reshape(*sample_shape, *self.theta_shape)
-        with torch.no_grad():
-            embedding = self.estimator.embed_condition(x)
-        rows = embedding.expand(num, -1)
         samples = self._draw(
-            rows,
+            make_denoise,
+            num,
             sampler,
             options,
             generator,
             show_progress_bars,
             reject_outside_prior,
-            make_denoise=self._guided_factory(rows, transforms, context),
-            num=num,
         )
         return samples.reshape(*sample_shape, *self.theta_shape)
 
+    def _guidance_for(
+        self,
+        sampler: str,
+        guidance: ScoreTransform | Sequence[ScoreTransform] | None,
+        composed: bool = False,
+    ) -> tuple[list[ScoreTransform], GuidanceContext | None]:
+        """The score transforms of a sampling call (after those of
+        :meth:`with_guidance`) and their context; checks that ``sampler`` takes
+        a transformed denoiser where there are transforms or the denoiser is
+        ``composed`` from i.i.d. trials."""
+        transforms = self._guidance_list(guidance)
+        if transforms or composed:
+            check_sampler_accepts_guidance(sampler, get_sampler(sampler))
+        context = self.guidance_context() if transforms else None
+        return transforms, context
+
     def _guided_factory(
-        self, embeddings: Tensor, transforms: list, context: GuidanceContext | None
+        self,
+        embeddings: Tensor,
+        transforms: list[ScoreTransform],
+        context: GuidanceContext | None,
     ) -> Callable[[Tensor], DenoiseFn]:
+        """``make_denoise`` of :meth:`_draw` for one sample per row of the
+        condition ``embeddings``: the conditioned denoiser of the rows, transformed
+        by ``transforms``."""
+
         def make_denoise(rows: Tensor) -> DenoiseFn:
             base = ConditionedDenoiser(self.estimator, embeddings[rows])
             return apply_guidance(base, transforms, context) if transforms else base
@@ -479,25 +482,20 @@ class DiffusionPosterior(NeuralPosterior):
         sample_shape = torch.Size(sample_shape)
         num = int(math.prod(sample_shape))
         sampler, options = self._sampling_options(sampler, steps, sampler_options)
-        transforms = self._guidance_list(guidance)
-        if transforms:
-            check_sampler_accepts_guidance(sampler, get_sampler(sampler))
-        context = self.guidance_context() if transforms else None
+        transforms, context = self._guidance_for(sampler, guidance)
         with torch.no_grad():
             embedding = self.estimator.embed_condition(x)
-        batch = x.shape[0]
         rows = embedding.repeat(num, 1)  # sample-major: row i*B + b has x_b
         samples = self._draw(
-            rows,
+            self._guided_factory(rows, transforms, context),
+            rows.shape[0],
             sampler,
             options,
             generator,
             show_progress_bars,
             reject_outside_prior,
-            make_denoise=self._guided_factory(rows, transforms, context),
-            num=rows.shape[0],
         )
-        return samples.reshape(*sample_shape, batch, *self.theta_shape)
+        return samples.reshape(*sample_shape, x.shape[0], *self.theta_shape)
 
     # --------------------------------------------------------------- density
 

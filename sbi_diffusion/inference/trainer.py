@@ -59,6 +59,34 @@ def _zscore_statistics(values: Tensor) -> tuple[Tensor, Tensor]:
     return mean, std
 
 
+def as_simulation_batch(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``theta`` and ``x`` as float32 tensors, each with a batch dimension.
+
+    Raises:
+        ValueError: if either has fewer than two dimensions.
+    """
+    theta = torch.as_tensor(theta, dtype=torch.float32)
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if theta.dim() < 2 or x.dim() < 2:
+        raise ValueError(
+            "theta and x need a batch dimension: got theta of shape "
+            f"{tuple(theta.shape)} and x of shape {tuple(x.shape)}. Pass tensors "
+            "of shape (num_simulations, dim)."
+        )
+    return theta, x
+
+
+def validation_size(num_simulations: int, validation_fraction: float) -> int:
+    """Simulations held out for validation: ``max(1, floor(f n))``."""
+    return max(1, int(validation_fraction * num_simulations))
+
+
+def steps_per_epoch(num_train: int, training_batch_size: int) -> int:
+    """Optimiser steps of one epoch: ``max(1, floor(n_train / b))`` batches of
+    ``b = min(training_batch_size, n_train)``."""
+    return max(1, num_train // min(training_batch_size, num_train))
+
+
 class VectorFieldInference(NeuralInference):
     """Shared trainer of denoising (diffusion / flow-matching) posterior estimators.
 
@@ -93,6 +121,7 @@ class VectorFieldInference(NeuralInference):
     default_weighting = "edm"
     default_sampler = "heun"
     default_sampler_options: dict[str, Any] = {"steps": 18}
+    _posterior_class: type[DiffusionPosterior] = DiffusionPosterior
 
     def __init__(
         self,
@@ -181,14 +210,7 @@ class VectorFieldInference(NeuralInference):
         Returns:
             self, for chaining.
         """
-        theta = torch.as_tensor(theta, dtype=torch.float32)
-        x = torch.as_tensor(x, dtype=torch.float32)
-        if theta.dim() < 2 or x.dim() < 2:
-            raise ValueError(
-                "theta and x need a batch dimension: got theta of shape "
-                f"{tuple(theta.shape)} and x of shape {tuple(x.shape)}. Pass tensors "
-                "of shape (num_simulations, dim)."
-            )
+        theta, x = as_simulation_batch(theta, x)
         if theta.shape[0] != x.shape[0]:
             raise ValueError(
                 f"theta has {theta.shape[0]} rows but x has {x.shape[0]}: pass one "
@@ -298,7 +320,7 @@ class VectorFieldInference(NeuralInference):
         return self._neural_net.loss(theta, x, **kwargs)
 
     def _get_potential_function(self, prior, estimator):
-        posterior = DiffusionPosterior(estimator, prior, device=self._device)
+        posterior = self._posterior_class(estimator, prior, device=self._device)
         return posterior.potential_fn, posterior.theta_transform
 
     # --------------------------------------------------------------- train
@@ -387,7 +409,7 @@ class VectorFieldInference(NeuralInference):
         )
         theta, x, _ = self.get_simulations(0)
         num = theta.shape[0]
-        num_val = max(1, int(validation_fraction * num))
+        num_val = validation_size(num, validation_fraction)
         if num - num_val < 2:
             raise ValueError(
                 f"Only {num} simulations: too few to train. Append more simulations."
@@ -435,14 +457,14 @@ class VectorFieldInference(NeuralInference):
 
         num_train = train_theta.shape[0]
         batch_size = min(training_batch_size, num_train)
-        steps_per_epoch = max(1, num_train // batch_size)
+        epoch_steps = steps_per_epoch(num_train, training_batch_size)
         max_epochs = 2**31 - 1 if max_num_epochs is None else int(max_num_epochs)
         bounds = [b for b in (max_num_steps,) if b is not None]
         if max_num_epochs is not None:
-            bounds.append(max_epochs * steps_per_epoch)
+            bounds.append(max_epochs * epoch_steps)
         total_steps = min(bounds) if bounds else None
         if total_steps is not None:
-            max_epochs = min(max_epochs, -(-total_steps // steps_per_epoch))
+            max_epochs = min(max_epochs, -(-total_steps // epoch_steps))
         best_state = deepcopy(self._ema.model.state_dict())
 
         progress = tqdm(
@@ -457,7 +479,7 @@ class VectorFieldInference(NeuralInference):
             net.train()
             order = torch.randperm(num_train, generator=generator).to(device)
             train_loss_sum = 0.0
-            for b in range(steps_per_epoch):
+            for b in range(epoch_steps):
                 idx = order[b * batch_size : (b + 1) * batch_size]
                 factor = learning_rate_factor(
                     self._num_steps_done,
@@ -504,12 +526,12 @@ class VectorFieldInference(NeuralInference):
                 best_state = deepcopy(self._ema.model.state_dict())
             else:
                 self._epochs_since_last_improvement += 1
-            self._summary["training_loss"].append(train_loss_sum / steps_per_epoch)
+            self._summary["training_loss"].append(train_loss_sum / epoch_steps)
             self._summary["validation_loss"].append(val_loss)
             self._summary["epoch_durations_sec"].append(time.time() - start)
             self._tracker.log_metric("validation_loss", val_loss, step=self._epoch)
             self._tracker.log_metric(
-                "training_loss", train_loss_sum / steps_per_epoch, step=self._epoch
+                "training_loss", train_loss_sum / epoch_steps, step=self._epoch
             )
             progress.update(1)
             progress.set_postfix(val_loss=f"{val_loss:.4f}")
@@ -550,27 +572,55 @@ class VectorFieldInference(NeuralInference):
         Returns:
             A :class:`~sbi_diffusion.inference.posterior.DiffusionPosterior`.
         """
-        if estimator is None:
-            if getattr(self, "_trained_estimator", None) is None:
-                raise ValueError(
-                    "No trained estimator: call train() before build_posterior(), "
-                    "or pass estimator=."
-                )
-            estimator = self._trained_estimator
+        estimator = self._estimator_or_trained(
+            estimator, "call train() before build_posterior()"
+        )
+        self._posterior = self._posterior_class(
+            deepcopy(estimator),
+            self._prior_or_default(prior),
+            **self._posterior_options(
+                sampler, max_sampling_batch_size, sampler_options
+            ),
+        )
+        return self._posterior
+
+    def _estimator_or_trained(self, estimator: Any, how_to_train: str) -> Any:
+        """``estimator``, or the one from the last training if None.
+
+        Raises:
+            ValueError: if both are None; the message asks to ``how_to_train``.
+        """
+        if estimator is not None:
+            return estimator
+        if getattr(self, "_trained_estimator", None) is None:
+            raise ValueError(
+                f"No trained estimator: {how_to_train}, or pass estimator=."
+            )
+        return self._trained_estimator
+
+    def _prior_or_default(self, prior: Distribution | None) -> Distribution:
+        """``prior``, or the constructor's (or empirical) prior if None."""
         prior = self._prior if prior is None else prior
         if prior is None:
             raise ValueError("No prior: pass prior= to the constructor or here.")
+        return prior
+
+    def _posterior_options(
+        self,
+        sampler: str | None,
+        max_sampling_batch_size: int,
+        sampler_options: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Keyword arguments of a posterior: the trainer's sampler and sampler
+        options, updated by those given, and its device."""
         options = dict(self._sampler_options)
         options.update(sampler_options)
-        self._posterior = DiffusionPosterior(
-            deepcopy(estimator),
-            prior,
-            sampler=self._sampler if sampler is None else sampler,
-            sampler_options=options,
-            max_sampling_batch_size=max_sampling_batch_size,
-            device=self._device,
-        )
-        return self._posterior
+        return {
+            "sampler": self._sampler if sampler is None else sampler,
+            "sampler_options": options,
+            "max_sampling_batch_size": max_sampling_batch_size,
+            "device": self._device,
+        }
 
 
 class DiffusionNPE(VectorFieldInference):

@@ -23,8 +23,11 @@ from sbi_diffusion.samplers.base import (
     SamplerResult,
     get_sampler,
     initial_noise,
+    network_evaluations_per_call,
     register_sampler,
     run_fixed_grid,
+    sample_from_noise,
+    sampling_call_options,
 )
 from sbi_diffusion.samplers.langevin import langevin_correct
 
@@ -36,7 +39,10 @@ __all__ = [
     "get_sampler",
     "initial_noise",
     "langevin_correct",
+    "network_evaluations_per_call",
     "register_sampler",
     "run_fixed_grid",
+    "sample_from_noise",
+    "sampling_call_options",
     "sampling_end_time",
 ]

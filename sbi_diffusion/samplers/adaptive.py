@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from sbi_diffusion.samplers.base import (
     CountingDenoiser,
     SamplerResult,
+    final_denoising,
     gaussian_like,
     register_sampler,
 )
@@ -286,9 +287,9 @@ def dopri5(
         show_progress_bars=show_progress_bars,
         **options,
     )
-    t_end_tensor = torch.tensor(t_end, dtype=z.dtype, device=z.device)
-    if final_denoise and float(schedule.sigma(t_end_tensor.reshape(1))[0]) > 0:
-        z = counter(z, t_end_tensor)
+    if final_denoise:
+        t_end_tensor = torch.tensor(t_end, dtype=z.dtype, device=z.device)
+        z = final_denoising(counter, z, t_end_tensor)
     return SamplerResult(z, counter.nfe)
 
 
@@ -535,7 +536,7 @@ def adaptive_sde(
                 "eps_rel/eps_abs."
             )
     bar.close()
-    t_end_tensor = torch.tensor(t_end, dtype=dtype, device=device)
-    if final_denoise and float(schedule.sigma(t_end_tensor.reshape(1))[0]) > 0:
-        z = counter(z, t_end_tensor)
+    if final_denoise:
+        t_end_tensor = torch.tensor(t_end, dtype=dtype, device=device)
+        z = final_denoising(counter, z, t_end_tensor)
     return SamplerResult(z, counter.nfe)

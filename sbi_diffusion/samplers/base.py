@@ -36,6 +36,11 @@ __all__ = [
     "FixedGridStep",
     "run_fixed_grid",
     "initial_noise",
+    "sample_from_noise",
+    "sampling_call_options",
+    "network_evaluations_per_call",
+    "schedule_value",
+    "final_denoising",
 ]
 
 
@@ -89,6 +94,12 @@ class CountingDenoiser:
         return CountingDenoiser(inner, self.batch_size, counter=self._counter)
 
 
+def network_evaluations_per_call(denoise: DenoiseFn) -> float:
+    """Network evaluations of one call of ``denoise``: its
+    ``evaluations_per_call`` (guided or composed denoisers), else 1."""
+    return float(getattr(denoise, "evaluations_per_call", 1))
+
+
 SAMPLERS: dict[str, Callable[..., SamplerResult]] = {}
 
 
@@ -120,6 +131,67 @@ def initial_noise(
     r"""``z_{t_max} ~ N(0, (alpha(t_max)^2 + sigma(t_max)^2) I)`` for standardised
     data."""
     return schedule.prior_std() * torch.randn(shape, generator=generator, device=device)
+
+
+def sample_from_noise(
+    sampler: Callable[..., SamplerResult],
+    denoise: DenoiseFn,
+    schedule,
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: str | torch.device,
+    **options,
+) -> SamplerResult:
+    r"""Run ``sampler`` on ``denoise`` from fresh initial noise
+    ``z_{t_max} ~ N(0, (alpha(t_max)^2 + sigma(t_max)^2) I)`` of ``shape``
+    (:func:`initial_noise`), without gradients.
+
+    With a ``generator`` the noise is drawn on the CPU and moved to ``device``, so
+    the samples do not depend on the device; without one it is drawn on
+    ``device``. ``options`` go to the sampler.
+    """
+    noise = initial_noise(
+        schedule,
+        shape,
+        generator=generator,
+        device="cpu" if generator is not None else device,
+    ).to(device)
+    with torch.no_grad():
+        return sampler(denoise, noise, generator=generator, **options)
+
+
+def sampling_call_options(
+    sampler: str,
+    default_sampler: str,
+    default_options: dict,
+    options: dict,
+    steps: int | None,
+) -> dict:
+    """Options of one sampling call: the default options where ``sampler`` is the
+    default sampler (none otherwise), updated by ``options`` and ``steps``."""
+    merged = dict(default_options) if sampler == default_sampler else {}
+    merged.update(options)
+    if steps is not None:
+        merged["steps"] = steps
+    return merged
+
+
+def schedule_value(
+    fn: Callable[[Tensor], Tensor],
+    t: Tensor | float,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """A schedule function (``alpha``, ``sigma``, ...) at the single time ``t``,
+    as a 0-d tensor; ``t`` is converted to ``dtype`` first where given."""
+    return fn(torch.as_tensor(t, dtype=dtype).reshape(1))[0]
+
+
+def final_denoising(counter: CountingDenoiser, z: Tensor, t_end: Tensor) -> Tensor:
+    r"""``x_hat(z, t_end)`` where ``sigma(t_end) > 0``, else ``z``: the last,
+    noise-free Euler step to ``sigma = 0`` (Karras et al. 2022, Algorithm 1)."""
+    if float(schedule_value(counter.schedule.sigma, t_end)) > 0:
+        return counter(z, t_end)
+    return z
 
 
 def gaussian_like(z: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -201,7 +273,6 @@ def run_fixed_grid(
             z = langevin_correct(
                 counter, z, t_next, corrector_steps, corrector_snr, generator
             )
-    t_end = grid[-1]
-    if final_denoise and float(schedule.sigma(t_end)) > 0:
-        z = counter(z, t_end)
+    if final_denoise:
+        z = final_denoising(counter, z, grid[-1])
     return SamplerResult(z, counter.nfe)

@@ -17,6 +17,7 @@ extrapolation through the two most recent evaluations.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -26,14 +27,16 @@ from sbi_diffusion.samplers.base import (
     SamplerResult,
     register_sampler,
     run_fixed_grid,
+    schedule_value,
 )
 from sbi_diffusion.vector_field import DenoiseFn
 
 __all__ = ["dpm_solver_pp_2m", "dpm_solver_pp_2m_step"]
 
 
-def _scalar(fn, t: Tensor) -> float:
-    return float(fn(torch.as_tensor(t, dtype=torch.float64).reshape(1))[0])
+def _scalar(fn: Callable[[Tensor], Tensor], t: Tensor) -> float:
+    """A schedule function at ``t`` in double precision, as a float."""
+    return float(schedule_value(fn, t, torch.float64))
 
 
 def dpm_solver_pp_2m_step(

@@ -24,6 +24,7 @@ from sbi_diffusion.samplers.base import (
     gaussian_like,
     register_sampler,
     run_fixed_grid,
+    schedule_value,
 )
 from sbi_diffusion.vector_field import DenoiseFn
 
@@ -34,11 +35,6 @@ __all__ = [
     "ddim_step",
     "ancestral_step",
 ]
-
-
-def _values(fn, t: Tensor) -> Tensor:
-    """Evaluate a schedule function at a scalar time as a 1-element tensor."""
-    return fn(torch.as_tensor(t).reshape(1))[0]
 
 
 def _ddim_update(
@@ -94,9 +90,10 @@ def ddim_step(
     sampling from ``q(z_s | z_t, x = x_hat)`` (Ho et al. 2020).
     """
     schedule = denoise.schedule
-    alpha_t, sigma_t = _values(schedule.alpha, t_cur), _values(schedule.sigma, t_cur)
-    alpha_s = _values(schedule.alpha, t_next)
-    sigma_s = _values(schedule.sigma, t_next)
+    alpha_t = schedule_value(schedule.alpha, t_cur)
+    sigma_t = schedule_value(schedule.sigma, t_cur)
+    alpha_s = schedule_value(schedule.alpha, t_next)
+    sigma_s = schedule_value(schedule.sigma, t_next)
     x_hat = denoise(z, t_cur)
     return _ddim_update(
         z, x_hat, alpha_t, sigma_t, alpha_s, sigma_s, float(eta), generator
@@ -141,12 +138,13 @@ def euler_maruyama_step(
       ancestral step.
     """
     schedule = denoise.schedule
-    if float(_values(schedule.alpha, t_cur)) <= 0 or (
-        float(_values(schedule.sigma, t_next)) <= 0
+    if float(schedule_value(schedule.alpha, t_cur)) <= 0 or (
+        float(schedule_value(schedule.sigma, t_next)) <= 0
     ):
         return ancestral_step(denoise, z, t_cur, t_next, state, generator)
     f, g = (v[0] for v in schedule.sde_coefficients(torch.as_tensor(t_cur).reshape(1)))
-    alpha, sigma = _values(schedule.alpha, t_cur), _values(schedule.sigma, t_cur)
+    alpha = schedule_value(schedule.alpha, t_cur)
+    sigma = schedule_value(schedule.sigma, t_cur)
     h = t_cur - t_next
     score = (alpha * denoise(z, t_cur) - z) / sigma**2
     drift = f * z - g**2 * score
