@@ -7,7 +7,7 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=benchmarks/results/sbibm.jsonl
-ALL="two_moons bernoulli_glm gaussian_linear gaussian_linear_uniform sir lotka_volterra slcp_distractors bernoulli_glm_raw slcp gaussian_mixture"
+ALL="two_moons gaussian_mixture slcp sir lotka_volterra slcp_distractors bernoulli_glm gaussian_linear gaussian_linear_uniform bernoulli_glm_raw"
 SMALL="two_moons slcp gaussian_mixture bernoulli_glm"
 if [ $# -gt 0 ]; then ALL="$*"; SMALL="$*"; fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
