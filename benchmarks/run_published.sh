@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 OUT=benchmarks/results/sbibm.jsonl
 ALL="two_moons gaussian_mixture slcp sir lotka_volterra slcp_distractors bernoulli_glm gaussian_linear gaussian_linear_uniform bernoulli_glm_raw"
 SMALL="two_moons slcp gaussian_mixture bernoulli_glm"
-if [ $# -gt 0 ]; then ALL="$*"; SMALL="$*"; fi
+if [ $# -gt 0 ]; then
+  ALL="$*"
+  SMALL=$(for t in $SMALL; do case " $* " in *" $t "*) echo "$t";; esac; done)
+fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 bench() {
   python -W ignore -m sbi_diffusion.benchmark run --output "$OUT" --observations 1-10 \
