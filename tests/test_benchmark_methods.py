@@ -88,3 +88,29 @@ def test_constructor_validation_runs_early() -> None:
         pytest.skip("DiffusionNPE is not available")
     with pytest.raises(ValueError, match="bogus"):
         methods.build_inference(spec, prior, "cpu")
+
+
+def test_routing_a_distillation_teacher() -> None:
+    try:
+        routed = methods.route_options(
+            methods.parse(
+                "consistency:teacher=diffusion,num_scales=10,max_num_epochs=2,steps=1"
+            )
+        )
+    except methods.MethodUnavailableError:
+        pytest.skip("ConsistencyNPE is not available")
+    assert routed.teacher == methods.MethodSpec("diffusion")
+    assert routed.train_method == "distill"
+    # distill() takes num_scales, so it is a training option here
+    assert routed.train == {"num_scales": 10, "max_num_epochs": 2}
+    assert routed.sample == {"steps": 1}
+    assert methods.route_options(methods.parse("consistency")).teacher is None
+    with pytest.raises(ValueError, match="teacher='npe'.*diffusion, flow_matching"):
+        methods.route_options(methods.parse("consistency:teacher=npe"))
+    # a consistency-training option is not an option of distillation
+    with pytest.raises(ValueError, match="Unknown option 'initial_num_scales'"):
+        methods.route_options(
+            methods.parse("consistency:teacher=diffusion,initial_num_scales=5")
+        )
+    with pytest.raises(ValueError, match="Unknown option 'teacher'"):
+        methods.route_options(methods.parse("diffusion:teacher=diffusion"))

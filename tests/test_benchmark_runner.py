@@ -99,6 +99,38 @@ def test_model_cache_reuses_the_training(
     assert path == cache / "two_moons_diffusion_200_0.pt"
 
 
+def test_distillation_trains_the_teacher_once(tmp_path: Path) -> None:
+    from sbi_diffusion.benchmark import methods, runner
+
+    output, cache = tmp_path / "r.jsonl", tmp_path / "models"
+    student = "consistency:teacher=diffusion,max_num_epochs=3,steps=1"
+    run_benchmark(
+        methods=[student, "diffusion"],
+        observations=[1],
+        output=output,
+        executor="inline",
+        model_cache=cache,
+        **TINY,
+    )
+    rows = {r["method"]: r for r in read_rows(output)}
+    assert rows["consistency"]["nfe"] == 1.0
+    assert 0.4 <= rows["consistency"]["c2st"] <= 1.0
+    assert rows["consistency"]["options"]["teacher"] == "diffusion"
+    teacher = runner.model_cache_path(
+        cache, "two_moons", methods.parse("diffusion"), 200, 0, "cpu"
+    )
+    student_path = runner.model_cache_path(
+        cache, "two_moons", methods.parse(student), 200, 0, "cpu"
+    )
+    assert teacher.exists() and student_path.exists()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [teacher.name, student_path.name]
+    )
+    # the diffusion row used the teacher's training, not a second one
+    saved = runner.torch.load(teacher, weights_only=False)
+    assert rows["diffusion"]["train_s"] == pytest.approx(saved["train_s"], abs=1e-3)
+
+
 def test_process_pool_and_submitit_local(tmp_path: Path) -> None:
     pytest.importorskip("submitit")
     output = tmp_path / "r.jsonl"

@@ -20,6 +20,12 @@ Each option goes to exactly one place, decided in this order:
    ``stop_after_epochs``);
 4. everything else goes to the constructor, and must be one of its parameters.
 
+``consistency`` takes one more key, ``teacher``: the name of a method of this
+package (``diffusion`` or ``flow_matching``, with its defaults) to distil from
+instead of consistency training, e.g. ``consistency:teacher=diffusion,steps=2``.
+The teacher is trained on the same simulations (or loaded from the model cache)
+and the options of ``ConsistencyNPE.distill()`` take the place of ``train()``'s.
+
 Unknown keys raise ``ValueError`` before anything is trained.
 """
 
@@ -80,6 +86,8 @@ class MethodDefinition:
         posterior_keys: Spec keys passed to ``build_posterior()``.
         sample_keys_from: ``"module:Class.method"`` whose signature lists the
             sampling keywords, when ``sample_keys`` is ``None``.
+        teacher_key: Spec key naming a method to distil from; with it set, the
+            trainer's ``distill(teacher, ...)`` replaces ``train(...)``.
     """
 
     name: str
@@ -89,6 +97,7 @@ class MethodDefinition:
     sample_keys: frozenset[str] | None = frozenset()
     posterior_keys: frozenset[str] = frozenset()
     sample_keys_from: str | None = None
+    teacher_key: str | None = None
 
     def load_class(self) -> type:
         """Import the trainer class.
@@ -138,6 +147,7 @@ METHODS: dict[str, MethodDefinition] = {
         "ConsistencyNPE",
         "sbi_diffusion",
         SAMPLE_KEYS_OURS,
+        teacher_key="teacher",
     ),
     "joint": MethodDefinition(
         "joint", "sbi_diffusion", "JointDiffusion", "sbi_diffusion", SAMPLE_KEYS_OURS
@@ -158,6 +168,9 @@ METHODS: dict[str, MethodDefinition] = {
     ),
 }
 """All methods the runner knows, by spec name."""
+
+TEACHER_METHODS = ("diffusion", "flow_matching")
+"""Methods a ``teacher=`` option may name."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +214,12 @@ class RoutedOptions:
     train: dict[str, Any] = field(default_factory=dict)
     posterior: dict[str, Any] = field(default_factory=dict)
     sample: dict[str, Any] = field(default_factory=dict)
+    teacher: MethodSpec | None = None
+
+    @property
+    def train_method(self) -> str:
+        """Name of the trainer method that fits: ``distill`` with a teacher."""
+        return "train" if self.teacher is None else "distill"
 
 
 def parse_value(text: str) -> Any:
@@ -309,11 +328,15 @@ def route_options(spec: MethodSpec) -> RoutedOptions:
     definition = spec.definition
     cls = definition.load_class()
     sample_keys = definition.resolved_sample_keys()
-    train_keys = set(_keywords(cls.train)) - _RESERVED
+    routed = RoutedOptions()
+    if definition.teacher_key is not None and definition.teacher_key in spec.options:
+        routed.teacher = _teacher_spec(spec, spec.options[definition.teacher_key])
+    train_keys = set(_keywords(getattr(cls, routed.train_method))) - _RESERVED
     init_keys = set(_keywords(cls.__init__)) - _RESERVED
     init_open = _accepts_var_keywords(cls.__init__)
-    routed = RoutedOptions()
     for dotted, value in spec.options.items():
+        if dotted == definition.teacher_key:
+            continue
         key, _, sub = dotted.partition(".")
         if sub:
             # ``net_kwargs.hidden_features=128`` sets one entry of a dict option.
@@ -338,14 +361,30 @@ def route_options(spec: MethodSpec) -> RoutedOptions:
         elif target is not None:
             target[key] = value
         else:
+            teacher = {definition.teacher_key} - {None}
             valid = sorted(
-                set(sample_keys) | definition.posterior_keys | train_keys | init_keys
+                set(sample_keys)
+                | definition.posterior_keys
+                | train_keys
+                | init_keys
+                | teacher
             )
             raise ValueError(
                 f"Unknown option {key!r} for method {spec.name!r}; valid options are: "
                 f"{', '.join(valid)}."
             )
     return routed
+
+
+def _teacher_spec(spec: MethodSpec, value: Any) -> MethodSpec:
+    """Parse the ``teacher=`` option of ``spec`` into the teacher's spec."""
+    if value not in TEACHER_METHODS:
+        raise ValueError(
+            f"Option teacher={value!r} of method {spec.name!r} must name one of "
+            f"{', '.join(TEACHER_METHODS)} (trained with its defaults on the same "
+            "simulations)."
+        )
+    return MethodSpec(name=value)
 
 
 def build_inference(

@@ -202,9 +202,11 @@ def model_cache_path(
         The path (it may not exist yet).
     """
     routed = method_registry.route_options(spec)
-    trained_by = {"init": routed.init, "train": routed.train}
+    trained_by: dict[str, Any] = {"init": routed.init, "train": routed.train}
+    if routed.teacher is not None:
+        trained_by["teacher"] = routed.teacher.to_string()
     name = f"{task_name}_{spec.name}_{num_simulations}_{seed}"
-    if routed.init or routed.train:
+    if routed.init or routed.train or routed.teacher is not None:
         digest = hashlib.sha1(
             json.dumps(trained_by, sort_keys=True, default=str).encode()
         ).hexdigest()[:10]
@@ -230,6 +232,10 @@ def train_or_load(
     estimator with its timings, so a rerun after an interruption, or a later sweep
     over sampling options, does not train again. The posterior is always built
     anew, so it follows the current sampling defaults.
+
+    A spec with a teacher (``consistency:teacher=diffusion``) first trains or
+    loads the teacher the same way, then distils it on the same simulations;
+    the training time reported is the distillation's alone.
 
     Args:
         task_name: sbibm task name.
@@ -267,6 +273,12 @@ def train_or_load(
                 simulate_s=float(saved.get("simulate_s", math.nan)),
             )
 
+    teacher = None
+    if routed.teacher is not None:
+        teacher = train_or_load(
+            task_name, task, routed.teacher, num_simulations, seed, device, cache
+        )
+    # Same seed, same simulations: a student sees its teacher's training data.
     seed_everything(seed)
     start = time.perf_counter()
     theta = task.sample_prior(num_simulations)
@@ -275,7 +287,11 @@ def train_or_load(
 
     start, cpu_start = time.perf_counter(), time.process_time()
     inference.append_simulations(theta, x)
-    estimator = inference.train(show_train_summary=False, **routed.train)
+    if teacher is None:
+        estimator = inference.train(show_train_summary=False, **routed.train)
+    else:
+        inference.distill(teacher.posterior, show_train_summary=False, **routed.train)
+        estimator = inference._trained_estimator
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     train_s = time.perf_counter() - start
