@@ -35,7 +35,8 @@ IID_REFERENCE_TASKS = ("two_moons", "slcp")
 """Tasks whose i.i.d. reference posterior this module can sample."""
 
 # two_moons: x = p + (-|w|, z), p = (r cos a + 0.25, r sin a), a ~ U(-pi/2, pi/2),
-# r ~ N(0.1, 0.01^2), w = (theta_1 + theta_2) / sqrt 2, z = (theta_2 - theta_1) / sqrt 2.
+# r ~ N(0.1, 0.01^2), w = (theta_1 + theta_2) / sqrt 2,
+# z = (theta_2 - theta_1) / sqrt 2.
 _R_LOC, _R_SCALE, _OFFSET = 0.1, 0.01, 0.25
 _SQRT2 = math.sqrt(2.0)
 
