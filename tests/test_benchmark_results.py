@@ -69,3 +69,28 @@ def test_unwritable_paths(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ValueError, match="Cannot write"):
         results.check_writable(blocker / "sub" / "r.jsonl")
+
+
+def test_comparison_table_matches_observations(tmp_path: Path) -> None:
+    pytest.importorskip("pandas")
+    from sbi_diffusion.benchmark.report import comparison_table, load_results
+
+    grid, ours = tmp_path / "grid.jsonl", tmp_path / "ours.jsonl"
+    for obs in (1, 2, 3):
+        results.append_row(grid, make_row(obs, method="diffusion", c2st=0.6))
+        results.append_row(grid, make_row(obs, method="npe", c2st=0.7))
+    # observation 3 of the baselines must not count: ours ran on 1 and 2 only
+    results.append_row(grid, make_row(3, method="diffusion", c2st=0.9, seed=1))
+    for obs in (1, 2):
+        row = make_row(obs, method="consistency", c2st=0.65, sample_s=0.5)
+        row["options"] = {"steps": 2}
+        results.append_row(ours, row)
+    table = comparison_table(load_results(ours), load_results(grid))
+    lines = [line for line in table.splitlines() if "two_moons" in line]
+    assert [line.split(" | ")[2] for line in lines] == [
+        "diffusion",
+        "npe",
+        "consistency[steps=2]",
+    ]
+    assert "0.600 (2)" in lines[0] and "0.700 (2)" in lines[1]
+    assert "0.650 (2) | +0.050" in lines[2]

@@ -5,14 +5,25 @@ the posterior composed by each of our methods, and by sbi 0.27's own i.i.d.
 methods (``fnpe``, ``gauss``, ``auto_gauss``, ``jac_gauss`` of
 ``VectorFieldPosterior``, Euler-Maruyama with ``--sbi-steps`` steps) on the same
 trained estimator (in its standardised space, since sbi 0.27 refuses i.i.d.
-sampling with composed standardisation), with the reference posterior. Only
-``gaussian_linear`` (sbibm's definition: ``d = 10``, ``theta ~ N(0, 0.1 I)``,
-``x ~ N(theta, 0.1 I)``) is implemented: its ``N``-trial posterior is analytic.
+sampling with composed standardisation), with the reference posterior. Tasks:
+
+* ``gaussian_linear`` (sbibm's definition: ``d = 10``, ``theta ~ N(0, 0.1 I)``,
+  ``x ~ N(theta, 0.1 I)``): the ``N``-trial posterior is analytic; the model is
+  trained here (``--simulations``, ``--epochs``, with condition dropout), and
+  ``--seeds`` pick the true parameters.
+* ``two_moons`` and ``slcp``: the model is the benchmark grid's default
+  ``DiffusionNPE`` at 10^4 simulations (``outputs/models``, trained there if
+  missing), trials are sbibm's observation plus simulations at its true
+  parameter, and the reference posterior is sampled from the exact likelihood
+  (:mod:`sbi_diffusion.benchmark.iid_references`); ``--seeds`` are sbibm
+  observation numbers.
+
 Results are appended to a JSONL file, one row per run; finished rows are skipped,
 so the script can be interrupted and resumed.
 
 Example:
     PYTHONUNBUFFERED=1 python benchmarks/iid/run_iid.py --trials 1 10 100
+    PYTHONUNBUFFERED=1 python benchmarks/iid/run_iid.py --task two_moons --seeds 1
 """
 
 from __future__ import annotations
@@ -25,10 +36,15 @@ from pathlib import Path
 
 import torch
 from sbi.inference.posteriors.vector_field_posterior import VectorFieldPosterior
+from sbi.utils import BoxUniform
 from sbi.utils.metrics import c2st
 from torch.distributions import MultivariateNormal
 
 from sbi_diffusion import DiffusionNPE
+from sbi_diffusion.benchmark.iid_references import (
+    iid_observation,
+    iid_reference_posterior,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,11 +75,64 @@ class GaussianLinear:
     def simulate(self, theta: torch.Tensor) -> torch.Tensor:
         return theta + 0.1**0.5 * torch.randn_like(theta)
 
-    def reference(self, x: torch.Tensor, num: int) -> torch.Tensor:
+    def observation(self, seed: int, num_trials: int) -> torch.Tensor:
+        torch.manual_seed(1000 + seed)
+        theta_o = self.prior.sample((1,))
+        return self.simulate(theta_o.expand(num_trials, -1))
+
+    def reference(self, x: torch.Tensor, num: int, seed: int) -> torch.Tensor:
         n = x.shape[0]
         var = 1.0 / (10.0 + 10.0 * n)
         mean = var * 10.0 * x.sum(0)
         return mean + var**0.5 * torch.randn(num, self.dim)
+
+    def posterior(self, args):
+        return train(self, args)
+
+
+class SbibmIID:
+    """two_moons or slcp: the grid's DiffusionNPE, exact-likelihood references."""
+
+    def __init__(self, name: str):
+        from sbi_diffusion.benchmark.tasks import load_task
+
+        self.name = name
+        self.task = load_task(name)
+        self.prior = self.task.prior
+
+    def observation(self, seed: int, num_trials: int) -> torch.Tensor:
+        return iid_observation(self.task, seed, num_trials)
+
+    def reference(self, x: torch.Tensor, num: int, seed: int) -> torch.Tensor:
+        return iid_reference_posterior(self.name, x, num, seed=seed)
+
+    def posterior(self, args):
+        from sbi_diffusion.benchmark import methods, runner
+
+        trained = runner.train_or_load(
+            self.name,
+            self.task,
+            methods.parse("diffusion"),
+            10_000,
+            0,
+            "cpu",
+            Path(args.model_cache),
+        )
+        return trained.posterior
+
+
+def standardised_prior(prior, shift: torch.Tensor, scale: torch.Tensor):
+    """The prior of ``z = (theta - shift) / scale``, for sbi's i.i.d. methods."""
+    if isinstance(prior, MultivariateNormal):
+        return MultivariateNormal(
+            (prior.mean - shift) / scale,
+            prior.covariance_matrix / (scale[:, None] * scale[None, :]),
+        )
+    base = getattr(prior, "base_dist", prior)
+    low, high = getattr(base, "low", None), getattr(base, "high", None)
+    if low is None or high is None:
+        raise ValueError(f"Cannot standardise a prior of type {type(prior)}.")
+    return BoxUniform((low - shift) / scale, (high - shift) / scale)
 
 
 def train(task, args) -> DiffusionNPE:
@@ -119,10 +188,7 @@ def run_method(method, posterior, prior, x, num, args) -> tuple[torch.Tensor, di
     shift = estimator._theta_shift.reshape(-1).clone()
     scale = estimator._theta_scale.reshape(-1).clone()
     estimator._compose_standardization.fill_(False)
-    prior_z = MultivariateNormal(
-        (prior.mean - shift) / scale,
-        prior.covariance_matrix / (scale[:, None] * scale[None, :]),
-    )
+    prior_z = standardised_prior(prior, shift, scale)
     sbi_posterior = VectorFieldPosterior(estimator, prior_z, sample_with="sde")
     samples = sbi_posterior.sample(
         (num,),
@@ -135,35 +201,49 @@ def run_method(method, posterior, prior, x, num, args) -> tuple[torch.Tensor, di
 
 
 def summary(results: Path) -> str:
-    """Markdown table (C2ST / seconds) of the results file."""
-    rows = [json.loads(line) for line in results.read_text().splitlines()]
-    trials = sorted({r["num_trials"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = [
-        "| method | "
-        + " | ".join(f"N={n}: C2ST per seed (mean s)" for n in trials)
-        + " |",
-        "|---" * (len(trials) + 1) + "|",
-    ]
-    for method in methods:
-        cells = []
-        for n in trials:
-            hit = [r for r in rows if r["method"] == method and r["num_trials"] == n]
-            ok = [r for r in hit if "error" not in r]
-            if not hit:
-                cells.append("not run")
-            elif not ok:
-                cells.append("error")
-            else:
-                scores = ", ".join(f"{r['c2st']:.3f}" for r in ok)
-                seconds = sum(r["seconds"] for r in ok) / len(ok)
-                cells.append(f"{scores} ({seconds:.0f})")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Markdown tables (C2ST / seconds) of the results file, one per task."""
+    all_rows = [json.loads(line) for line in results.read_text().splitlines()]
+    tables = []
+    for task in dict.fromkeys(r["task"] for r in all_rows):
+        rows = [r for r in all_rows if r["task"] == task]
+        trials = sorted({r["num_trials"] for r in rows})
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        what = "seed" if task == "gaussian_linear" else "observation"
+        lines = [
+            f"### {task}",
+            "",
+            "| method | "
+            + " | ".join(f"N={n}: C2ST per {what} (mean s)" for n in trials)
+            + " |",
+            "|---" * (len(trials) + 1) + "|",
+        ]
+        for method in methods:
+            cells = []
+            for n in trials:
+                hit = [
+                    r for r in rows if r["method"] == method and r["num_trials"] == n
+                ]
+                ok = [r for r in hit if "error" not in r]
+                if not hit:
+                    cells.append("not run")
+                elif not ok:
+                    cells.append("error")
+                else:
+                    scores = ", ".join(f"{r['c2st']:.3f}" for r in ok)
+                    seconds = sum(r["seconds"] for r in ok) / len(ok)
+                    cells.append(f"{scores} ({seconds:.0f})")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--task",
+        default="gaussian_linear",
+        choices=["gaussian_linear", "two_moons", "slcp"],
+    )
     parser.add_argument("--trials", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--methods", nargs="+", default=[*OURS, *SBI])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -175,6 +255,7 @@ def main() -> None:
     parser.add_argument(
         "--cache", default=str(Path.home() / ".cache/sbi_diffusion_iid")
     )
+    parser.add_argument("--model-cache", default="outputs/models")
     parser.add_argument("--results", default=str(HERE / "results.jsonl"))
     parser.add_argument("--summary", action="store_true", help="print the table")
     args = parser.parse_args()
@@ -183,15 +264,13 @@ def main() -> None:
     if args.summary:
         print(summary(results))
         return
-    task = GaussianLinear()
-    posterior = train(task, args)
+    task = GaussianLinear() if args.task == "gaussian_linear" else SbibmIID(args.task)
+    posterior = task.posterior(args)
     done = done_keys(results)
     for num_trials in args.trials:
         for seed in args.seeds:
-            torch.manual_seed(1000 + seed)
-            theta_o = task.prior.sample((1,))
-            x = task.simulate(theta_o.expand(num_trials, -1))
-            reference = task.reference(x, args.num_samples)
+            x = task.observation(seed, num_trials)
+            reference = task.reference(x, args.num_samples, seed)
             for method in args.methods:
                 key = (task.name, num_trials, method, seed)
                 if key in done:

@@ -1,37 +1,42 @@
 #!/usr/bin/env bash
-# Joint (Simformer-style) diffusion model on the sbibm protocol: its posterior against
-# DiffusionNPE, sbi NPE and sbi NLE, and its likelihood used through MCMC
-# (joint:posterior_method=likelihood_mcmc) against NLE. c2st from
-# sbibm.metrics.c2st with 10,000 samples per observation.
+# Joint (Simformer-style) diffusion model on the sbibm protocol: its posterior, and
+# its likelihood used through MCMC (joint:posterior_method=likelihood_mcmc), against
+# DiffusionNPE, sbi NPE and sbi NLE. c2st from sbibm.metrics.c2st with 10,000
+# samples per observation.
 #
-# Resumable: rows already in the results file are skipped, so rerun the same command
-# after an interruption. One worker, one torch thread (add --workers/--device cuda
-# where there is more hardware).
+# The joint rows go to benchmarks/joint/results.jsonl. The DiffusionNPE, NPE and
+# NLE rows they are compared with are the grid rows of
+# benchmarks/results/sbibm.jsonl (same protocol, same observations; run them with
+# benchmarks/run_published.sh); summarize.py puts both side by side.
 #
-#   bash benchmarks/joint/run.sh            # the full grid of the issue
-#   bash benchmarks/joint/run.sh smoke      # two_moons, 10^3, observations 1-2
+# Resumable: rows already in the results file are skipped and trained models are
+# kept in outputs/models. One worker, one torch thread (add --workers/--device
+# cuda where there is more hardware).
+#
+#   bash benchmarks/joint/run.sh                # the grid of the issue
+#   bash benchmarks/joint/run.sh TASK BUDGET    # one cell, e.g. slcp 10000
 set -u
 cd "$(dirname "$0")/../.."
 OUT=benchmarks/joint/results.jsonl
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONUNBUFFERED=1
 bench() {
   python -W ignore -m sbi_diffusion.benchmark run --output "$OUT" --seeds 0 \
-    --workers 1 --threads 1 --no-report "$@"
+    --workers 1 --threads 1 --executor inline --no-report \
+    --model-cache outputs/models --observations 1-5 "$@"
 }
-POSTERIORS="joint diffusion npe nle"
-LIKELIHOOD_MCMC="joint:posterior_method=likelihood_mcmc"
+METHODS="joint joint:posterior_method=likelihood_mcmc"
 
-if [ "${1:-full}" = "smoke" ]; then
-  for method in $POSTERIORS $LIKELIHOOD_MCMC; do
-    bench --tasks two_moons --budgets 1000 --observations 1-2 --methods "$method"
+if [ $# -eq 2 ]; then
+  for method in $METHODS; do
+    bench --tasks "$1" --budgets "$2" --methods "$method"
   done
 else
   for budget in 1000 10000; do
     for task in two_moons gaussian_mixture slcp bernoulli_glm; do
-      for method in $POSTERIORS $LIKELIHOOD_MCMC; do
-        bench --tasks "$task" --budgets "$budget" --observations 1-5 --methods "$method"
+      for method in $METHODS; do
+        bench --tasks "$task" --budgets "$budget" --methods "$method"
       done
     done
   done
 fi
-python benchmarks/joint/summarize.py "$OUT" > benchmarks/joint/results.md
+python benchmarks/joint/summarize.py

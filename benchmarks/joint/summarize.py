@@ -1,42 +1,42 @@
-"""Mean C2ST per task, budget and method of ``benchmarks/joint/results.jsonl``.
+"""Table of the joint-model benchmark next to DiffusionNPE, NPE and NLE.
 
-Usage: ``python benchmarks/joint/summarize.py benchmarks/joint/results.jsonl``
-prints a Markdown table (mean over the observations that ran, their count in
-parentheses).
+Reads ``benchmarks/joint/results.jsonl`` (JointDiffusion rows) and the
+DiffusionNPE, NPE and NLE rows of ``benchmarks/results/sbibm.jsonl`` for the same
+tasks, budgets and observations, and writes ``benchmarks/joint/results.md``.
+
+Usage: ``python benchmarks/joint/summarize.py``
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from collections import defaultdict
+from pathlib import Path
+
+from sbi_diffusion.benchmark.report import comparison_table, load_results
+
+HERE = Path(__file__).resolve().parent
+GRID = HERE.parent / "results" / "sbibm.jsonl"
+
+HEADER = """\
+JointDiffusion (sbibm protocol: 10,000 samples, sbibm `c2st`, seed 0, one torch
+thread). Made by `bash benchmarks/joint/run.sh`; regenerate with
+`python benchmarks/joint/summarize.py`. `joint` samples the posterior
+conditional; `joint[posterior_method=likelihood_mcmc]` uses the joint model's
+likelihood in sbi's MCMC posterior. `diffusion`, `npe` and `nle` are the grid
+rows of `benchmarks/results/sbibm.jsonl` on the same observations.
+
+"""
 
 
-def label(row: dict) -> str:
-    """Method label including its options."""
-    options = row.get("options") or {}
-    if not options:
-        return row["method"]
-    inner = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
-    return f"{row['method']}[{inner}]"
-
-
-def main(path: str) -> None:
-    """Print the table for the results file at ``path``."""
-    cells: dict[tuple[str, int, str], list[float]] = defaultdict(list)
-    with open(path) as handle:
-        for line in handle:
-            row = json.loads(line)
-            if row.get("c2st") is not None:
-                cells[(row["task"], row["num_simulations"], label(row))].append(
-                    row["c2st"]
-                )
-    print("| task | budget | method | mean C2ST (observations) |")
-    print("|---|---|---|---|")
-    for (task, budget, method), values in sorted(cells.items()):
-        mean = sum(values) / len(values)
-        print(f"| {task} | {budget} | {method} | {mean:.3f} ({len(values)}) |")
+def main() -> None:
+    """Write ``results.md`` and print it."""
+    table = comparison_table(
+        load_results(HERE / "results.jsonl"),
+        load_results(GRID),
+        baseline_labels=("diffusion", "npe", "nle"),
+    )
+    (HERE / "results.md").write_text(HEADER + table, encoding="utf-8")
+    print(HEADER + table)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

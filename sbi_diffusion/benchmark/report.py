@@ -236,6 +236,68 @@ def figure(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def comparison_table(
+    frame: pd.DataFrame,
+    baselines: pd.DataFrame,
+    baseline_labels: tuple[str, ...] = ("diffusion", "npe"),
+    reference_label: str = "diffusion",
+) -> str:
+    """Markdown table of some methods next to baselines on the same observations.
+
+    For every task and budget in ``frame``, the rows of ``baselines`` with a label
+    in ``baseline_labels`` and the same task, budget and observation numbers are
+    summarised with it, so each line averages over the same observations.
+
+    Args:
+        frame: Rows of the methods compared (from :func:`load_results`).
+        baselines: Rows holding the baselines (e.g. the grid's results).
+        baseline_labels: Labels of the baseline methods to include.
+        reference_label: The label the differences and speed-ups refer to.
+
+    Returns:
+        Markdown: task, budget, method, NFE, mean C2ST (observations), its
+        difference to the reference, sampling time, the reference's sampling
+        time over this line's, and training time.
+    """
+    import pandas as pd
+
+    lines = [
+        f"| task | budget | method | NFE | C2ST (obs) | minus {reference_label} | "
+        f"sample s | speed-up over {reference_label} | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    chosen = baselines[baselines["label"].isin(baseline_labels)]
+    for task in _task_order(list(frame["task"])):
+        for budget in sorted(frame.loc[frame["task"] == task, "num_simulations"]):
+            rows = frame[(frame["task"] == task) & (frame["num_simulations"] == budget)]
+            if rows.empty:
+                continue
+            frame = frame.drop(rows.index)  # each (task, budget) once
+            base = chosen[
+                (chosen["task"] == task)
+                & (chosen["num_simulations"] == budget)
+                & chosen["num_observation"].isin(set(rows["num_observation"]))
+            ]
+            summary = summarize(pd.concat([base, rows], ignore_index=True))
+            by_label = {r.label: r for r in summary.itertuples(index=False)}
+            reference = by_label.get(reference_label)
+            order = [b for b in baseline_labels if b in by_label]
+            order += _label_order([k for k in by_label if k not in baseline_labels])
+            for label in order:
+                r = by_label[label]
+                delta = speedup = ""
+                if reference is not None and label != reference_label:
+                    delta = f"{r.c2st_mean - reference.c2st_mean:+.3f}"
+                    speedup = f"{reference.sample_s / r.sample_s:.1f}x"
+                nfe = "" if r.nfe != r.nfe else f"{r.nfe:.0f}"
+                score = "failed" if r.n == 0 else f"{r.c2st_mean:.3f} ({r.n})"
+                lines.append(
+                    f"| {task} | {budget:,} | {label} | {nfe} | {score} | {delta} | "
+                    f"{r.sample_s:.2f} | {speedup} | {r.train_s:.0f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def write_report(
     results: str | os.PathLike[str],
     table: str | os.PathLike[str] | None = None,
