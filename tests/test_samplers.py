@@ -501,3 +501,20 @@ def test_adaptive_sde_brownian_memory_removes_rejection_bias():
     _, without = errors(draw("vp", "adaptive_sde", n, brownian_memory=False).samples)
     assert with_memory <= 3.5 * standard_errors(n)[1] + 0.03
     assert without > 2 * with_memory
+
+
+@pytest.mark.parametrize("schedule_name", ["edm", "vp", "rectified_flow"])
+def test_heun_step_takes_one_time_per_row(schedule_name: str) -> None:
+    """A Heun step with a time per row equals the scalar-time steps row by row."""
+    from sbi_diffusion.samplers.ode import heun_step
+
+    schedule = get_schedule(schedule_name)
+    denoise = GaussianDenoiser(schedule, torch.tensor([0.5, -1.0]), torch.eye(2) * 0.3)
+    denoise.schedule = schedule
+    z = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    t_cur = torch.tensor([0.9, 0.5, 0.3, 0.2])
+    t_next = torch.tensor([0.7, 0.4, 0.1, 0.0])
+    rows = heun_step(denoise, z, t_cur, t_next, {}, None)
+    for i in range(4):
+        one = heun_step(denoise, z[i : i + 1], t_cur[i], t_next[i], {}, None)
+        assert torch.allclose(rows[i : i + 1], one, atol=1e-5), i

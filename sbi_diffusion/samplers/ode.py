@@ -32,9 +32,14 @@ def _ode_variable_and_rate(schedule, t: Tensor) -> tuple[Tensor, Tensor]:
     return u.detach(), rate
 
 
+def _per_row(value: Tensor, z: Tensor) -> Tensor:
+    """A scalar, or one value per row of ``z`` shaped to broadcast against it."""
+    return value if value.dim() == 0 else value.reshape(-1, *[1] * (z.dim() - 1))
+
+
 def _drift_in_u(denoise: CountingDenoiser, z: Tensor, t: Tensor) -> Tensor:
     _, rate = _ode_variable_and_rate(denoise.schedule, t)
-    return ode_drift(denoise.schedule, z, t, denoise(z, t)) / rate
+    return ode_drift(denoise.schedule, z, t, denoise(z, t)) / _per_row(rate, z)
 
 
 def euler_step(denoise: CountingDenoiser, z, t_cur, t_next, state, generator):
@@ -52,18 +57,24 @@ def heun_step(denoise: CountingDenoiser, z, t_cur, t_next, state, generator):
         z_{i+1} = z_i + \tfrac{h}{2}\left(d(z_i, t_i) + d(\tilde z, t_{i+1})\right),
 
     with ``h = u_{i+1} - u_i`` and ``d = dz/du``; Euler when
-    ``sigma(t_{i+1}) = 0`` (the drift is undefined there).
+    ``sigma(t_{i+1}) = 0`` (the drift is undefined there). ``t_cur`` and
+    ``t_next`` are scalars, or one time per row of ``z`` (each row takes its
+    own step, as in consistency distillation).
     """
     schedule = denoise.schedule
     u_cur, _ = _ode_variable_and_rate(schedule, t_cur)
     u_next, _ = _ode_variable_and_rate(schedule, t_next)
-    h = u_next - u_cur
+    h = _per_row(u_next - u_cur, z)
     d_cur = _drift_in_u(denoise, z, t_cur)
     z_euler = z + h * d_cur
-    if float(schedule.sigma(t_next)) <= 0:
+    ends_at_zero = schedule.sigma(t_next) <= 0
+    if bool(ends_at_zero.all()):
         return z_euler
     d_next = _drift_in_u(denoise, z_euler, t_next)
-    return z + 0.5 * h * (d_cur + d_next)
+    z_heun = z + 0.5 * h * (d_cur + d_next)
+    if bool(ends_at_zero.any()):
+        return torch.where(_per_row(ends_at_zero, z), z_euler, z_heun)
+    return z_heun
 
 
 @register_sampler("euler")
