@@ -122,10 +122,29 @@ def _sym(m: Tensor) -> Tensor:
     return 0.5 * (m + m.transpose(-1, -2))
 
 
+def _symmetric_eigh(m: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigen-decomposition of the symmetric part of ``m`` in float64.
+
+    Non-finite entries (a network evaluated where it is unreliable) are set to
+    zero, so that direction counts as uninformative downstream; where LAPACK
+    fails to converge on an ill-conditioned matrix, the matrices are scaled to
+    unit norm and retried with a jitter of ``1e-10``.
+    """
+    m = _sym(m).double()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    try:
+        return torch.linalg.eigh(m)
+    except RuntimeError:  # torch.linalg.LinAlgError is a RuntimeError
+        scale = m.abs().amax(dim=(-1, -2), keepdim=True).clamp_min(1e-300)
+        eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
+        vals, vecs = torch.linalg.eigh(m / scale + 1e-10 * eye)
+        return vals * scale[..., 0], vecs
+
+
 def _clamp_eigen(m: Tensor, low: Tensor | float, high: Tensor | float | None = None):
     """Symmetrise ``m`` and clamp its eigenvalues to ``[low, high]`` (float64)."""
     dtype = m.dtype
-    vals, vecs = torch.linalg.eigh(_sym(m).double())
+    vals, vecs = _symmetric_eigh(m)
     low = torch.as_tensor(low, dtype=torch.float64, device=m.device)
     if low.dim() > 0:
         low = low.reshape(low.shape + (1,) * (vals.dim() - low.dim()))
@@ -511,7 +530,7 @@ def precision_from_jacobian(
         high = 1.0 / (1.0 / float(max_variance) + 1.0 / high)
     low = 1.0 / (1.0 / float(min_variance) + alpha.double() ** 2 / sigma.double() ** 2)
     low = torch.minimum(low, 0.5 * high)
-    vals, vecs = torch.linalg.eigh(_sym(ratio * jacobian).double())
+    vals, vecs = _symmetric_eigh(ratio * jacobian)
     high_, low_ = high[:, None], low[:, None]
     # a non-positive eigenvalue is an error of the learned Jacobian: treat that
     # direction as uninformative (the widest allowed), not as exact

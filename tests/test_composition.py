@@ -391,3 +391,17 @@ def test_trained_model_methods_and_log_prob(trained, linear_gaussian):
         posterior.sample((2,), x=torch.zeros(5, 3), show_progress_bars=False)
     with pytest.raises(ValueError, match="Unknown iid_method"):
         posterior.sample((2,), x=x, iid_method="mean", show_progress_bars=False)
+
+
+def test_precision_from_jacobian_survives_non_finite_and_ill_conditioned() -> None:
+    from sbi_diffusion.composition import precision_from_jacobian
+
+    alpha, sigma = torch.tensor([0.9, 0.9]), torch.tensor([0.1, 0.1])
+    jac = torch.eye(3).repeat(2, 1, 1)
+    jac[0, 1, 1] = float("nan")
+    jac[1] = torch.tensor([[1e30, 1e30, 0.0], [1e30, 1e30, 0.0], [0.0, 0.0, 1e-30]])
+    prec = precision_from_jacobian(jac, alpha, sigma, max_variance=1.0)
+    assert torch.isfinite(prec).all()
+    # the NaN direction is uninformative: the widest allowed variance
+    widest = 1.0 / (1.0 / 1.0 + 0.9**2 / 0.1**2)
+    assert float(prec[0, 1, 1]) == pytest.approx(1.0 / widest, rel=1e-4)
