@@ -114,3 +114,19 @@ def test_routing_a_distillation_teacher() -> None:
         )
     with pytest.raises(ValueError, match="Unknown option 'teacher'"):
         methods.route_options(methods.parse("diffusion:teacher=diffusion"))
+
+
+def test_joint_posterior_options_share_the_trained_model(tmp_path) -> None:
+    from sbi_diffusion.benchmark import runner
+
+    spec = methods.parse("joint:posterior_method=likelihood_mcmc,num_chains=4")
+    try:
+        routed = methods.route_options(spec)
+    except methods.MethodUnavailableError:
+        pytest.skip("JointDiffusion is not available")
+    assert routed.posterior == {"posterior_method": "likelihood_mcmc", "num_chains": 4}
+    assert routed.init == {} and routed.train == {}
+    plain = runner.model_cache_path(
+        tmp_path, "two_moons", methods.parse("joint"), 1000, 0, "cpu"
+    )
+    assert runner.model_cache_path(tmp_path, "two_moons", spec, 1000, 0, "cpu") == plain

@@ -14,7 +14,11 @@
 # cuda where there is more hardware).
 #
 #   bash benchmarks/joint/run.sh                # the grid of the issue
-#   bash benchmarks/joint/run.sh TASK BUDGET    # one cell, e.g. slcp 10000
+#   bash benchmarks/joint/run.sh TASK BUDGET [METHOD ...]
+#                                               # one cell, e.g. slcp 10000 joint
+#
+# Both methods share one trained joint model (model cache); the MCMC one solves
+# the probability-flow ODE for every likelihood evaluation and is far slower.
 set -u
 cd "$(dirname "$0")/../.."
 OUT=benchmarks/joint/results.jsonl
@@ -26,14 +30,16 @@ bench() {
 }
 METHODS="joint joint:posterior_method=likelihood_mcmc"
 
-if [ $# -eq 2 ]; then
-  for method in $METHODS; do
-    bench --tasks "$1" --budgets "$2" --methods "$method"
+if [ $# -ge 2 ]; then
+  task=$1 budget=$2
+  shift 2
+  for method in ${*:-$METHODS}; do
+    bench --tasks "$task" --budgets "$budget" --methods "$method"
   done
 else
-  for budget in 1000 10000; do
-    for task in two_moons gaussian_mixture slcp bernoulli_glm; do
-      for method in $METHODS; do
+  for method in $METHODS; do
+    for budget in 1000 10000; do
+      for task in two_moons gaussian_mixture slcp bernoulli_glm; do
         bench --tasks "$task" --budgets "$budget" --methods "$method"
       done
     done

@@ -14,7 +14,9 @@ Each option goes to exactly one place, decided in this order:
    arguments of their ``sample()``);
 2. a key the method declares as a posterior option goes to ``build_posterior()``
    (sbi NLE: ``mcmc_method``, ``sample_with`` and the MCMC settings ``num_chains``,
-   ``thin``, ``warmup_steps``, ``init_strategy``, ``num_workers``, ``mp_context``);
+   ``thin``, ``warmup_steps``, ``init_strategy``, ``num_workers``, ``mp_context``;
+   ``joint``: ``posterior_method``, ``mcmc_method``, ``log_prob_options`` and the
+   same MCMC settings), so these share one trained model in the model cache;
 3. a keyword argument of the trainer's ``train()`` goes there (e.g.
    ``training_batch_size``, ``learning_rate``, ``max_num_epochs``,
    ``stop_after_epochs``);
@@ -150,7 +152,13 @@ METHODS: dict[str, MethodDefinition] = {
         teacher_key="teacher",
     ),
     "joint": MethodDefinition(
-        "joint", "sbi_diffusion", "JointDiffusion", "sbi_diffusion", SAMPLE_KEYS_OURS
+        "joint",
+        "sbi_diffusion",
+        "JointDiffusion",
+        "sbi_diffusion",
+        SAMPLE_KEYS_OURS,
+        posterior_keys=MCMC_PARAMETER_KEYS
+        | {"posterior_method", "mcmc_method", "log_prob_options"},
     ),
     "npe": MethodDefinition("npe", "sbi.inference", "NPE", "sbi"),
     "nle": MethodDefinition(
@@ -439,15 +447,13 @@ def build_posterior(
     Returns:
         An sbi ``NeuralPosterior``.
     """
-    if spec.name == "nle":
-        options = dict(routed.posterior)
-        mcmc_parameters = {
-            k: options.pop(k) for k in list(options) if k in MCMC_PARAMETER_KEYS
-        }
-        return inference.build_posterior(
-            estimator, mcmc_parameters=mcmc_parameters, **options
-        )
-    return inference.build_posterior(estimator, **routed.posterior)
+    options = dict(routed.posterior)
+    mcmc_parameters = {
+        k: options.pop(k) for k in list(options) if k in MCMC_PARAMETER_KEYS
+    }
+    if mcmc_parameters:
+        options["mcmc_parameters"] = mcmc_parameters
+    return inference.build_posterior(estimator, **options)
 
 
 @contextlib.contextmanager
