@@ -52,6 +52,7 @@ OURS = {
     # name: (iid_method, sampler, sampler options)
     "ours_gauss_dopri5": ("gauss", "dopri5", {}),
     "ours_jac_heun": ("jac", "heun", {"steps": 30}),
+    "ours_factorized_em": ("factorized", "euler_maruyama", {"steps": 500}),
     "ours_factorized_em_langevin": (
         "factorized",
         "euler_maruyama",
