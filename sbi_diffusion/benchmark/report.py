@@ -288,7 +288,7 @@ def comparison_table(
                 delta = speedup = ""
                 if reference is not None and label != reference_label:
                     delta = f"{r.c2st_mean - reference.c2st_mean:+.3f}"
-                    speedup = f"{reference.sample_s / r.sample_s:.1f}x"
+                    speedup = f"{reference.sample_s / r.sample_s:.2g}x"
                 nfe = "" if r.nfe != r.nfe else f"{r.nfe:.0f}"
                 score = "failed" if r.n == 0 else f"{r.c2st_mean:.3f} ({r.n})"
                 lines.append(
