@@ -61,15 +61,20 @@ def main() -> None:
             "cpu",
             cache=Path(args.cache),
         )
-        posteriors[method] = trained.posterior
+        # the spec's sampling options (sampler, steps, ...) apply, as in the runner
+        posteriors[method] = (trained.posterior, trained.routed.sample)
 
     times: dict[str, list[float]] = {method: [] for method in args.methods}
+    nfe: dict[str, float | None] = {}
     for round_index in range(args.rounds):
-        for method, posterior in posteriors.items():
+        for method, (posterior, options) in posteriors.items():
             seed_everything(args.seed * 1_000 + round_index)
             start = time.perf_counter()
-            posterior.sample((args.num_samples,), x=x_o, show_progress_bars=False)
+            posterior.sample(
+                (args.num_samples,), x=x_o, show_progress_bars=False, **options
+            )
             times[method].append(time.perf_counter() - start)
+            nfe[method] = getattr(posterior, "last_nfe", None)
     first = statistics.median(times[args.methods[0]])
     for method in args.methods:
         median = statistics.median(times[method])
@@ -83,11 +88,13 @@ def main() -> None:
             "threads": args.threads,
             "sample_s": [round(t, 3) for t in times[method]],
             "median_s": round(median, 3),
+            "nfe": nfe[method],
             "relative_to_first": round(median / first, 2),
             "versions": package_versions(),
         }
         append_row(args.output, row)
-        print(json.dumps({k: row[k] for k in ("method", "sample_s", "median_s")}))
+        shown = ("method", "sample_s", "median_s", "nfe")
+        print(json.dumps({k: row[k] for k in shown}))
 
 
 if __name__ == "__main__":
