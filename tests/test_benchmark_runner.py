@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("sbibm")
 
@@ -97,6 +98,26 @@ def test_model_cache_reuses_the_training(
         cache, "two_moons", sampled_differently, 200, 0, "cpu"
     )
     assert path == cache / "two_moons_diffusion_200_0.pt"
+
+    # A model trained on another device type (a GPU node) is loaded onto this
+    # one, and the rows say where it was trained.
+    gpu_file = saved.with_name(saved.stem + "_cuda.pt")
+    contents = torch.load(saved, weights_only=False)
+    contents["train_device"] = "cuda (NVIDIA test GPU)"
+    torch.save(contents, gpu_file)
+    saved.unlink()
+    run_benchmark(
+        methods=[NPE],
+        observations=[3],
+        output=output,
+        executor="inline",
+        model_cache=cache,
+        **TINY,
+    )
+    third = [r for r in read_rows(output) if r["num_observation"] == 3][0]
+    assert third["train_device"] == "cuda (NVIDIA test GPU)"
+    assert third["device"].startswith("cpu")
+    assert first["train_device"] == first["device"]
 
 
 def test_distillation_trains_the_teacher_once(tmp_path: Path) -> None:

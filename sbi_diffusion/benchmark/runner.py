@@ -166,6 +166,9 @@ class TrainedMethod:
         train_s: Wall-clock training time in seconds.
         train_cpu_s: CPU time of the training process in seconds.
         simulate_s: Time to simulate the training data in seconds.
+        train_device: The device the estimator was trained on, as in the rows'
+            ``device`` field (it differs from the sampling device when a model
+            trained on a GPU is scored on a CPU, or the reverse).
     """
 
     inference: Any
@@ -174,6 +177,7 @@ class TrainedMethod:
     train_s: float
     train_cpu_s: float
     simulate_s: float
+    train_device: str
 
 
 def model_cache_path(
@@ -231,7 +235,10 @@ def train_or_load(
     With a cache, a finished training is saved (atomically) as the trained
     estimator with its timings, so a rerun after an interruption, or a later sweep
     over sampling options, does not train again. The posterior is always built
-    anew, so it follows the current sampling defaults.
+    anew, so it follows the current sampling defaults. A model trained on the
+    requested device type is preferred; otherwise one trained on another device
+    type (a GPU node, say) is loaded onto ``device``, and ``train_device`` says
+    where it was trained.
 
     A spec with a teacher (``consistency:teacher=diffusion``) first trains or
     loads the teacher the same way, then distils it on the same simulations;
@@ -254,9 +261,10 @@ def train_or_load(
     path = None
     if cache is not None:
         path = model_cache_path(cache, task_name, spec, num_simulations, seed, device)
-        if path.exists():
-            saved = torch.load(path, weights_only=False, map_location=device)
-            print(f"loaded the trained estimator from {path}", file=sys.stderr)
+        found = _cached_file(cache, task_name, spec, num_simulations, seed, device)
+        if found is not None:
+            saved = torch.load(found, weights_only=False, map_location=device)
+            print(f"loaded the trained estimator from {found}", file=sys.stderr)
             estimator = saved.get("estimator")
             if estimator is None:  # files that hold a whole posterior of ours
                 estimator = saved["posterior"].estimator
@@ -271,6 +279,8 @@ def train_or_load(
                 train_s=float(saved["train_s"]),
                 train_cpu_s=float(saved.get("train_cpu_s", math.nan)),
                 simulate_s=float(saved.get("simulate_s", math.nan)),
+                # files written before the field existed were trained on a CPU
+                train_device=saved.get("train_device", _device_name("cpu")),
             )
 
     teacher = None
@@ -303,6 +313,7 @@ def train_or_load(
             "train_s": train_s,
             "train_cpu_s": train_cpu_s,
             "simulate_s": simulate_s,
+            "train_device": _device_name(device),
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +322,32 @@ def train_or_load(
             os.replace(partial, path)
         except Exception as err:  # noqa: BLE001 - caching is an optimisation
             print(f"could not cache the trained estimator: {err}", file=sys.stderr)
-    return TrainedMethod(inference, posterior, routed, train_s, train_cpu_s, simulate_s)
+    return TrainedMethod(
+        inference,
+        posterior,
+        routed,
+        train_s,
+        train_cpu_s,
+        simulate_s,
+        train_device=_device_name(device),
+    )
+
+
+def _cached_file(
+    cache: Path,
+    task_name: str,
+    spec: method_registry.MethodSpec,
+    num_simulations: int,
+    seed: int,
+    device: str,
+) -> Path | None:
+    """The cached estimator to load: the one trained on ``device``'s type if there
+    is one, else one trained on another device type, else ``None``."""
+    candidates = [
+        model_cache_path(cache, task_name, spec, num_simulations, seed, other)
+        for other in (device, "cpu", "cuda")
+    ]
+    return next((path for path in candidates if path.exists()), None)
 
 
 def run_job(job: Job) -> list[dict[str, Any]]:
@@ -376,6 +412,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             "simulate_s": round(simulate_s, 3),
             "nfe": nfe,
             "device": _device_name(job.device),
+            "train_device": trained.train_device,
             "versions": versions,
             "protocol": protocol,
         }
