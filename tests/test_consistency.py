@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.distributions import MultivariateNormal
 
 from sbi_diffusion import ConsistencyNPE, DiffusionNPE
 from sbi_diffusion.consistency import (
@@ -180,8 +181,11 @@ def test_embedding_net(linear_gaussian, data):
 
 @pytest.mark.gpu
 def test_cuda(linear_gaussian, data):
+    prior = MultivariateNormal(
+        linear_gaussian.prior_mean.cuda(), linear_gaussian.prior_cov.cuda()
+    )
     inference = ConsistencyNPE(
-        linear_gaussian.prior,
+        prior,
         net_kwargs=dict(width=16, depth=1),
         device="cuda",
         show_progress_bars=False,
