@@ -37,6 +37,12 @@ def _device_label(device: str) -> str:
     return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
 
 
+def warm_up(task_name: str, method: str, device: str) -> None:
+    """One untimed short training and sampling, so that one-time costs (CUDA
+    context and kernel initialisation) do not enter the first measurement."""
+    measure(task_name, method, device, 500, 1, [500], [10])
+
+
 def measure(
     task_name: str,
     method: str,
@@ -117,6 +123,7 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     for device in args.devices:
+        warm_up(args.task, args.methods[0], device)
         for method in args.methods:
             rows = measure(
                 args.task,
