@@ -78,17 +78,30 @@ class Schedule(ABC):
     def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Return ``alpha(t), sigma(t), alpha'(t), sigma'(t)``.
 
-        The derivatives are taken by forward-mode automatic differentiation
-        (``torch.func.jvp`` with a unit tangent) of the elementwise schedule
-        functions, so they are exact for every schedule, need no autograd graph,
+        The built-in schedules give closed forms (:meth:`closed_form_derivatives`):
+        a few elementwise operations, which matters where every network
+        evaluation is cheap (training steps, sampling on a GPU). Other schedules
+        fall back to forward-mode automatic differentiation (``torch.func.jvp``
+        with a unit tangent) of their elementwise ``alpha`` and ``sigma``, which
+        is exact and needs only those two written. Both need no autograd graph
         and compose with ``torch.func`` transforms (``vmap``, ``jacrev``) applied
         to a denoiser, as sbi's Jacobian-based i.i.d. methods do.
         """
+        closed_form = self.closed_form_derivatives(t)
+        if closed_form is not None:
+            return closed_form
         t = t.detach().clone()  # also materialises expanded (stride-0) times
         unit = torch.ones_like(t)
         alpha, d_alpha = torch.func.jvp(self.alpha, (t,), (unit,))
         sigma, d_sigma = torch.func.jvp(self.sigma, (t,), (unit,))
         return alpha, sigma, d_alpha, d_sigma
+
+    def closed_form_derivatives(
+        self, t: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """``alpha, sigma, alpha', sigma'`` in closed form, or ``None`` (the
+        default) to take the derivatives by forward-mode AD."""
+        return None
 
     def sde_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
         r"""Drift and diffusion of the forward SDE ``dz = f(t) z dt + g(t) dW``.
@@ -220,6 +233,15 @@ class VPLinearSchedule(Schedule):
     def sigma(self, t: Tensor) -> Tensor:
         return torch.sqrt(-torch.expm1(-self._integral_beta(t)))
 
+    def closed_form_derivatives(self, t: Tensor):
+        r"""``alpha' = -beta(t) alpha / 2`` and
+        ``sigma' = beta(t) alpha^2 / (2 sigma)``, with
+        ``beta(t) = beta_min + (beta_max - beta_min) t``."""
+        integral = self._integral_beta(t)
+        alpha, sigma = torch.exp(-0.5 * integral), torch.sqrt(-torch.expm1(-integral))
+        beta = self.beta_min + (self.beta_max - self.beta_min) * t
+        return alpha, sigma, -0.5 * beta * alpha, 0.5 * beta * alpha**2 / sigma
+
 
 class CosineSchedule(Schedule):
     r"""Cosine path with a shifted log-SNR (Nichol & Dhariwal 2021;
@@ -257,6 +279,25 @@ class CosineSchedule(Schedule):
 
     def sigma(self, t: Tensor) -> Tensor:
         return torch.sqrt(torch.sigmoid(-self.log_snr(t)))
+
+    def closed_form_derivatives(self, t: Tensor):
+        r"""With ``lambda'(t) = -2 pi / sin(pi t)`` (zero where ``t`` is clipped):
+        ``alpha' = alpha sigma^2 lambda' / 2`` and
+        ``sigma' = -sigma alpha^2 lambda' / 2``."""
+        log_snr = self.log_snr(t)
+        alpha, sigma = torch.sqrt(torch.sigmoid(log_snr)), torch.sqrt(
+            torch.sigmoid(-log_snr)
+        )
+        inside = (t > 1e-6) & (t < 1 - 1e-6)
+        d_log_snr = torch.where(
+            inside, -2.0 * math.pi / torch.sin(math.pi * t), torch.zeros_like(t)
+        )
+        return (
+            alpha,
+            sigma,
+            0.5 * alpha * sigma**2 * d_log_snr,
+            -0.5 * sigma * alpha**2 * d_log_snr,
+        )
 
 
 class EDMSchedule(Schedule):
@@ -315,6 +356,18 @@ class EDMSchedule(Schedule):
     def sigma(self, t: Tensor) -> Tensor:
         return self.edm_sigma(t)
 
+    def _edm_sigma_and_rate(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        r"""``s(t)`` and ``s'(t) = rho (hi - lo) (lo + t (hi - lo))^{rho - 1}``."""
+        inv_rho = 1.0 / self.rho
+        lo, hi = self.sigma_min**inv_rho, self.sigma_max**inv_rho
+        base = lo + t * (hi - lo)
+        return base**self.rho, self.rho * (hi - lo) * base ** (self.rho - 1.0)
+
+    def closed_form_derivatives(self, t: Tensor):
+        """``alpha = 1``, ``alpha' = 0``, ``sigma = s(t)``, ``sigma' = s'(t)``."""
+        s, rate = self._edm_sigma_and_rate(t)
+        return torch.ones_like(t), s, torch.zeros_like(t), rate
+
     def ode_variable(self, t: Tensor) -> Tensor:
         """EDM steps in ``sigma`` (Karras et al. 2022, Algorithm 1)."""
         return self.edm_sigma(t)
@@ -357,6 +410,13 @@ class EDMVPSchedule(EDMSchedule):
         s = self.edm_sigma(t)
         return s * torch.rsqrt(1.0 + s**2)
 
+    def closed_form_derivatives(self, t: Tensor):
+        r"""``alpha' = -s s' alpha^3`` and ``sigma' = s' alpha^3``."""
+        s, rate = self._edm_sigma_and_rate(t)
+        alpha = torch.rsqrt(1.0 + s**2)
+        alpha_cubed_rate = rate * alpha**3
+        return alpha, s * alpha, -s * alpha_cubed_rate, alpha_cubed_rate
+
     def ode_variable(self, t: Tensor) -> Tensor:
         """Steps in ``t`` (on the VP form the drift in ``t`` is well scaled)."""
         return t
@@ -398,6 +458,11 @@ class RectifiedFlowSchedule(Schedule):
 
     def sigma(self, t: Tensor) -> Tensor:
         return t
+
+    def closed_form_derivatives(self, t: Tensor):
+        """``alpha' = -1``, ``sigma' = 1``."""
+        ones = torch.ones_like(t)
+        return 1.0 - t, t.clone(), -ones, ones
 
     def _training_time_quantile(self, u: Tensor) -> Tensor:
         if self.logit_normal_std > 0:

@@ -126,6 +126,24 @@ def test_derivatives_match_finite_differences(schedule_name):
 
 
 @pytest.mark.parametrize("schedule_name", SCHEDULES)
+def test_closed_form_derivatives_match_forward_mode_ad(schedule_name):
+    schedule = get_schedule(schedule_name)
+    t = interior_times(schedule)
+    closed_form = schedule.closed_form_derivatives(t)
+    assert closed_form is not None  # every built-in schedule has one
+    unit = torch.ones_like(t)
+    alpha, d_alpha = torch.func.jvp(schedule.alpha, (t,), (unit,))
+    sigma, d_sigma = torch.func.jvp(schedule.sigma, (t,), (unit,))
+    for got, expected in zip(closed_form, (alpha, sigma, d_alpha, d_sigma)):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    # expanded (stride-0) times, as samplers pass them
+    expanded = t[:1].expand(5)
+    torch.testing.assert_close(
+        schedule.derivatives(expanded)[3], d_sigma[:1].expand(5)
+    )
+
+
+@pytest.mark.parametrize("schedule_name", SCHEDULES)
 @pytest.mark.parametrize("data_var", [0.09, 1.0, 2.25])
 def test_sde_coefficients_reproduce_marginal_moments(schedule_name, data_var):
     schedule = get_schedule(schedule_name)
