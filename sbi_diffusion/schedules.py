@@ -285,8 +285,9 @@ class CosineSchedule(Schedule):
         ``alpha' = alpha sigma^2 lambda' / 2`` and
         ``sigma' = -sigma alpha^2 lambda' / 2``."""
         log_snr = self.log_snr(t)
-        alpha, sigma = torch.sqrt(torch.sigmoid(log_snr)), torch.sqrt(
-            torch.sigmoid(-log_snr)
+        alpha, sigma = (
+            torch.sqrt(torch.sigmoid(log_snr)),
+            torch.sqrt(torch.sigmoid(-log_snr)),
         )
         inside = (t > 1e-6) & (t < 1 - 1e-6)
         d_log_snr = torch.where(

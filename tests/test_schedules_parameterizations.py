@@ -134,13 +134,12 @@ def test_closed_form_derivatives_match_forward_mode_ad(schedule_name):
     unit = torch.ones_like(t)
     alpha, d_alpha = torch.func.jvp(schedule.alpha, (t,), (unit,))
     sigma, d_sigma = torch.func.jvp(schedule.sigma, (t,), (unit,))
-    for got, expected in zip(closed_form, (alpha, sigma, d_alpha, d_sigma)):
+    expected_values = (alpha, sigma, d_alpha, d_sigma)
+    for got, expected in zip(closed_form, expected_values, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     # expanded (stride-0) times, as samplers pass them
     expanded = t[:1].expand(5)
-    torch.testing.assert_close(
-        schedule.derivatives(expanded)[3], d_sigma[:1].expand(5)
-    )
+    torch.testing.assert_close(schedule.derivatives(expanded)[3], d_sigma[:1].expand(5))
 
 
 @pytest.mark.parametrize("schedule_name", SCHEDULES)
