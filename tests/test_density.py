@@ -44,3 +44,31 @@ def test_unknown_divergence_raises():
     denoise = GaussianDenoiser(get_schedule("vp"), MEAN, COV)
     with pytest.raises(ValueError, match="divergence"):
         ode_log_prob(denoise, MEAN[None], divergence="trace")
+
+
+@pytest.mark.parametrize("schedule", ["vp", "edm_vp", "rectified_flow"])
+def test_fixed_step_heun_converges_to_the_gaussian_log_density(schedule):
+    denoise = GaussianDenoiser(get_schedule(schedule), MEAN, COV)
+    target = MultivariateNormal(MEAN, COV)
+    theta = target.sample((50,))
+    errors = []
+    for steps in (4, 16, 64):
+        log_p = ode_log_prob(denoise, theta, solver="heun", steps=steps)
+        errors.append(float((log_p - target.log_prob(theta)).abs().max()))
+    assert errors[-1] < 0.05
+    # second order: more steps, smaller error
+    assert errors[2] < errors[1] < errors[0]
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"solver": "rk4"}, "solver"),
+        ({"solver": "heun", "steps": 0}, "steps"),
+        ({"solver": "heun", "steps": 2.5}, "steps"),
+    ],
+)
+def test_bad_solver_options_raise(options, match):
+    denoise = GaussianDenoiser(get_schedule("vp"), MEAN, COV)
+    with pytest.raises(ValueError, match=match):
+        ode_log_prob(denoise, MEAN[None], **options)

@@ -223,6 +223,17 @@ def test_likelihood_mcmc_posterior(exact_model, linear_gaussian):
     values = potential(theta).double()
     error = (values[0] - values[1]) - (expected[0] - expected[1])
     assert abs(float(error)) < 0.2
+    # the fixed-step solver (cheaper per MCMC step) through log_prob_options
+    heun = inference.build_posterior(
+        estimator=exact_model,
+        posterior_method="likelihood_mcmc",
+        log_prob_options={"solver": "heun", "steps": 32},
+    ).potential_fn
+    assert heun.log_prob_options["solver"] == "heun"
+    heun.set_x(x_iid, x_is_iid=True)
+    values = heun(theta).double()
+    error = (values[0] - values[1]) - (expected[0] - expected[1])
+    assert abs(float(error)) < 0.2
 
 
 def test_classifier_free_guidance_on_conditionals(exact_model, linear_gaussian):

@@ -361,6 +361,8 @@ class JointConditional:
         rtol: float = 1e-5,
         atol: float = 1e-5,
         generator: torch.Generator | None = None,
+        solver: str = "dopri5",
+        steps: int = 32,
     ) -> Tensor:
         r"""``log p(v_L | v_O)`` through the probability-flow ODE.
 
@@ -375,6 +377,9 @@ class JointConditional:
             num_probes: Hutchinson probes.
             rtol, atol: ODE solver tolerances.
             generator: random generator of the Hutchinson probes.
+            solver: ``"dopri5"`` (adaptive, to ``rtol``/``atol``) or ``"heun"``
+                (``steps`` fixed steps, ``2 * steps`` network evaluations).
+            steps: Heun steps (``solver="heun"`` only).
 
         Returns:
             ``(B,)`` log densities.
@@ -404,6 +409,8 @@ class JointConditional:
             rtol=rtol,
             atol=atol,
             generator=generator,
+            solver=solver,
+            steps=steps,
         )
         return log_p - torch.log(scale).sum()
 

@@ -511,6 +511,8 @@ class DiffusionPosterior(NeuralPosterior):
         generator: torch.Generator | None = None,
         iid_method: str | None = None,
         iid_options: dict | None = None,
+        solver: str = "dopri5",
+        steps: int = 32,
     ) -> Tensor:
         r"""``log p(theta | x)`` through the probability-flow ODE.
 
@@ -535,6 +537,9 @@ class DiffusionPosterior(NeuralPosterior):
             generator: random generator of the Hutchinson probes.
             iid_method, iid_options: composition for i.i.d. trials (as in
                 :meth:`sample`).
+            solver: ``"dopri5"`` (adaptive, to ``rtol``/``atol``) or ``"heun"``
+                (``steps`` fixed steps, ``2 * steps`` network evaluations).
+            steps: Heun steps (``solver="heun"`` only).
 
         Returns:
             Log densities of shape ``(batch,)``.
@@ -577,6 +582,8 @@ class DiffusionPosterior(NeuralPosterior):
             rtol=rtol,
             atol=atol,
             generator=generator,
+            solver=solver,
+            steps=steps,
         )
         log_p = log_p - self.estimator.log_abs_det()
         inside = within_support(self.prior, theta).reshape(-1)
