@@ -13,7 +13,8 @@
 # kept in outputs/models. One worker, one torch thread (add --workers/--device
 # cuda where there is more hardware).
 #
-#   bash benchmarks/joint/run.sh                # the grid of the issue
+#   bash benchmarks/joint/run.sh                # the full grid
+#   bash benchmarks/joint/run.sh smoke          # two_moons, 10^3, observations 1-2
 #   bash benchmarks/joint/run.sh TASK BUDGET [METHOD ...]
 #                                               # one cell, e.g. slcp 10000 joint
 #
@@ -30,7 +31,9 @@ bench() {
 }
 METHODS="joint joint:posterior_method=likelihood_mcmc"
 
-if [ $# -ge 2 ]; then
+if [ "${1:-}" = smoke ]; then
+  bench --tasks two_moons --budgets 1000 --methods joint --observations 1-2
+elif [ $# -ge 2 ]; then
   task=$1 budget=$2
   shift 2
   for method in ${*:-$METHODS}; do
