@@ -130,3 +130,42 @@ def test_joint_posterior_options_share_the_trained_model(tmp_path) -> None:
         tmp_path, "two_moons", methods.parse("joint"), 1000, 0, "cpu"
     )
     assert runner.model_cache_path(tmp_path, "two_moons", spec, 1000, 0, "cpu") == plain
+
+
+@pytest.mark.parametrize(
+    ("spec", "attribute", "call"),
+    [
+        # sbi NLE: likelihood_estimator.log_prob(x, condition=theta)
+        ("nle", "likelihood_estimator", lambda f, x, th: f(x, condition=th)),
+        # joint model, NLE-style: likelihood.log_prob(x, theta=theta)
+        (
+            "joint:posterior_method=likelihood_mcmc",
+            "likelihood",
+            lambda f, x, th: f(x, theta=th),
+        ),
+    ],
+)
+def test_likelihood_evaluations_are_counted(spec, attribute, call) -> None:
+    import types
+
+    import torch
+
+    calls = []
+
+    class Likelihood:
+        def log_prob(self, x, *args, **kwargs):
+            calls.append(x.shape[0])
+            return torch.zeros(x.shape[0])
+
+    likelihood = Likelihood()
+    potential = types.SimpleNamespace(**{attribute: likelihood})
+    posterior = types.SimpleNamespace(potential_fn=potential)
+    parsed = methods.parse(spec)
+    with methods.count_network_evaluations(parsed, None, posterior) as counter:
+        for batch in (20, 5):
+            call(likelihood.log_prob, torch.zeros(batch, 2), torch.zeros(batch, 3))
+    assert counter["rows"] == 25.0
+    assert calls == [20, 5]
+    # the original method is restored afterwards
+    call(likelihood.log_prob, torch.zeros(4, 2), torch.zeros(4, 3))
+    assert counter["rows"] == 25.0 and calls[-1] == 4

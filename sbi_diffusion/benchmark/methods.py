@@ -464,7 +464,10 @@ def count_network_evaluations(
 
     Our estimators report ``posterior.last_nfe`` themselves. For sbi's methods the
     counter records evaluated rows: the vector-field network for NPSE and FMPE,
-    likelihood evaluations for NLE, and one flow pass per sample for NPE.
+    likelihood evaluations for NLE, and one flow pass per sample for NPE. The
+    joint model's NLE-style posterior (``posterior_method="likelihood_mcmc"``)
+    counts likelihood evaluations like NLE; each one solves the probability-flow
+    ODE.
 
     Args:
         spec: The parsed spec.
@@ -483,6 +486,9 @@ def count_network_evaluations(
     elif spec.name == "nle":
         potential = getattr(posterior, "potential_fn", None)
         estimator = getattr(potential, "likelihood_estimator", None)
+    elif spec.name == "joint":
+        potential = getattr(posterior, "potential_fn", None)
+        estimator = getattr(potential, "likelihood", None)
     if spec.name in {"npse", "fmpe"} and estimator is not None:
         net = getattr(estimator, "net", None)
         if isinstance(net, torch.nn.Module):
@@ -491,12 +497,15 @@ def count_network_evaluations(
                 counter["rows"] += float(args[0].shape[:-1].numel())
 
             handles.append(net.register_forward_hook(hook))
-    elif spec.name == "nle" and estimator is not None:
+    elif spec.name in {"nle", "joint"} and estimator is not None:
         original = estimator.log_prob
 
-        def log_prob(input: Any, condition: Any, **kwargs: Any) -> Any:
-            counter["rows"] += float(condition.shape[:-1].numel())
-            return original(input, condition, **kwargs)
+        def log_prob(input: Any, *args: Any, **kwargs: Any) -> Any:
+            # one row per likelihood evaluation: NLE's ``log_prob(x, theta)``
+            # and the joint likelihood's ``log_prob(x, theta=...)`` both take
+            # one x row per theta row.
+            counter["rows"] += float(input.shape[:-1].numel())
+            return original(input, *args, **kwargs)
 
         estimator.log_prob = log_prob
         restore.append(lambda: delattr(estimator, "log_prob"))

@@ -145,9 +145,9 @@ def _sample(
             torch.cuda.synchronize()
         sample_s = time.perf_counter() - start
     nfe: float | None
-    if spec.definition.family == "sbi_diffusion":
-        last = getattr(posterior, "last_nfe", None)
-        nfe = None if last is None else float(last)
+    last = getattr(posterior, "last_nfe", None)
+    if spec.definition.family == "sbi_diffusion" and last is not None:
+        nfe = float(last)
     elif spec.name == "npe":
         nfe = 1.0
     else:
