@@ -12,6 +12,7 @@ from sbi.utils.metrics import c2st
 from torch.distributions import MultivariateNormal
 
 from sbi_diffusion import DiffusionNPE, DiffusionPosterior, FlowMatchingNPE
+from sbi_diffusion.inference.trainer import resolve_max_num_steps
 from sbi_diffusion.training import TrainingDivergedError
 
 matplotlib.use("Agg")
@@ -133,6 +134,40 @@ def test_training_is_deterministic_with_seed(linear_gaussian):
         inference.append_simulations(theta, x).train(max_num_epochs=2, seed=5)
         losses.append(inference.summary["validation_loss"])
     assert losses[0] == losses[1]
+
+
+def test_auto_step_bound_scales_with_the_training_set():
+    # 10^4 simulations (9,000 for training, batch 256): the floor of 10,000 steps.
+    assert resolve_max_num_steps("auto", 9_000, 256) == 10_000
+    # 10^5 simulations: 150 epochs of 351 steps.
+    assert resolve_max_num_steps("auto", 90_000, 256) == 150 * 351
+    assert resolve_max_num_steps(None, 90_000, 256) is None
+    assert resolve_max_num_steps(123, 90_000, 256) == 123
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "many", True])
+def test_bad_step_bound_raises(linear_gaussian, bad):
+    theta = linear_gaussian.prior.sample((100,))
+    inference = DiffusionNPE(
+        linear_gaussian.prior, net_kwargs=NET_KWARGS, show_progress_bars=False
+    )
+    inference.append_simulations(theta, linear_gaussian.simulate(theta))
+    with pytest.raises(ValueError, match="max_num_steps"):
+        inference.train(max_num_steps=bad)
+
+
+def test_step_bound_stops_training(linear_gaussian):
+    theta = linear_gaussian.prior.sample((300,))
+    inference = DiffusionNPE(
+        linear_gaussian.prior, net_kwargs=NET_KWARGS, show_progress_bars=False
+    )
+    inference.append_simulations(theta, linear_gaussian.simulate(theta))
+    # 270 training simulations in batches of 32: 8 steps per epoch, so a bound of
+    # 20 steps ends training in the third epoch.
+    inference.train(
+        training_batch_size=32, max_num_steps=20, stop_after_epochs=100, seed=0
+    )
+    assert inference.summary["epochs_trained"][-1] == 3
 
 
 def test_save_and_load_posterior(diffusion, x_o, tmp_path):

@@ -44,6 +44,7 @@ from sbi_diffusion.denoiser import Denoiser
 from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.inference.trainer import (
     VectorFieldInference,
+    resolve_max_num_steps,
     steps_per_epoch,
     validation_size,
 )
@@ -374,8 +375,12 @@ class ConsistencyNPE(VectorFieldInference):
             "max_num_steps"
         )
         if bound is not None:
-            limit = train_kwargs.get("max_num_steps", bound.default)
-            steps = steps if limit is None else min(steps, int(limit))
+            limit = resolve_max_num_steps(
+                train_kwargs.get("max_num_steps", bound.default),
+                num_train,
+                training_batch_size,
+            )
+            steps = steps if limit is None else min(steps, limit)
         return steps
 
     def _run_training(self, config: dict[str, Any], **train_kwargs) -> ConsistencyModel:

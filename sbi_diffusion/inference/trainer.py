@@ -21,6 +21,7 @@ stopping on a validation loss evaluated at fixed times and noise.
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 import warnings
 from copy import deepcopy
@@ -85,6 +86,48 @@ def steps_per_epoch(num_train: int, training_batch_size: int) -> int:
     """Optimiser steps of one epoch: ``max(1, floor(n_train / b))`` batches of
     ``b = min(training_batch_size, n_train)``."""
     return max(1, num_train // min(training_batch_size, num_train))
+
+
+MIN_NUM_STEPS = 10_000
+"""Floor of the ``"auto"`` bound on optimiser steps."""
+
+MIN_NUM_EPOCHS = 150
+"""Epochs the ``"auto"`` bound on optimiser steps allows at least."""
+
+
+def resolve_max_num_steps(
+    max_num_steps: int | str | None, num_train: int, training_batch_size: int
+) -> int | None:
+    r"""The bound on optimiser steps that ``train()`` uses.
+
+    ``"auto"`` scales the bound with the training set:
+
+    .. math::
+        S_{max} = \max(10^4,\; 150 \cdot \lfloor n_{train} / b \rfloor),
+
+    which is 10,000 steps up to about 19,000 simulations (batch 256) and
+    grows linearly beyond, so that large budgets are not cut off after a few
+    epochs (at 10^5 simulations a fixed 10,000 steps is 28 epochs). An integer is
+    used as given, None means no bound (early stopping only).
+
+    Raises:
+        ValueError: for anything else, or an integer below 1.
+    """
+    if max_num_steps is None:
+        return None
+    if max_num_steps == "auto":
+        epoch_steps = steps_per_epoch(num_train, training_batch_size)
+        return max(MIN_NUM_STEPS, MIN_NUM_EPOCHS * epoch_steps)
+    if isinstance(max_num_steps, bool) or not isinstance(
+        max_num_steps, numbers.Integral
+    ):
+        raise ValueError(
+            "max_num_steps must be a positive integer, 'auto' or None; got "
+            f"{max_num_steps!r}."
+        )
+    if max_num_steps < 1:
+        raise ValueError(f"max_num_steps must be at least 1, got {max_num_steps}.")
+    return int(max_num_steps)
 
 
 class VectorFieldInference(NeuralInference):
@@ -332,7 +375,7 @@ class VectorFieldInference(NeuralInference):
         validation_fraction: float = 0.1,
         stop_after_epochs: int = 30,
         max_num_epochs: int | None = None,
-        max_num_steps: int | None = 10_000,
+        max_num_steps: int | str | None = "auto",
         clip_max_norm: float | None = 1.0,
         warmup_steps: int = 200,
         final_learning_rate_factor: float = 0.05,
@@ -355,9 +398,12 @@ class VectorFieldInference(NeuralInference):
             stop_after_epochs: stop when the validation loss has not improved for
                 this many epochs.
             max_num_epochs: upper bound on epochs.
-            max_num_steps: upper bound on optimiser steps (None: no bound). The
-                learning rate decays (cosine) over the smaller of the two bounds;
-                training also stops early when the validation loss stalls.
+            max_num_steps: upper bound on optimiser steps: ``"auto"`` (default)
+                allows ``max(10_000, 150 epochs)`` steps
+                (:func:`resolve_max_num_steps`), an integer that many, None no
+                bound. The learning rate decays (cosine) over the smaller of this
+                and ``max_num_epochs``; training also stops early when the
+                validation loss stalls.
             clip_max_norm: gradient-norm clipping (None: off).
             warmup_steps: linear learning-rate warm-up steps.
             final_learning_rate_factor: learning rate at the end of the cosine
@@ -459,7 +505,8 @@ class VectorFieldInference(NeuralInference):
         batch_size = min(training_batch_size, num_train)
         epoch_steps = steps_per_epoch(num_train, training_batch_size)
         max_epochs = 2**31 - 1 if max_num_epochs is None else int(max_num_epochs)
-        bounds = [b for b in (max_num_steps,) if b is not None]
+        step_bound = resolve_max_num_steps(max_num_steps, num_train, batch_size)
+        bounds = [b for b in (step_bound,) if b is not None]
         if max_num_epochs is not None:
             bounds.append(max_epochs * epoch_steps)
         total_steps = min(bounds) if bounds else None
