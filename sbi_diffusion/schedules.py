@@ -35,6 +35,7 @@ __all__ = [
     "RectifiedFlowSchedule",
     "SCHEDULES",
     "get_schedule",
+    "shift_times",
 ]
 
 
@@ -423,6 +424,31 @@ class EDMVPSchedule(EDMSchedule):
         return t
 
 
+def shift_times(grid: Tensor, shift: float) -> Tensor:
+    r"""Shift a grid of times in ``[0, 1]``:
+
+    .. math::
+        t \mapsto \frac{s\, t}{1 + (s - 1)\, t},
+
+    the time shift of Esser et al. 2024 ("Scaling rectified flow transformers
+    for high-resolution image synthesis"). It fixes ``0`` and ``1`` and
+    is increasing, so a decreasing grid stays decreasing; ``s < 1`` moves the
+    inner times towards ``t = 0`` (data), ``s > 1`` towards the noise.
+
+    Raises:
+        ValueError: if ``shift`` is not a positive number or a time lies
+            outside ``[0, 1]``.
+    """
+    if isinstance(shift, bool) or not isinstance(shift, int | float) or shift <= 0:
+        raise ValueError(f"The time shift must be a positive number, got {shift!r}.")
+    if bool((grid < 0).any()) or bool((grid > 1).any()):
+        raise ValueError(
+            "A time shift needs sampling times in [0, 1]; this grid spans "
+            f"[{float(grid.min()):.4g}, {float(grid.max()):.4g}]."
+        )
+    return shift * grid / (1 + (shift - 1) * grid)
+
+
 class RectifiedFlowSchedule(Schedule):
     r"""The straight path of rectified flow / flow matching (Liu et al. 2023;
     Lipman et al. 2023).
@@ -431,8 +457,9 @@ class RectifiedFlowSchedule(Schedule):
         \alpha(t) = 1 - t, \qquad \sigma(t) = t.
 
     Training times are uniform or logit-normal (Esser et al. 2024) when
-    ``logit_normal_std > 0``; the sampling grid can be shifted towards the noise
-    end with ``grid_shift`` (``t -> s t / (1 + (s - 1) t)``).
+    ``logit_normal_std > 0``; the sampling grid can be shifted with
+    ``grid_shift`` (:func:`shift_times`: ``s > 1`` towards the noise, ``s < 1``
+    towards the data).
 
     Args:
         t_min: end of sampling (0 is allowed: the ODE is regular at data).
@@ -481,8 +508,7 @@ class RectifiedFlowSchedule(Schedule):
 
     def sampling_grid(self, steps: int, device=None) -> Tensor:
         t = torch.linspace(self.t_max, self.t_min, steps + 1, device=device)
-        s = self.grid_shift
-        return s * t / (1 + (s - 1) * t)
+        return shift_times(t, self.grid_shift)
 
 
 SCHEDULES: dict[str, type[Schedule]] = {

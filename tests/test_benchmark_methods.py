@@ -42,6 +42,8 @@ def test_routing_sbi_baselines() -> None:
     )
     assert routed.posterior == {"mcmc_method": "slice_np", "num_chains": 4}
     assert routed.train == {"training_batch_size": 50}
+    routed = methods.route_options(methods.parse("flow_matching:time_shift=0.5"))
+    assert routed.sample == {"time_shift": 0.5} and not routed.init
     routed = methods.route_options(methods.parse("npse:sde_type=vp,steps=50"))
     assert routed.init == {"sde_type": "vp"}
     assert routed.sample == {"steps": 50}

@@ -66,7 +66,9 @@ def main() -> None:
         "--samplers",
         nargs="+",
         default=None,
-        help="subset as name:steps (e.g. heun:18 dpm++2m:20 dopri5); default all",
+        help="subset as name:steps (e.g. heun:18 dpm++2m:20 dopri5), optionally "
+        "with a time shift of the grid as name:steps:shift (e.g. dpm++2m:20:0.5, "
+        "the sampler option time_shift); default all",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="benchmarks/results/core.jsonl")
@@ -77,8 +79,12 @@ def main() -> None:
     if args.samplers is not None:
         samplers = []
         for text in args.samplers:
-            name, _, steps = text.partition(":")
-            samplers.append((name, {"steps": int(steps)} if steps else {}))
+            name, _, rest = text.partition(":")
+            steps, _, shift = rest.partition(":")
+            options = {"steps": int(steps)} if steps else {}
+            if shift:
+                options["time_shift"] = float(shift)
+            samplers.append((name, options))
     done = {row_key(r) for r in read_rows(args.output)}
     versions = package_versions()
     for task_name in args.tasks:

@@ -10,8 +10,8 @@ Each option goes to exactly one place, decided in this order:
 
 1. a key the method declares as a sampling option goes to ``posterior.sample()``
    (our estimators: ``sampler``, ``steps``, ``rtol``, ``atol``, ``eta``,
-   ``corrector``, ``predictor``, ``churn``; sbi's NPSE and FMPE: the keyword
-   arguments of their ``sample()``);
+   ``corrector``, ``predictor``, ``churn``, ``time_shift``; sbi's NPSE and FMPE:
+   the keyword arguments of their ``sample()``);
 2. a key the method declares as a posterior option goes to ``build_posterior()``
    (sbi NLE: ``mcmc_method``, ``sample_with`` and the MCMC settings ``num_chains``,
    ``thin``, ``warmup_steps``, ``init_strategy``, ``num_workers``, ``mp_context``;
@@ -43,7 +43,17 @@ from typing import Any
 import torch
 
 SAMPLE_KEYS_OURS = frozenset(
-    {"sampler", "steps", "rtol", "atol", "eta", "corrector", "predictor", "churn"}
+    {
+        "sampler",
+        "steps",
+        "rtol",
+        "atol",
+        "eta",
+        "corrector",
+        "predictor",
+        "churn",
+        "time_shift",
+    }
 )
 MCMC_PARAMETER_KEYS = frozenset(
     {

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sbi_diffusion.schedules import shift_times
 from sbi_diffusion.vector_field import DenoiseFn, as_time
 
 __all__ = [
@@ -220,6 +221,7 @@ def run_fixed_grid(
     final_denoise: bool = True,
     description: str = "Sampling",
     spacing: str = "schedule",
+    time_shift: float | None = None,
 ) -> SamplerResult:
     """Run ``step`` along a decreasing time grid.
 
@@ -240,6 +242,9 @@ def run_fixed_grid(
             schedule's default grid, e.g. Karras' rho-grid for EDM) or
             ``"logsnr"`` (uniform in log-SNR; the schedule's grid where the
             log-SNR is infinite at an end).
+        time_shift: maps every time of the grid by :func:`shift_times` with
+            this ``s`` (None: no shift). ``s < 1`` puts more steps near the
+            data end, where the paths of flow matching bend most.
     """
     if steps is None or int(steps) < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
@@ -257,6 +262,8 @@ def run_fixed_grid(
             grid = schedule.log_snr_grid(int(steps), device=noise.device)
         if grid is None:
             grid = schedule.sampling_grid(int(steps), device=noise.device)
+    if time_shift is not None:
+        grid = shift_times(grid, time_shift)
     z = noise
     state: dict = {}
     for i in tqdm(
