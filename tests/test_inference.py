@@ -284,6 +284,14 @@ def test_unknown_sampler_at_sample_time(diffusion, x_o):
         diffusion.build_posterior().sample((2,), x=x_o, sampler="nope")
 
 
+def test_option_a_sampler_does_not_take_raises(diffusion, x_o):
+    posterior = diffusion.build_posterior()
+    with pytest.raises(ValueError, match="'dopri5' does not take this option"):
+        posterior.sample((2,), x=x_o, sampler="dopri5", time_shift=0.5)
+    samples = posterior.sample((2,), x=x_o, sampler="heun", steps=4, time_shift=0.5)
+    assert samples.shape[0] == 2 and bool(torch.isfinite(samples).all())
+
+
 def test_build_posterior_before_training_raises(linear_gaussian):
     with pytest.raises(ValueError, match="train"):
         DiffusionNPE(linear_gaussian.prior).build_posterior()

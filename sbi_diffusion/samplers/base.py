@@ -150,6 +150,10 @@ def sample_from_noise(
     With a ``generator`` the noise is drawn on the CPU and moved to ``device``, so
     the samples do not depend on the device; without one it is drawn on
     ``device``. ``options`` go to the sampler.
+
+    Raises:
+        ValueError: if the sampler does not take one of the ``options`` (e.g.
+            ``time_shift`` for the adaptive ``dopri5``).
     """
     noise = initial_noise(
         schedule,
@@ -158,7 +162,17 @@ def sample_from_noise(
         device="cpu" if generator is not None else device,
     ).to(device)
     with torch.no_grad():
-        return sampler(denoise, noise, generator=generator, **options)
+        try:
+            return sampler(denoise, noise, generator=generator, **options)
+        except TypeError as err:
+            if "unexpected keyword argument" not in str(err):
+                raise
+            name = getattr(sampler, "sampler_name", getattr(sampler, "__name__", ""))
+            raise ValueError(
+                f"The sampler {name!r} does not take this option ({err}). Options "
+                f"given: {sorted(options)}; see the sampler's docstring in "
+                "sbi_diffusion.samplers for the ones it takes."
+            ) from err
 
 
 def sampling_call_options(
