@@ -58,6 +58,18 @@ OURS = {
         "euler_maruyama",
         {"steps": 200, "corrector": "langevin"},
     ),
+    # the counterpart of sbi's ``fnpe`` (same score, same sampler and steps)
+    "ours_factorized_bridge_em": (
+        "factorized_bridge",
+        "euler_maruyama",
+        {"steps": 500},
+    ),
+    "ours_jac_heun_langevin": ("jac", "heun", {"steps": 30, "corrector": "langevin"}),
+    "ours_gauss_em_langevin": (
+        "gauss",
+        "euler_maruyama",
+        {"steps": 200, "corrector": "langevin"},
+    ),
 }
 SBI = ("fnpe", "gauss", "auto_gauss", "jac_gauss")
 
