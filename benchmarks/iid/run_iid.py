@@ -64,12 +64,14 @@ OURS = {
         "euler_maruyama",
         {"steps": 500},
     ),
-    "ours_jac_heun_langevin": ("jac", "heun", {"steps": 30, "corrector": "langevin"}),
-    "ours_gauss_em_langevin": (
-        "gauss",
+    # the same, returning z_{t_min} instead of the final denoising step (as sbi)
+    "ours_factorized_bridge_em_z": (
+        "factorized_bridge",
         "euler_maruyama",
-        {"steps": 200, "corrector": "langevin"},
+        {"steps": 500, "final_denoise": False},
     ),
+    "ours_gauss_dopri5_z": ("gauss", "dopri5", {"final_denoise": False}),
+    "ours_jac_heun_z": ("jac", "heun", {"steps": 30, "final_denoise": False}),
 }
 SBI = ("fnpe", "gauss", "auto_gauss", "jac_gauss")
 
