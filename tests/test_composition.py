@@ -3,6 +3,8 @@ model, and bad input."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from sbi.utils import BoxUniform
@@ -18,7 +20,7 @@ from sbi_diffusion.composition import (
     diffused_prior,
 )
 from sbi_diffusion.density import ode_log_prob
-from sbi_diffusion.samplers import get_sampler, initial_noise
+from sbi_diffusion.samplers import get_sampler, initial_noise, sampler_takes_option
 from sbi_diffusion.schedules import get_schedule
 
 torch.set_num_threads(1)
@@ -347,6 +349,48 @@ def test_trained_model_iid_posterior(trained, linear_gaussian, name):
     # measured: about 1.0 (DiffusionNPE) and 0.25 (FlowMatchingNPE) on this
     # small model; the composition multiplies single-trial errors
     assert ((var_ratio > 0.2) & (var_ratio < 2.5)).all(), var_ratio
+
+
+def test_iid_sampling_ends_at_t_min_without_the_denoising_step(
+    trained, linear_gaussian
+):
+    posterior = copy.copy(trained["DiffusionNPE"])
+    x = _trials(linear_gaussian, 10, seed=3)
+
+    def draw(**options):
+        return posterior.sample(
+            (50,),
+            x=x,
+            iid_method="jac",
+            sampler="heun",
+            steps=8,
+            show_progress_bars=False,
+            generator=torch.Generator().manual_seed(0),
+            **options,
+        )
+
+    default = draw()
+    nfe_default = posterior.last_nfe
+    assert torch.equal(default, draw(final_denoise=False))
+    with_step = draw(final_denoise=True)
+    # the step evaluates the composed denoiser once more: the 10 trials and the
+    # prior (the Gaussian prior's score is analytic)
+    assert posterior.last_nfe > nfe_default
+    assert not torch.allclose(default, with_step)
+    posterior.iid_final_denoise = True
+    assert torch.equal(draw(), with_step)
+
+
+def test_sampler_takes_option():
+    assert sampler_takes_option(get_sampler("heun"), "final_denoise")
+    assert sampler_takes_option(get_sampler("dopri5"), "final_denoise")
+    assert sampler_takes_option(get_sampler("adaptive_sde"), "final_denoise")
+    assert not sampler_takes_option(get_sampler("adaptive_sde"), "time_shift")
+
+    def plain(denoise, noise, steps=1, generator=None):
+        return noise
+
+    assert not sampler_takes_option(plain, "final_denoise")
 
 
 def test_trained_model_methods_and_log_prob(trained, linear_gaussian):

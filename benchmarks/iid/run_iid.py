@@ -49,20 +49,27 @@ from sbi_diffusion.benchmark.iid_references import (
 HERE = Path(__file__).resolve().parent
 
 OURS = {
-    # name: (iid_method, sampler, sampler options)
-    "ours_gauss_dopri5": ("gauss", "dopri5", {}),
-    "ours_jac_heun": ("jac", "heun", {"steps": 30}),
-    "ours_factorized_em": ("factorized", "euler_maruyama", {"steps": 500}),
+    # name: (iid_method, sampler, sampler options). Names without ``_z`` end with
+    # the final denoising step theta = x_hat(z, t_min), the package default for
+    # i.i.d. trials until it was switched off; ``_z`` names return z_{t_min} (the
+    # default since), as sbi's samplers do.
+    "ours_gauss_dopri5": ("gauss", "dopri5", {"final_denoise": True}),
+    "ours_jac_heun": ("jac", "heun", {"steps": 30, "final_denoise": True}),
+    "ours_factorized_em": (
+        "factorized",
+        "euler_maruyama",
+        {"steps": 500, "final_denoise": True},
+    ),
     "ours_factorized_em_langevin": (
         "factorized",
         "euler_maruyama",
-        {"steps": 200, "corrector": "langevin"},
+        {"steps": 200, "corrector": "langevin", "final_denoise": True},
     ),
     # the counterpart of sbi's ``fnpe`` (same score, same sampler and steps)
     "ours_factorized_bridge_em": (
         "factorized_bridge",
         "euler_maruyama",
-        {"steps": 500},
+        {"steps": 500, "final_denoise": True},
     ),
     # the same, returning z_{t_min} instead of the final denoising step (as sbi)
     "ours_factorized_bridge_em_z": (

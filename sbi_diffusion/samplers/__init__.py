@@ -27,6 +27,7 @@ from sbi_diffusion.samplers.base import (
     register_sampler,
     run_fixed_grid,
     sample_from_noise,
+    sampler_takes_option,
     sampling_call_options,
 )
 from sbi_diffusion.samplers.langevin import langevin_correct
@@ -43,6 +44,7 @@ __all__ = [
     "register_sampler",
     "run_fixed_grid",
     "sample_from_noise",
+    "sampler_takes_option",
     "sampling_call_options",
     "sampling_end_time",
 ]

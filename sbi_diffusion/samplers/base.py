@@ -18,6 +18,7 @@ corrector after every predictor step, and finally returns ``x_hat(z, t_min)``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -189,6 +190,17 @@ def sampling_call_options(
     if steps is not None:
         merged["steps"] = steps
     return merged
+
+
+def sampler_takes_option(sampler: Callable[..., SamplerResult], name: str) -> bool:
+    """Whether ``sampler`` takes the keyword option ``name``: it names it, or it
+    passes ``**options`` on to :func:`run_fixed_grid` (every registered
+    fixed-grid sampler), which names it."""
+    parameters = inspect.signature(sampler).parameters
+    if name in parameters:
+        return True
+    passes_on = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    return passes_on and name in inspect.signature(run_fixed_grid).parameters
 
 
 def schedule_value(
