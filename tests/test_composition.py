@@ -4,6 +4,7 @@ model, and bad input."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -20,7 +21,12 @@ from sbi_diffusion.composition import (
     diffused_prior,
 )
 from sbi_diffusion.density import ode_log_prob
-from sbi_diffusion.samplers import get_sampler, initial_noise, sampler_takes_option
+from sbi_diffusion.samplers import (
+    get_sampler,
+    initial_noise,
+    runs_deterministically,
+    sampler_takes_option,
+)
 from sbi_diffusion.schedules import get_schedule
 
 torch.set_num_threads(1)
@@ -379,6 +385,39 @@ def test_iid_sampling_ends_at_t_min_without_the_denoising_step(
     assert not torch.allclose(default, with_step)
     posterior.iid_final_denoise = True
     assert torch.equal(draw(), with_step)
+
+
+def test_bridge_on_a_deterministic_sampler_warns(trained, linear_gaussian):
+    posterior = trained["DiffusionNPE"]
+    x = _trials(linear_gaussian, 3, seed=3)
+
+    def draw(**options):
+        return posterior.sample(
+            (20,),
+            x=x,
+            iid_method="factorized_bridge",
+            show_progress_bars=False,
+            **options,
+        )
+
+    for options in [{"sampler": "heun", "steps": 5}, {"sampler": "dopri5"}]:
+        with pytest.warns(UserWarning, match="needs a stochastic sampler"):
+            draw(**options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        draw(sampler="euler_maruyama", steps=5)
+        draw(sampler="heun", steps=5, corrector="langevin")
+        draw(sampler="ddim", steps=5, eta=1.0)
+
+
+def test_runs_deterministically():
+    assert runs_deterministically(get_sampler("heun"), {})
+    assert runs_deterministically(get_sampler("dopri5"), {})
+    assert runs_deterministically(get_sampler("ddim"), {"eta": 0.0})
+    assert not runs_deterministically(get_sampler("ddim"), {"eta": 0.5})
+    assert not runs_deterministically(get_sampler("heun"), {"corrector": "langevin"})
+    assert not runs_deterministically(get_sampler("euler_maruyama"), {})
+    assert not runs_deterministically(get_sampler("adaptive_sde"), {})
 
 
 def test_sampler_takes_option():

@@ -77,6 +77,11 @@ OURS = {
         "euler_maruyama",
         {"steps": 500, "final_denoise": False},
     ),
+    "ours_factorized_bridge_dopri5_z": (
+        "factorized_bridge",
+        "dopri5",
+        {"final_denoise": False},
+    ),
     "ours_gauss_dopri5_z": ("gauss", "dopri5", {"final_denoise": False}),
     "ours_jac_heun_z": ("jac", "heun", {"steps": 30, "final_denoise": False}),
 }

@@ -31,6 +31,7 @@ from sbi_diffusion.composition import (
     IID_METHODS,
     IIDComposedDenoiser,
     diffused_prior,
+    warn_if_bridge_without_noise,
 )
 from sbi_diffusion.denoiser import ConditionedDenoiser, Denoiser
 from sbi_diffusion.density import ode_log_prob
@@ -419,6 +420,7 @@ class DiffusionPosterior(NeuralPosterior):
                 show_progress_bars=show_progress_bars,
                 **(iid_options or {}),
             )
+            warn_if_bridge_without_noise(composed.method, sampler, options)
             denoise = apply_guidance(composed, transforms, context)
             self.last_iid_info = {
                 "method": composed.method,

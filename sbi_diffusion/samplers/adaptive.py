@@ -230,7 +230,7 @@ def sampling_end_time(schedule: Schedule, end_offset: float = 1e-4) -> float:
     return t_min + end_offset * (t_max - t_min)
 
 
-@register_sampler("dopri5")
+@register_sampler("dopri5", deterministic=True)
 def dopri5(
     denoise: DenoiseFn,
     noise: Tensor,

@@ -105,15 +105,34 @@ def network_evaluations_per_call(denoise: DenoiseFn) -> float:
 SAMPLERS: dict[str, Callable[..., SamplerResult]] = {}
 
 
-def register_sampler(name: str):
-    """Decorator registering a sampler function under ``name``."""
+def register_sampler(name: str, deterministic: bool = False):
+    """Decorator registering a sampler function under ``name``.
+
+    Args:
+        name: the name ``get_sampler`` takes.
+        deterministic: the sampler integrates the probability-flow ODE (no noise
+            is injected unless an option such as ``eta > 0`` or a ``corrector``
+            adds it); see :func:`runs_deterministically`.
+    """
 
     def decorator(fn: Callable[..., SamplerResult]) -> Callable[..., SamplerResult]:
         SAMPLERS[name] = fn
         fn.sampler_name = name
+        fn.deterministic = deterministic
         return fn
 
     return decorator
+
+
+def runs_deterministically(
+    sampler: Callable[..., SamplerResult], options: dict
+) -> bool:
+    """Whether a call of ``sampler`` with ``options`` injects no noise: an ODE
+    sampler (registered ``deterministic``) without a Langevin ``corrector`` and
+    without ``eta > 0`` (DDIM)."""
+    if not getattr(sampler, "deterministic", False):
+        return False
+    return options.get("corrector") is None and not float(options.get("eta", 0.0)) > 0
 
 
 def get_sampler(name: str) -> Callable[..., SamplerResult]:

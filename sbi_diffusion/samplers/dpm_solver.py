@@ -94,8 +94,8 @@ def dpm_solver_pp_2m_step(
     return ratio * z + (alpha_t - alpha_s * ratio) * d
 
 
-@register_sampler("dpm++2m")  # outermost: sampler_name is "dpm++2m"
-@register_sampler("dpm_solver++")
+@register_sampler("dpm++2m", deterministic=True)  # outermost: sampler_name is "dpm++2m"
+@register_sampler("dpm_solver++", deterministic=True)
 def dpm_solver_pp_2m(
     denoise: DenoiseFn,
     noise: Tensor,

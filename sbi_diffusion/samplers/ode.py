@@ -77,7 +77,7 @@ def heun_step(denoise: CountingDenoiser, z, t_cur, t_next, state, generator):
     return z_heun
 
 
-@register_sampler("euler")
+@register_sampler("euler", deterministic=True)
 def euler(
     denoise: DenoiseFn,
     noise: Tensor,
@@ -93,7 +93,7 @@ def euler(
     )
 
 
-@register_sampler("heun")
+@register_sampler("heun", deterministic=True)
 def heun(
     denoise: DenoiseFn,
     noise: Tensor,

@@ -179,7 +179,7 @@ def euler_maruyama(
     )
 
 
-@register_sampler("ddim")
+@register_sampler("ddim", deterministic=True)
 def ddim(
     denoise: DenoiseFn,
     noise: Tensor,
