@@ -23,9 +23,11 @@ and a second-order expansion of ``log r`` at ``x_hat`` (gradient ``g``, Hessian
 
 which is exact when both factors are Gaussian. As ``t -> 0`` it adds
 ``grad_z log r`` to the score, and at large noise the correction vanishes with
-``C`` (an annealing in time). :class:`PriorSwap` and :class:`ConstraintGuidance`
-are tilts; :class:`ClassifierFreeGuidance` and :class:`LikelihoodTemperature`
-combine the conditional and unconditional (prior) denoisers.
+``C`` (an annealing in time). :class:`PriorSwap` is such a tilt;
+:class:`ConstraintGuidance` multiplies ``N(x_hat, C)`` by a soft indicator and
+matches its moments (a sharp indicator has no useful second-order expansion);
+:class:`ClassifierFreeGuidance` and :class:`LikelihoodTemperature` combine the
+conditional and unconditional (prior) denoisers.
 """
 
 from __future__ import annotations
@@ -419,27 +421,50 @@ def linear_constraint(matrix: Tensor, bound: Tensor) -> Callable[[Tensor], Tenso
 class ConstraintGuidance(ScoreTransform):
     r"""Steer samples into ``{theta : c_j(theta) <= 0 for all j}``.
 
-    A tilt (module docstring) by the soft indicator
+    The target is the posterior times the soft indicator
 
     .. math::
-        \log r(\theta) = \text{strength} \sum_j
-        \log \mathrm{sigmoid}\big(-c_j(\theta) / \tau\big),
+        r(\theta) = \prod_j \big(1 - w + w\, \Phi(-c_j(\theta) / \tau)\big),
 
-    evaluated at the denoised estimate (as in universal guidance, Bansal et al.
-    2023), with the isotropic denoising covariance by default. Inside the
-    constraint ``r`` is about one; outside its log falls with slope
-    ``strength / tau``.
+    with ``w = strength``: a point outside the constraint keeps a fraction
+    ``1 - w`` of its density (``w = 1``: none, for ``tau -> 0`` the posterior
+    truncated to the constraint set). At each noise level the denoising
+    posterior ``N(x_hat, C)`` (module docstring) is multiplied by ``r``, with
+    each ``c_j`` linearised at ``x_hat`` (``c_j(theta) ~ c_j + a_j^T (theta -
+    x_hat)``), and its mean and covariance are matched one constraint after
+    another (the probit update of expectation propagation, Minka 2001):
+
+    .. math::
+        s = \sqrt{a^T C a + \tau^2},\quad u = -c / s,\quad
+        \lambda = \frac{w \varphi(u)}{1 - w + w \Phi(u)},\quad
+        \hat x \leftarrow \hat x - \frac{\lambda}{s} C a,\quad
+        C \leftarrow C - \frac{\lambda (\lambda + u)}{s^2} C a a^T C.
+
+    It is exact for a linear constraint and a Gaussian denoising posterior. The
+    shift is bounded by about the distance to the constraint's boundary (plus a
+    few ``sqrt(a^T C a)``), unlike a gradient step on ``log r``, which overshoots
+    far for a sharp indicator.
 
     Args:
         constraint: ``c(theta)`` returning ``(batch,)`` or ``(batch, m)``;
             differentiable (e.g. :func:`interval_constraint`,
             :func:`linear_constraint`, or any torch function).
-        strength: the exponent of the soft indicator.
-        tau: softness, in the units of ``c``.
-        covariance: ``"isotropic"`` or ``"jacobian"``.
+        strength: ``w`` in ``[0, 1]``, the weight of the indicator (0: no
+            guidance, 1: exclude the outside).
+        tau: softness of the indicator's edge, in the units of ``c``.
+        covariance: the denoising covariance ``C``: ``"isotropic"`` (default;
+            that of a unit-variance standardised prior: cheap and composable
+            with every transform, but too wide for a narrow posterior, so
+            samples end somewhat too far inside; in the closed-form test the
+            truncated mean is off by 0.6 posterior standard deviations) or
+            ``"jacobian"`` (Tweedie's second-order formula, one backward pass
+            per dimension; exact for a Gaussian posterior and a linear
+            constraint, but it cannot follow another tilt such as
+            :class:`PriorSwap`, whose output is not differentiable).
 
     Raises:
-        ValueError: (at sampling time) if ``c`` returns the wrong shape or NaN.
+        ValueError: for ``strength`` outside ``[0, 1]`` or ``tau <= 0``; (at
+            sampling time) if ``c`` returns the wrong shape or NaN.
     """
 
     name = "constraint"
@@ -447,15 +472,16 @@ class ConstraintGuidance(ScoreTransform):
     def __init__(
         self,
         constraint: Callable[[Tensor], Tensor],
-        strength: float = 10.0,
-        tau: float = 0.01,
+        strength: float = 1.0,
+        tau: float = 1e-3,
         covariance: str = "isotropic",
     ):
         if not callable(constraint):
             raise ValueError("constraint must be a callable theta -> c(theta).")
-        if strength < 0 or tau <= 0:
+        if not 0.0 <= float(strength) <= 1.0 or not float(tau) > 0:
             raise ValueError(
-                f"Pass strength >= 0 and tau > 0, got {strength} and {tau}."
+                f"Pass 0 <= strength <= 1 (the weight of the indicator) and tau > 0, "
+                f"got strength={strength} and tau={tau}."
             )
         self.constraint = constraint
         self.strength, self.tau = float(strength), float(tau)
@@ -487,14 +513,84 @@ class ConstraintGuidance(ScoreTransform):
         """Boolean ``(batch,)``: all ``c_j(theta) <= 0``."""
         return (self._checked(theta) <= 0).all(dim=-1)
 
+    def _value_and_jacobian(
+        self, context: GuidanceContext, x_hat: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``c`` at ``theta(x_hat)`` ``(batch, m)`` and its Jacobian with respect
+        to the standardised ``x_hat`` ``(batch, m, d)``."""
+        with torch.enable_grad():
+            x = x_hat.detach().requires_grad_(True)
+            c = self._checked(context.theta(x))
+            rows = []
+            for j in range(c.shape[1]):
+                (grad,) = torch.autograd.grad(
+                    c[:, j].sum(), x, retain_graph=True, allow_unused=True
+                )
+                rows.append(torch.zeros_like(x) if grad is None else grad)
+        return c.detach(), torch.stack(rows, dim=1)
+
     def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
-        strength, tau = self.strength, self.tau
+        jacobian = self.covariance == "jacobian"
+        max_variance = context.prior_max_variance() if jacobian else None
 
-        def log_r(z: Tensor) -> Tensor:
-            c = self._checked(context.theta(z))
-            return strength * torch.nn.functional.logsigmoid(-c / tau).sum(-1)
+        def fn(z: Tensor, t: Tensor) -> Tensor:
+            x_hat, cov = _denoising_covariance(
+                denoise, z, t, self.covariance, max_variance
+            )
+            c, slopes = self._value_and_jacobian(context, x_hat)
+            return soft_indicator_moments(
+                x_hat, cov, c, slopes, self.strength, self.tau
+            )
 
-        return _tilted_denoiser(denoise, context, log_r, self.covariance, False)
+        extra = z_dim_evals(context) if jacobian else 0
+        evaluations = network_evaluations_per_call(denoise) * (1 + extra)
+        return GuidedDenoiser(denoise, fn, evaluations)
+
+
+def soft_indicator_moments(
+    mean: Tensor,
+    cov: Tensor,
+    c: Tensor,
+    slopes: Tensor,
+    strength: float,
+    tau: float,
+) -> Tensor:
+    r"""Mean of ``N(mean, cov)`` times ``prod_j (1 - w + w Phi(-c_j(theta) /
+    tau))`` with each ``c_j`` linear (value ``c[:, j]`` at ``mean``, gradient
+    ``slopes[:, j]``), by moment matching one factor after another (see
+    :class:`ConstraintGuidance`).
+
+    Args:
+        mean: ``(batch, d)``.
+        cov: ``(batch, d, d)``.
+        c: ``(batch, m)`` constraint values at ``mean``.
+        slopes: ``(batch, m, d)`` their gradients.
+        strength: ``w`` in ``[0, 1]``.
+        tau: softness of the edge.
+
+    Returns:
+        The matched mean ``(batch, d)``.
+    """
+    dtype = mean.dtype
+    start = mean.double()
+    m, C = start.clone(), cov.double()
+    c, slopes = c.double(), slopes.double()
+    log_w = math.log(strength) if strength > 0 else -math.inf
+    log_rest = math.log1p(-strength) if strength < 1 else -math.inf
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    for j in range(c.shape[1]):
+        a = slopes[:, j]
+        Ca = (C @ a[:, :, None])[:, :, 0]
+        s = torch.sqrt((a * Ca).sum(-1) + tau**2)
+        u = -(c[:, j] + (a * (m - start)).sum(-1)) / s
+        log_z = torch.logaddexp(
+            torch.full_like(u, log_rest), log_w + torch.special.log_ndtr(u)
+        )
+        lam = torch.exp(log_w - 0.5 * u**2 - half_log_2pi - log_z)
+        m = m - (lam / s)[:, None] * Ca
+        shrink = lam * (lam + u) / s**2
+        C = C - shrink[:, None, None] * Ca[:, :, None] * Ca[:, None, :]
+    return m.to(dtype)
 
 
 # --------------------------------------------------------------- temperature
@@ -530,6 +626,10 @@ class LikelihoodTemperature(ScoreTransform):
     def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
         prior = context.diffused_prior()
         gamma, mode = self.power, self.precision
+        # a tempered posterior is no wider than the prior (as in the JAC
+        # composition): bounds the learned Jacobians' precisions from below
+        max_variance = context.prior_max_variance()
+        floor = 1e-3 if max_variance is None else 1.0 / max_variance
 
         def fn(z: Tensor, t: Tensor) -> Tensor:
             if mode == "identity":
@@ -537,11 +637,15 @@ class LikelihoodTemperature(ScoreTransform):
             schedule = denoise.schedule
             alpha, sigma = schedule.alpha(t), schedule.sigma(t)
             x_post, jac = denoiser_jacobian(denoise, z, t)
-            p_post = precision_from_jacobian(jac, alpha, sigma)
+            p_post = precision_from_jacobian(
+                jac, alpha, sigma, max_variance=max_variance
+            )
             p_prior = prior.precision(z, t)
             if p_prior is None:
                 x_prior, jac_p = denoiser_jacobian(prior, z, t)
-                p_prior = precision_from_jacobian(jac_p, alpha, sigma)
+                p_prior = precision_from_jacobian(
+                    jac_p, alpha, sigma, max_variance=max_variance
+                )
             else:
                 x_prior = prior(z, t)
             lam = gamma * p_post + (1 - gamma) * p_prior
@@ -549,7 +653,7 @@ class LikelihoodTemperature(ScoreTransform):
                 p_prior @ x_prior[:, :, None]
             )
             snr = (alpha**2 / torch.clamp(sigma**2, min=1e-12)).double()
-            inv = _inverse_clamped(lam, snr + 1e-3).to(z)
+            inv = _inverse_clamped(lam, snr + floor).to(z)
             return (inv @ num)[:, :, 0]
 
         evals = network_evaluations_per_call(denoise) + prior.evaluations_per_call

@@ -110,6 +110,15 @@ class DiffusionPosterior(NeuralPosterior):
             "reverse process and evaluates log_prob through the probability-flow ODE."
         )
 
+    def __copy__(self) -> DiffusionPosterior:
+        """A shallow copy with its own attribute dictionary (sbi's
+        ``__getstate__``/``__setstate__`` would share one, so that setting an
+        attribute on the copy, e.g. the guidance of :meth:`with_guidance`, would
+        change the original)."""
+        new = self.__class__.__new__(self.__class__)
+        new.__dict__.update(self.__dict__)
+        return new
+
     # --------------------------------------------------------------- inputs
 
     @property
