@@ -119,6 +119,12 @@ class Denoiser(ConditionalVectorFieldEstimator):
                     torch.zeros(2, *condition_shape)
                 ).shape[-1]
         self.null_embedding = nn.Parameter(torch.zeros(condition_embedding_dim))
+        # With condition dropout the network takes one more condition input: 0
+        # with an observation, 1 for the null condition. Without it a null
+        # embedding near zero is indistinguishable from an observation near the
+        # data mean (z-scored x = 0), whose posterior then widens towards the
+        # prior. The net must take ``condition_embedding_dim + 1`` inputs.
+        self.null_flag = self.condition_dropout > 0
         self.theta_dim = int(torch.Size(input_shape).numel())
 
     # ------------------------------------------------------------------ core
@@ -133,8 +139,20 @@ class Denoiser(ConditionalVectorFieldEstimator):
         return PathPoint(*values)
 
     def embed_condition(self, x: Tensor) -> Tensor:
-        """z-score ``x`` of shape ``(batch, *condition_shape)`` and embed it."""
-        return self._embedding_net((x - self.x_shift) / self.x_scale)
+        """z-score ``x`` of shape ``(batch, *condition_shape)`` and embed it (with
+        a trailing 0, the "observed" flag, for models with condition dropout)."""
+        embedding = self._embedding_net((x - self.x_shift) / self.x_scale)
+        if getattr(self, "null_flag", False):
+            embedding = torch.cat(
+                [embedding, embedding.new_zeros(*embedding.shape[:-1], 1)], -1
+            )
+        return embedding
+
+    def _null_condition_row(self) -> Tensor:
+        """The null condition ``(e,)``: the learned embedding (and the flag 1)."""
+        if getattr(self, "null_flag", False):
+            return torch.cat([self.null_embedding, self.null_embedding.new_ones(1)])
+        return self.null_embedding
 
     def null_condition(self, batch: int) -> Tensor:
         """The learned null embedding, for unconditional (prior) estimates.
@@ -149,7 +167,7 @@ class Denoiser(ConditionalVectorFieldEstimator):
                 "(a constructor argument of the trainer) to use classifier-free "
                 "guidance or an unconditional score."
             )
-        return self.null_embedding.expand(batch, -1)
+        return self._null_condition_row().expand(batch, -1)
 
     def denoise_embedded(self, z: Tensor, embedding: Tensor, t: Tensor) -> Tensor:
         r"""``x_hat`` for standardised ``z`` ``(batch, dim)``, embedded condition
@@ -214,7 +232,7 @@ class Denoiser(ConditionalVectorFieldEstimator):
             )
         if drop_condition is not None:
             embedding = torch.where(
-                drop_condition[:, None], self.null_embedding[None, :], embedding
+                drop_condition[:, None], self._null_condition_row()[None, :], embedding
             )
         out = self.parameterization.network_output(self.net, z, embedding, col)
         target = self.parameterization.target(theta, z, col)

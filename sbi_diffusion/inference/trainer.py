@@ -148,7 +148,10 @@ class VectorFieldInference(NeuralInference):
         embedding_net: network embedding ``x`` (e.g. from
             ``sbi.neural_nets.embedding_nets``); identity if None.
         condition_dropout: probability of dropping the condition in training
-            (gives an unconditional score for guidance and composition).
+            (gives an unconditional score for guidance and composition). The
+            dropped condition is a learned embedding marked by an extra input
+            (1, against 0 for an observation), so a user ``nn.Module`` net then
+            takes ``embedding_dim + 1`` condition inputs.
         ema_decay: decay of the weight EMA used for sampling (0: none).
         sampler: default sampler of the posterior.
         sampler_options: default options of the sampler (e.g. ``{"steps": 30}``).
@@ -324,7 +327,11 @@ class VectorFieldInference(NeuralInference):
                 ) from error
         condition_dim = embedded.shape[-1]
         theta_dim = int(theta_shape.numel())
-        net = build_net(self._net_spec, theta_dim, condition_dim, **self._net_kwargs)
+        # models with condition dropout take a null-condition flag (Denoiser)
+        net_condition_dim = condition_dim + (1 if self._condition_dropout > 0 else 0)
+        net = build_net(
+            self._net_spec, theta_dim, net_condition_dim, **self._net_kwargs
+        )
         if isinstance(self._net_spec, nn.Module):
             net = deepcopy(net)
         denoiser = Denoiser(
