@@ -432,6 +432,8 @@ def test_bridge_on_a_deterministic_sampler_warns(trained, linear_gaussian):
         draw(sampler="euler_maruyama", steps=5)
         draw(sampler="heun", steps=5, corrector="langevin")
         draw(sampler="ddim", steps=5, eta=1.0)
+        draw()  # the bridge's default: Euler-Maruyama, 500 steps
+    assert posterior.last_nfe == pytest.approx(500 * 3, rel=0.01)  # 3 trials
 
 
 def test_runs_deterministically():

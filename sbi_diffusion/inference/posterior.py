@@ -258,9 +258,17 @@ class DiffusionPosterior(NeuralPosterior):
         steps: int | None,
         options: dict,
         iid: bool = False,
+        iid_method: str | None = None,
     ) -> tuple[str, dict]:
+        if sampler is None and iid:
+            method = self.iid_method if iid_method is None else iid_method
+            sampler, defaults = self.iid_samplers.get(method, (self.sampler, {}))
+            get_sampler(sampler)
+            return sampler, sampling_call_options(
+                sampler, sampler, defaults, options, steps
+            )
         if sampler is None:
-            sampler = self.iid_sampler if iid else self.sampler
+            sampler = self.sampler
         get_sampler(sampler)
         return sampler, sampling_call_options(
             sampler, self.sampler, self.sampler_options, options, steps
@@ -277,9 +285,17 @@ class DiffusionPosterior(NeuralPosterior):
 
     # ---------------------------------------------------- guidance and i.i.d.
 
-    #: sampler used for i.i.d. trials when none is given: the composed posterior
-    #: is narrow, and the adaptive solver resolves it on every schedule.
-    iid_sampler = "dopri5"
+    #: sampler and options used for i.i.d. trials when none is given, per
+    #: ``iid_method``: the adaptive ``dopri5`` resolves the narrow composed
+    #: posterior of GAUSS and the factorised score on every schedule; JAC pays
+    #: a Jacobian per step and takes 30 Heun steps; the annealed bridge needs a
+    #: stochastic sampler (Euler-Maruyama, 500 steps, as sbi's ``fnpe``).
+    iid_samplers: dict[str, tuple[str, dict]] = {
+        "gauss": ("dopri5", {}),
+        "factorized": ("dopri5", {}),
+        "jac": ("heun", {"steps": 30}),
+        "factorized_bridge": ("euler_maruyama", {"steps": 500}),
+    }
 
     #: whether samplers end i.i.d. sampling with the denoising step
     #: ``theta = x_hat(z, t_min)``. Off by default: the composed denoiser at
@@ -390,7 +406,8 @@ class DiffusionPosterior(NeuralPosterior):
                 composed from the single-trial model); the default x if None.
             sampler: sampler name (``heun``, ``euler``, ``euler_maruyama``, ``ddim``,
                 ``dpm++2m``, ``dopri5``, ``adaptive_sde``, ...); the default if
-                None (``iid_sampler``, i.e. ``dopri5``, for i.i.d. trials).
+                None (for i.i.d. trials the one of ``iid_samplers`` for the
+                ``iid_method``).
             steps: number of steps of a fixed-grid sampler.
             show_progress_bars: show progress.
             reject_outside_prior: reject and redraw samples outside the prior
@@ -417,7 +434,7 @@ class DiffusionPosterior(NeuralPosterior):
         num = int(math.prod(sample_shape))
         iid = x.shape[0] > 1
         sampler, options = self._sampling_options(
-            sampler, steps, sampler_options, iid=iid
+            sampler, steps, sampler_options, iid=iid, iid_method=iid_method
         )
         transforms, context = self._guidance_for(sampler, guidance, composed=iid)
         if iid:
