@@ -628,6 +628,8 @@ def main() -> None:
         ("02_iid_trials_and_guidance.ipynb", IID_AND_GUIDANCE),
     ]:
         notebook = new_notebook(cells=cells)
+        for number, cell in enumerate(notebook.cells):
+            cell["id"] = f"cell-{number:02d}"  # stable ids: reviewable diffs
         notebook.metadata["kernelspec"] = {
             "name": "python3",
             "display_name": "Python 3",
