@@ -88,6 +88,7 @@ __all__ = [
     "diffused_prior",
     "IIDComposedDenoiser",
     "estimate_trial_covariances",
+    "sample_on_fixed_grid",
     "unbiased_precision_factor",
     "denoiser_jacobian",
     "precision_from_jacobian",
@@ -546,6 +547,40 @@ def precision_from_jacobian(
 # -------------------------------------------------------------- GAUSS moments
 
 
+def sample_on_fixed_grid(
+    denoise: Any,
+    shape: tuple[int, int],
+    sampler: str = "heun",
+    steps: int = 30,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> Tensor:
+    """Samples ``shape`` of the target of a ``DenoiseFn`` with a fixed-grid
+    sampler whose grid starts where ``alpha >= 1e-4`` (at ``alpha = 0``, the end
+    of the rectified-flow path, a network's noise input is infinite).
+
+    Used to fit the moments of a posterior once (GAUSS, Gaussian denoising
+    covariances of guidance); the moments need a few dozen steps, not the
+    accuracy of the final sampler.
+    """
+    from sbi_diffusion.samplers import get_sampler, sample_from_noise
+
+    schedule = denoise.schedule
+    grid = schedule.sampling_grid(int(steps), device=device)
+    grid = torch.clamp(grid, max=_alpha_floor_time(schedule))
+    result = sample_from_noise(
+        get_sampler(sampler),
+        denoise,
+        schedule,
+        shape,
+        generator,
+        device,
+        steps=steps,
+        time_grid=grid,
+    )
+    return result.samples
+
+
 def estimate_trial_covariances(
     estimator: Any,
     embeddings: Tensor,
@@ -572,15 +607,10 @@ def estimate_trial_covariances(
         show_progress_bars: show progress over chunks of trials.
     """
     from sbi_diffusion.denoiser import ConditionedDenoiser
-    from sbi_diffusion.samplers import get_sampler, sample_from_noise
 
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}.")
-    sampler_fn = get_sampler(sampler)
     n_trials, d = embeddings.shape[0], int(estimator.theta_dim)
-    # start where alpha > 0: the network's noise input is infinite at alpha = 0
-    grid = estimator.schedule.sampling_grid(int(steps), device=embeddings.device)
-    grid = torch.clamp(grid, max=_alpha_floor_time(estimator.schedule))
     per_chunk = max(1, max_rows // num_samples)
     covs, means = [], []
     chunks = torch.arange(n_trials).split(per_chunk)
@@ -591,17 +621,15 @@ def estimate_trial_covariances(
         leave=False,
     ):
         emb = embeddings[chunk].repeat_interleave(num_samples, dim=0)
-        result = sample_from_noise(
-            sampler_fn,
+        s = sample_on_fixed_grid(
             ConditionedDenoiser(estimator, emb),
-            estimator.schedule,
             (emb.shape[0], d),
-            generator,
-            emb.device,
+            sampler=sampler,
             steps=steps,
-            time_grid=grid,
+            generator=generator,
+            device=emb.device,
         )
-        s = result.samples.reshape(chunk.numel(), num_samples, d)
+        s = s.reshape(chunk.numel(), num_samples, d)
         means.append(s.mean(1))
         s = s - s.mean(1, keepdim=True)
         covs.append(s.transpose(1, 2) @ s / (num_samples - 1))

@@ -13,8 +13,10 @@ automatic differentiation). Lists of transforms are applied in order
 Tilting. A target ``p(theta | x) r(theta)`` has the denoising posterior
 ``p(theta_0 | z_t, x) r(theta_0)``. With the Gaussian approximation
 ``N(x_hat, C)`` of ``p(theta_0 | z_t, x)`` (``C`` from Tweedie's second-order
-formula ``C = (sigma^2 / alpha) d x_hat / dz``, or the isotropic
-``C = sigma^2 / (alpha^2 + sigma^2) I`` of a unit-variance standardised prior)
+formula ``C = (sigma^2 / alpha) d x_hat / dz``, that of a Gaussian fitted to
+samples of the target, ``C = (P + alpha^2 / sigma^2 I)^{-1}``
+(:class:`GaussianFit`), or the isotropic ``C = sigma^2 / (alpha^2 + sigma^2) I``
+of a unit-variance standardised prior)
 and a second-order expansion of ``log r`` at ``x_hat`` (gradient ``g``, Hessian
 ``-R``),
 
@@ -47,6 +49,8 @@ from sbi_diffusion.composition import (
     denoiser_jacobian,
     diffused_prior,
     precision_from_jacobian,
+    sample_on_fixed_grid,
+    unbiased_precision_factor,
 )
 from sbi_diffusion.samplers.base import network_evaluations_per_call
 from sbi_diffusion.schedules import Schedule
@@ -60,6 +64,7 @@ __all__ = [
     "ConstraintGuidance",
     "PriorSwap",
     "LikelihoodTemperature",
+    "GaussianFit",
     "interval_constraint",
     "linear_constraint",
     "apply_guidance",
@@ -241,20 +246,141 @@ def _grad_and_hessian(
     return grad, hess
 
 
+_MAX_FIT_PASSES = 100
+
+
+def _condition_embedding(denoise: Any) -> Tensor | None:
+    """The per-row condition embedding of the :class:`ConditionedDenoiser` inside
+    ``denoise`` (through guided and counting wrappers), or None."""
+    from sbi_diffusion.denoiser import ConditionedDenoiser
+
+    inner = denoise
+    for _ in range(32):
+        if isinstance(inner, ConditionedDenoiser):
+            return inner.embedding
+        inner = getattr(inner, "base", None) or getattr(inner, "denoise", None)
+        if inner is None:
+            return None
+    return None
+
+
+class GaussianFit:
+    r"""The denoising covariance of a Gaussian fitted to the target of a
+    ``DenoiseFn``: with ``P`` the precision of samples of the target (drawn at
+    the first call, debiased with
+    :func:`~sbi_diffusion.composition.unbiased_precision_factor`),
+
+    .. math::
+        C(t) = \big(P + \tfrac{\alpha_t^2}{\sigma_t^2} I\big)^{-1},
+
+    the exact ``Cov[theta_0 | z_t]`` of a Gaussian target (as GAUSS does for
+    single-trial posteriors; Linhart et al. 2024). Unlike the Jacobian of a
+    learned denoiser it does not depend on the network's derivatives, which a
+    small model gets wrong.
+
+    Rows of the batch conditioned on different observations (``sample_batched``,
+    joint conditionals) get separate fits: the samples are drawn with the batch
+    of the first call, as many passes as the rarest condition needs.
+
+    Args:
+        denoise: the target (conditioned, possibly already guided).
+        dim: dimension of ``theta``.
+        num_samples: samples per fit (more than ``dim + 2``).
+        seed: seed of the fit's own generator (the fit does not consume the
+            caller's random numbers, and repeats exactly).
+    """
+
+    def __init__(self, denoise: DenoiseFn, dim: int, num_samples: int, seed: int):
+        unbiased_precision_factor(num_samples, dim)  # checks num_samples
+        self.denoise, self.dim = denoise, dim
+        self.num_samples, self.seed = int(num_samples), int(seed)
+        self._precisions: Tensor | None = None  # (groups, d, d)
+        self._groups: Tensor | None = None  # (batch,) group of each row
+
+    def _fit(self, batch: int, device: torch.device) -> None:
+        embedding = _condition_embedding(self.denoise)
+        if embedding is not None and embedding.shape[0] == batch:
+            groups = torch.unique(embedding, dim=0, return_inverse=True)[1]
+        else:
+            groups = torch.zeros(batch, dtype=torch.long, device=device)
+        counts = torch.bincount(groups)
+        passes = math.ceil(self.num_samples / int(counts.min()))
+        if passes > _MAX_FIT_PASSES:
+            raise ValueError(
+                f"covariance='gaussian' needs {self.num_samples} samples per "
+                f"observation, but a batch holds as few as {int(counts.min())} "
+                f"rows of one observation ({passes} sampling passes); sample more "
+                "per observation at once, pass fewer covariance_samples, or use "
+                "covariance='isotropic' or 'jacobian'."
+            )
+        generator = torch.Generator().manual_seed(self.seed)
+        draws = [
+            sample_on_fixed_grid(
+                self.denoise, (batch, self.dim), generator=generator, device=device
+            ).double()
+            for _ in range(passes)
+        ]
+        samples = torch.stack(draws)  # (passes, batch, d)
+        precisions = []
+        for g in range(counts.numel()):
+            s = samples[:, groups == g].reshape(-1, self.dim)
+            s = s[torch.isfinite(s).all(-1)]
+            if s.shape[0] <= self.dim + 2:
+                raise ValueError(
+                    "Too few finite samples of the target to fit its covariance."
+                )
+            cov = torch.cov(s.T).reshape(self.dim, self.dim)
+            factor = unbiased_precision_factor(s.shape[0], self.dim)
+            precisions.append(factor * _inverse_clamped(cov, 1e-10))
+        self._precisions, self._groups = torch.stack(precisions), groups
+
+    def precision(self, batch: int, device: torch.device) -> Tensor:
+        """``P`` per row ``(batch, d, d)`` in float64 (fitted at the first call).
+
+        Raises:
+            ValueError: if a later call has a different batch while the rows
+                have different conditions (a sampler that drops rows).
+        """
+        if self._precisions is None:
+            self._fit(batch, device)
+        precisions = self._precisions.to(device)
+        if precisions.shape[0] == 1:
+            return precisions.expand(batch, self.dim, self.dim)
+        if self._groups.numel() != batch:
+            raise ValueError(
+                "covariance='gaussian' with one condition per row needs the "
+                "sampler to evaluate every row at every step; use a fixed-step "
+                "sampler."
+            )
+        return precisions[self._groups.to(device)]
+
+    def covariance(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """``C(t)`` ``(batch, d, d)`` for per-row ``alpha``, ``sigma``."""
+        precision = self.precision(alpha.shape[0], alpha.device)
+        snr = alpha.double() ** 2 / torch.clamp(sigma.double() ** 2, min=1e-12)
+        eye = torch.eye(self.dim, dtype=torch.float64, device=alpha.device)
+        total = precision + snr[:, None, None] * eye
+        return torch.linalg.inv(total).to(alpha.dtype)
+
+
 def _denoising_covariance(
     denoise: DenoiseFn,
     z: Tensor,
     t: Tensor,
     covariance: str,
     max_variance: float | None = None,
+    fit: GaussianFit | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``x_hat`` and the denoising covariance ``C`` ``(batch, d, d)``; with
     ``max_variance`` (the training prior's largest standardised variance) a
-    Jacobian covariance is bounded by that of a target no wider than the prior."""
+    Jacobian covariance is bounded by that of a target no wider than the prior;
+    ``"gaussian"`` takes it from ``fit``."""
     schedule = denoise.schedule
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
     d = z.shape[1]
     eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    if covariance == "gaussian":
+        return denoise(z, t), fit.covariance(alpha, sigma).to(z)
     if covariance == "jacobian":
         x_hat, jac = denoiser_jacobian(denoise, z, t)
         precision = precision_from_jacobian(
@@ -282,11 +408,13 @@ def _tilted_denoiser(
     log_r: Callable[[Tensor], Tensor],
     covariance: str,
     hessian: bool,
+    fit: GaussianFit | None = None,
 ) -> GuidedDenoiser:
     r"""The tilt of ``denoise`` by ``r`` (module docstring):
     ``x_hat_new = x_hat + (C^{-1} + R)^{-1} g`` with ``g`` and ``-R`` the gradient
     and Hessian of ``log r`` (a function of ``z``) at ``x_hat``, and ``C`` the
-    ``"jacobian"`` or ``"isotropic"`` denoising covariance. Without ``hessian``,
+    ``"jacobian"``, ``"gaussian"`` (from ``fit``) or ``"isotropic"`` denoising
+    covariance. Without ``hessian``,
     ``R = 0`` and ``x_hat_new = x_hat + C g``.
 
     A Jacobian covariance is bounded by the training prior's largest variance and
@@ -295,7 +423,7 @@ def _tilted_denoiser(
     max_variance = context.prior_max_variance() if covariance == "jacobian" else None
 
     def fn(z: Tensor, t: Tensor) -> Tensor:
-        x_hat, cov = _denoising_covariance(denoise, z, t, covariance, max_variance)
+        x_hat, cov = _denoising_covariance(denoise, z, t, covariance, max_variance, fit)
         grad, hess = _grad_and_hessian(log_r, x_hat, hessian)
         return _tilt(x_hat, cov, grad, hess)
 
@@ -304,15 +432,28 @@ def _tilted_denoiser(
     return GuidedDenoiser(denoise, fn, evaluations)
 
 
-_COVARIANCES = ("jacobian", "isotropic")
+_COVARIANCES = ("jacobian", "gaussian", "isotropic")
 
 
-def _check_covariance(covariance: str) -> str:
-    if covariance not in _COVARIANCES:
-        raise ValueError(
-            f"Unknown covariance {covariance!r}. Pass one of {_COVARIANCES}."
-        )
+def _check_covariance(covariance: str, allowed: tuple[str, ...] = _COVARIANCES) -> str:
+    if covariance not in allowed:
+        raise ValueError(f"Unknown covariance {covariance!r}. Pass one of {allowed}.")
     return covariance
+
+
+def _check_covariance_samples(num_samples: int) -> int:
+    """Checks ``num_samples > d + 2`` for ``d = 1`` (the fit checks the real ``d``
+    at sampling time) and returns it."""
+    unbiased_precision_factor(int(num_samples), 1)
+    return int(num_samples)
+
+
+def _gaussian_fit(
+    covariance: str, denoise: DenoiseFn, context: GuidanceContext, num_samples: int
+) -> GaussianFit | None:
+    if covariance != "gaussian":
+        return None
+    return GaussianFit(denoise, int(context.shift.numel()), num_samples, seed=0)
 
 
 def _log_prob_fn(dist_or_fn: Distribution | Callable, name: str) -> Callable:
@@ -333,19 +474,25 @@ class PriorSwap(ScoreTransform):
     At small noise this adds ``grad log p_new - grad log p_train`` to the score;
     at larger noise the addition is annealed by the denoising covariance (see the
     module docstring). Exact for Gaussian posteriors and Gaussian priors with
-    ``covariance="jacobian"`` (the default). Any prior with a differentiable log
-    density works (points where ``log p_train`` is not finite, e.g. outside a
-    box, get no correction).
+    either covariance. Any prior with a differentiable log density works (points
+    where ``log p_train`` is not finite, e.g. outside a box, get no correction).
 
     Args:
         new_prior: a ``Distribution`` or a callable ``theta -> log p_new(theta)``.
         train_prior: the training prior; the posterior's if None.
         hessian: use the Hessian of ``log r`` (exact for Gaussian priors).
-
-    The denoising covariance comes from the Jacobian of the denoiser (one
-    backward pass per dimension). The isotropic shortcut of
-    :class:`ConstraintGuidance` is not offered: on the linear-Gaussian test it
-    over-corrected (further from the new posterior than no swap at all).
+        covariance: the denoising covariance ``C``: ``"gaussian"`` (default;
+            :class:`GaussianFit`, from ``covariance_samples`` samples of the
+            unswapped posterior drawn once per call of ``sample``) or
+            ``"jacobian"`` (Tweedie's second-order formula, one backward pass
+            per dimension per step; it follows a non-Gaussian posterior locally,
+            but a small trained model's Jacobian is often wrong: on the
+            2,000-simulation test model it overshot to a mean error of 1.7
+            posterior standard deviations, while ``"gaussian"`` lands within
+            the tolerance). The isotropic shortcut of :class:`ConstraintGuidance`
+            is not offered: on the linear-Gaussian test it over-corrected
+            (further from the new posterior than no swap at all).
+        covariance_samples: samples for ``"gaussian"``.
     """
 
     name = "prior_swap"
@@ -355,10 +502,13 @@ class PriorSwap(ScoreTransform):
         new_prior: Distribution | Callable[[Tensor], Tensor],
         train_prior: Distribution | Callable[[Tensor], Tensor] | None = None,
         hessian: bool = True,
+        covariance: str = "gaussian",
+        covariance_samples: int = 1000,
     ):
         self.new_log_prob = _log_prob_fn(new_prior, "new_prior")
         self.train_prior = train_prior
-        self.covariance = "jacobian"
+        self.covariance = _check_covariance(covariance, ("gaussian", "jacobian"))
+        self.covariance_samples = _check_covariance_samples(covariance_samples)
         self.hessian = bool(hessian)
 
     def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
@@ -373,8 +523,9 @@ class PriorSwap(ScoreTransform):
             value = new_log_prob(theta) - train_log_prob(theta)
             return torch.where(torch.isfinite(value), value, torch.zeros_like(value))
 
+        fit = _gaussian_fit(self.covariance, denoise, context, self.covariance_samples)
         return _tilted_denoiser(
-            denoise, context, log_ratio, self.covariance, self.hessian
+            denoise, context, log_ratio, self.covariance, self.hessian, fit
         )
 
 
@@ -456,11 +607,16 @@ class ConstraintGuidance(ScoreTransform):
             that of a unit-variance standardised prior: cheap and composable
             with every transform, but too wide for a narrow posterior, so
             samples end somewhat too far inside; in the closed-form test the
-            truncated mean is off by 0.6 posterior standard deviations) or
-            ``"jacobian"`` (Tweedie's second-order formula, one backward pass
-            per dimension; exact for a Gaussian posterior and a linear
-            constraint, but it cannot follow another tilt such as
-            :class:`PriorSwap`, whose output is not differentiable).
+            truncated mean is off by 0.6 posterior standard deviations),
+            ``"gaussian"`` (:class:`GaussianFit` to ``covariance_samples``
+            samples of the unguided target, drawn once per call of ``sample``;
+            exact for a Gaussian posterior and a linear constraint, no network
+            derivatives, follows any other transform) or ``"jacobian"``
+            (Tweedie's second-order formula, one backward pass per dimension;
+            exact for a Gaussian posterior and a linear constraint, but it
+            cannot follow another tilt such as :class:`PriorSwap`, whose output
+            is not differentiable).
+        covariance_samples: samples for ``"gaussian"``.
 
     Raises:
         ValueError: for ``strength`` outside ``[0, 1]`` or ``tau <= 0``; (at
@@ -475,6 +631,7 @@ class ConstraintGuidance(ScoreTransform):
         strength: float = 1.0,
         tau: float = 1e-3,
         covariance: str = "isotropic",
+        covariance_samples: int = 1000,
     ):
         if not callable(constraint):
             raise ValueError("constraint must be a callable theta -> c(theta).")
@@ -486,6 +643,7 @@ class ConstraintGuidance(ScoreTransform):
         self.constraint = constraint
         self.strength, self.tau = float(strength), float(tau)
         self.covariance = _check_covariance(covariance)
+        self.covariance_samples = _check_covariance_samples(covariance_samples)
 
     def _checked(self, theta: Tensor) -> Tensor:
         c = self.constraint(theta)
@@ -532,10 +690,11 @@ class ConstraintGuidance(ScoreTransform):
     def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
         jacobian = self.covariance == "jacobian"
         max_variance = context.prior_max_variance() if jacobian else None
+        fit = _gaussian_fit(self.covariance, denoise, context, self.covariance_samples)
 
         def fn(z: Tensor, t: Tensor) -> Tensor:
             x_hat, cov = _denoising_covariance(
-                denoise, z, t, self.covariance, max_variance
+                denoise, z, t, self.covariance, max_variance, fit
             )
             c, slopes = self._value_and_jacobian(context, x_hat)
             return soft_indicator_moments(

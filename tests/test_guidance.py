@@ -66,11 +66,11 @@ NEW_COV = torch.tensor([[0.5, 0.1], [0.1, 0.8]])
 
 
 @pytest.mark.parametrize("schedule", ["edm_vp", "rectified_flow"])
-def test_prior_swap_recovers_new_posterior(linear_gaussian, schedule):
+@pytest.mark.parametrize("covariance", ["gaussian", "jacobian"])
+def test_prior_swap_recovers_new_posterior(linear_gaussian, schedule, covariance):
     est, x, denoise, context = _setup(linear_gaussian, schedule)
-    guided = apply_guidance(
-        denoise, PriorSwap(MultivariateNormal(NEW_MEAN, NEW_COV)), context
-    )
+    swap = PriorSwap(MultivariateNormal(NEW_MEAN, NEW_COV), covariance=covariance)
+    guided = apply_guidance(denoise, swap, context)
     p = linear_gaussian
     mean, cov = linear_gaussian_posterior(
         NEW_MEAN, NEW_COV, p.matrix, p.noise_cov, x, shift=p.shift
@@ -144,7 +144,8 @@ def test_soft_indicator_moments_closed_form():
     assert 0.0 < far.item() < 0.5
 
 
-def test_constraint_guidance_matches_truncated_gaussian(linear_gaussian):
+@pytest.mark.parametrize("covariance", ["gaussian", "jacobian"])
+def test_constraint_guidance_matches_truncated_gaussian(linear_gaussian, covariance):
     est, x, denoise, context = _setup(linear_gaussian)
     mean, cov = linear_gaussian.posterior(x)
     mean, cov = mean.double(), cov.double()
@@ -152,7 +153,7 @@ def test_constraint_guidance_matches_truncated_gaussian(linear_gaussian):
     # E[theta_2] = m_2 + S_21 / S_11 (E[theta_1] - m_1)
     transform = ConstraintGuidance(
         interval_constraint(low=torch.tensor([mean[0].item(), -1e9])),
-        covariance="jacobian",
+        covariance=covariance,
     )
     guided = apply_guidance(denoise, transform, context)
     samples = est.from_z(_sample(guided, 2000, "heun", steps=40)).double()
@@ -267,13 +268,10 @@ def test_trained_model_guidance(posterior, linear_gaussian):
         del SAMPLERS["_one_step_test"]
 
 
-@pytest.mark.xfail(
-    reason="measured: on this small trained model the Jacobian-based prior swap "
-    "overshoots (mean error about 1.7 posterior std, variance x4) although it is "
-    "exact with exact denoisers (test_prior_swap_recovers_new_posterior)",
-    strict=False,
-)
 def test_trained_model_prior_swap(posterior, linear_gaussian):
+    """With the Gaussian-fit covariance (default). The Jacobian of this small
+    model overshoots (measured: mean error 0.57-0.88 posterior std and variance
+    ratios up to 2 on observations 2-4, against 0.04-0.17 and 0.8-1.2 here)."""
     p = linear_gaussian
     x = _trials(p, 1, seed=2)
     kwargs = dict(show_progress_bars=False)
@@ -287,7 +285,48 @@ def test_trained_model_prior_swap(posterior, linear_gaussian):
     unswapped_err, _ = moment_errors(plain, new_mean, new_cov)
     # the small model is not exact: the swap must move most of the way
     assert mean_err < 0.5 * unswapped_err, (mean_err, unswapped_err)
-    assert ((var_ratio > 0.2) & (var_ratio < 3.5)).all(), var_ratio
+    assert mean_err < 0.35, mean_err
+    assert ((var_ratio > 0.6) & (var_ratio < 1.6)).all(), var_ratio
+
+
+def test_trained_model_prior_swap_per_observation(posterior, linear_gaussian):
+    """``sample_batched`` over two observations: each gets its own Gaussian fit
+    (one fit over both posteriors would be far too wide)."""
+    p = linear_gaussian
+    x = torch.cat([_trials(p, 1, seed=2), _trials(p, 1, seed=3)])
+    swap = PriorSwap(MultivariateNormal(NEW_MEAN, NEW_COV), covariance_samples=300)
+    samples = posterior.sample_batched(
+        (400,), x=x, guidance=swap, show_progress_bars=False
+    )
+    assert samples.shape == (400, 2, 2)
+    for b in range(2):
+        new_mean, new_cov = linear_gaussian_posterior(
+            NEW_MEAN, NEW_COV, p.matrix, p.noise_cov, x[b : b + 1], shift=p.shift
+        )
+        mean_err, var_ratio = moment_errors(samples[:, b], new_mean, new_cov)
+        assert mean_err < 0.4, (b, mean_err)
+        assert ((var_ratio > 0.6) & (var_ratio < 1.6)).all(), (b, var_ratio)
+
+
+def test_gaussian_covariance_errors(posterior, linear_gaussian):
+    with pytest.raises(ValueError, match="covariance_samples"):
+        PriorSwap(MultivariateNormal(NEW_MEAN, NEW_COV), covariance_samples=3)
+    with pytest.raises(ValueError, match="covariance_samples"):
+        ConstraintGuidance(lambda theta: theta[:, 0], covariance_samples=2)
+    too_few = PriorSwap(MultivariateNormal(NEW_MEAN, NEW_COV), covariance_samples=4)
+    with pytest.raises(ValueError, match="covariance_samples"):  # d = 2: needs 5
+        posterior.sample(
+            (10,),
+            x=_trials(linear_gaussian, 1),
+            guidance=too_few,
+            show_progress_bars=False,
+        )
+    with pytest.raises(ValueError, match="Unknown covariance"):
+        PriorSwap(MultivariateNormal(NEW_MEAN, NEW_COV), covariance="isotropic")
+    x = torch.cat([_trials(linear_gaussian, 1, seed=s) for s in range(5)])
+    swap = PriorSwap(MultivariateNormal(NEW_MEAN, NEW_COV), covariance_samples=500)
+    with pytest.raises(ValueError, match="per observation"):
+        posterior.sample_batched((2,), x=x, guidance=swap, show_progress_bars=False)
 
 
 def test_with_guidance_leaves_the_original_unchanged(posterior):
