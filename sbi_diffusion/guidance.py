@@ -354,13 +354,18 @@ class GaussianFit:
             )
         return precisions[self._groups.to(device)]
 
-    def covariance(self, alpha: Tensor, sigma: Tensor) -> Tensor:
-        """``C(t)`` ``(batch, d, d)`` for per-row ``alpha``, ``sigma``."""
+    def denoising_precision(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """``C(t)^{-1} = P + alpha^2 / sigma^2 I`` ``(batch, d, d)`` in float64,
+        for per-row ``alpha``, ``sigma``."""
         precision = self.precision(alpha.shape[0], alpha.device)
         snr = alpha.double() ** 2 / torch.clamp(sigma.double() ** 2, min=1e-12)
         eye = torch.eye(self.dim, dtype=torch.float64, device=alpha.device)
-        total = precision + snr[:, None, None] * eye
-        return torch.linalg.inv(total).to(alpha.dtype)
+        return precision + snr[:, None, None] * eye
+
+    def covariance(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """``C(t)`` ``(batch, d, d)`` for per-row ``alpha``, ``sigma``."""
+        inverse = torch.linalg.inv(self.denoising_precision(alpha, sigma))
+        return inverse.to(alpha.dtype)
 
 
 def _denoising_covariance(
@@ -763,24 +768,42 @@ class LikelihoodTemperature(ScoreTransform):
     ``Lambda = gamma P_post + (1 - gamma) P_prior``,
     ``x_hat = Lambda^{-1} (gamma P_post x_hat_post + (1 - gamma) P_prior
     x_hat_prior)`` with denoising precisions from the Jacobian (``"jacobian"``,
-    exact for Gaussians; Linhart et al. 2024) or equal (``"identity"``: the
-    weighted sum of scores, classifier-free guidance with the prior's score).
+    exact for Gaussians; Linhart et al. 2024), from a Gaussian fitted to samples
+    of the posterior (``"gaussian"``, :class:`GaussianFit`, with the prior's
+    exact or moment-matched precision; exact for Gaussians, no network
+    derivatives, and it can follow a tilt such as :class:`PriorSwap`) or equal
+    (``"identity"``: the weighted sum of scores, classifier-free guidance with
+    the prior's score).
 
     Args:
         power: ``gamma > 0``.
-        precision: ``"jacobian"`` or ``"identity"``.
+        precision: ``"gaussian"`` (default), ``"jacobian"`` or ``"identity"``.
+            On a 2,000-simulation trained model (linear-Gaussian test problem,
+            powers 0.5 and 2) ``"gaussian"`` gave mean errors of 0.04-0.19
+            posterior standard deviations and variance ratios 0.85-1.23,
+            ``"jacobian"`` 0.13-0.41 and 0.59-1.8; the Jacobian follows a
+            non-Gaussian posterior locally where the network's derivatives
+            are accurate.
+        covariance_samples: samples for ``"gaussian"``.
     """
 
     name = "temperature"
 
-    def __init__(self, power: float, precision: str = "jacobian"):
+    def __init__(
+        self,
+        power: float,
+        precision: str = "gaussian",
+        covariance_samples: int = 1000,
+    ):
         if not float(power) > 0:
             raise ValueError(f"power must be positive, got {power!r}.")
-        if precision not in ("jacobian", "identity"):
+        if precision not in ("jacobian", "gaussian", "identity"):
             raise ValueError(
-                f"Unknown precision {precision!r}. Pass 'jacobian' or 'identity'."
+                f"Unknown precision {precision!r}. Pass 'jacobian', 'gaussian' or "
+                "'identity'."
             )
         self.power, self.precision = float(power), precision
+        self.covariance_samples = _check_covariance_samples(covariance_samples)
 
     def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
         prior = context.diffused_prior()
@@ -789,24 +812,32 @@ class LikelihoodTemperature(ScoreTransform):
         # composition): bounds the learned Jacobians' precisions from below
         max_variance = context.prior_max_variance()
         floor = 1e-3 if max_variance is None else 1.0 / max_variance
+        fit = _gaussian_fit(mode, denoise, context, self.covariance_samples)
 
         def fn(z: Tensor, t: Tensor) -> Tensor:
             if mode == "identity":
                 return gamma * denoise(z, t) + (1 - gamma) * prior(z, t)
             schedule = denoise.schedule
             alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-            x_post, jac = denoiser_jacobian(denoise, z, t)
-            p_post = precision_from_jacobian(
-                jac, alpha, sigma, max_variance=max_variance
-            )
             p_prior = prior.precision(z, t)
-            if p_prior is None:
-                x_prior, jac_p = denoiser_jacobian(prior, z, t)
-                p_prior = precision_from_jacobian(
-                    jac_p, alpha, sigma, max_variance=max_variance
-                )
-            else:
+            if mode == "gaussian":
+                x_post = denoise(z, t)
+                p_post = fit.denoising_precision(alpha, sigma).to(z)
+                if p_prior is None:
+                    p_prior = prior.gaussian_precision(z, t)
                 x_prior = prior(z, t)
+            else:
+                x_post, jac = denoiser_jacobian(denoise, z, t)
+                p_post = precision_from_jacobian(
+                    jac, alpha, sigma, max_variance=max_variance
+                )
+                if p_prior is None:
+                    x_prior, jac_p = denoiser_jacobian(prior, z, t)
+                    p_prior = precision_from_jacobian(
+                        jac_p, alpha, sigma, max_variance=max_variance
+                    )
+                else:
+                    x_prior = prior(z, t)
             lam = gamma * p_post + (1 - gamma) * p_prior
             num = gamma * (p_post @ x_post[:, :, None]) + (1 - gamma) * (
                 p_prior @ x_prior[:, :, None]

@@ -40,7 +40,7 @@ from sbi.utils import BoxUniform
 from sbi.utils.metrics import c2st
 from torch.distributions import MultivariateNormal
 
-from sbi_diffusion import DiffusionNPE
+from sbi_diffusion import DiffusionNPE, FlowMatchingNPE
 from sbi_diffusion.benchmark.iid_references import (
     iid_observation,
     iid_reference_posterior,
@@ -162,14 +162,18 @@ def standardised_prior(prior, shift: torch.Tensor, scale: torch.Tensor):
     return BoxUniform((low - shift) / scale, (high - shift) / scale)
 
 
-def train(task, args) -> DiffusionNPE:
-    path = Path(args.cache) / f"{task.name}_{args.simulations}.pt"
+ESTIMATORS = {"diffusion": DiffusionNPE, "flow_matching": FlowMatchingNPE}
+
+
+def train(task, args) -> DiffusionNPE | FlowMatchingNPE:
+    suffix = "" if args.estimator == "diffusion" else f"_{args.estimator}"
+    path = Path(args.cache) / f"{task.name}_{args.simulations}{suffix}.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
     torch.manual_seed(0)
     theta = task.prior.sample((args.simulations,))
     x = task.simulate(theta)
-    inference = DiffusionNPE(
+    inference = ESTIMATORS[args.estimator](
         task.prior,
         net_kwargs=dict(width=128, depth=3),
         condition_dropout=0.1,
@@ -197,6 +201,7 @@ def model_simulations(row: dict) -> int:
 def row_key(row: dict) -> tuple:
     return (
         row["task"],
+        row.get("estimator", "diffusion"),
         model_simulations(row),
         row["num_trials"],
         row["method"],
@@ -246,18 +251,18 @@ def summary(results: Path) -> str:
     single-trial model."""
     all_rows = [json.loads(line) for line in results.read_text().splitlines()]
     tables = []
-    models = dict.fromkeys((r["task"], model_simulations(r)) for r in all_rows)
-    for task, simulations in models:
-        rows = [
-            r
-            for r in all_rows
-            if r["task"] == task and model_simulations(r) == simulations
-        ]
+
+    def model(row: dict) -> tuple:
+        return row["task"], row.get("estimator", "diffusion"), model_simulations(row)
+
+    for task, estimator, simulations in dict.fromkeys(map(model, all_rows)):
+        rows = [r for r in all_rows if model(r) == (task, estimator, simulations)]
+        name = {"diffusion": "DiffusionNPE", "flow_matching": "FlowMatchingNPE"}
         trials = sorted({r["num_trials"] for r in rows})
         methods = list(dict.fromkeys(r["method"] for r in rows))
         what = "seed" if task == "gaussian_linear" else "observation"
         lines = [
-            f"### {task}, model trained on {simulations} simulations",
+            f"### {task}, {name[estimator]} trained on {simulations} simulations",
             "",
             "| method | "
             + " | ".join(f"N={n}: C2ST per {what} (mean s)" for n in trials)
@@ -296,6 +301,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--simulations", type=int, default=5000)
+    parser.add_argument(
+        "--estimator",
+        choices=sorted(ESTIMATORS),
+        default="diffusion",
+        help="single-trial model for gaussian_linear",
+    )
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--sbi-steps", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
@@ -311,6 +322,8 @@ def main() -> None:
     if args.summary:
         print(summary(results))
         return
+    if args.task != "gaussian_linear" and args.estimator != "diffusion":
+        parser.error("--estimator applies to gaussian_linear only")
     task = GaussianLinear() if args.task == "gaussian_linear" else SbibmIID(args.task)
     posterior = task.posterior(args)
     done = done_keys(results)
@@ -324,6 +337,7 @@ def main() -> None:
                 )
                 row = {
                     "task": task.name,
+                    "estimator": args.estimator,
                     "simulations": simulations,
                     "num_trials": num_trials,
                     "method": method,
