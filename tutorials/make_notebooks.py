@@ -424,8 +424,13 @@ IID_AND_GUIDANCE = [
         Train under one prior, sample under another: $r = p_{\text{new}} /
         p_{\text{train}}$. The new prior is $\mathcal N((1, 1), 0.25\, I)$; its
         analytic posterior is the formula above with $\mu_0, \Sigma_0$ replaced.
-        `PriorSwap` takes $C$ from the Jacobian of the network (one backward pass
-        per dimension, counted in the NFE). Look for: the swapped samples leave the
+        `PriorSwap` takes $C$ from a Gaussian fitted to samples of the unswapped
+        posterior, $C = (P + \alpha_t^2/\sigma_t^2\, I)^{-1}$ with $P$ the
+        samples' precision (drawn once per `sample` call; exact for Gaussian
+        posteriors). `covariance="jacobian"` takes it from the network's Jacobian
+        instead (one backward pass per dimension), which follows a non-Gaussian
+        posterior locally but is only as good as the network's derivatives: on
+        small models it overshoots. Look for: the swapped samples leave the
         posterior under the training prior for the new analytic one (the figure
         shows both, with their analytic 2-standard-deviation ellipses).
         """
@@ -484,10 +489,11 @@ IID_AND_GUIDANCE = [
         posterior mean and standard deviation). The default `covariance=
         "isotropic"` uses the denoising covariance of a unit-variance prior,
         wider than this posterior's, so samples land somewhat too far inside;
-        `covariance="jacobian"` takes $C$ from the network's Jacobian (exact for
-        Gaussians, one backward pass per dimension). Look for: the fraction of
-        guided samples inside the set, and how close their $\theta_1$ mean comes
-        to the truncated posterior's with each covariance.
+        `covariance="gaussian"` takes $C$ from a Gaussian fitted to samples of
+        the posterior, as `PriorSwap` does (exact for Gaussians). Look for: the
+        fraction of guided samples inside the set, and how close their
+        $\theta_1$ mean comes to the truncated posterior's with each
+        covariance.
         """
     ),
     _code(
@@ -497,9 +503,9 @@ IID_AND_GUIDANCE = [
             (num_guided,), x=x_o, guidance=constraint, show_progress_bars=False
         )
         exact_cov = ConstraintGuidance(
-            lambda theta: -theta[:, 0], covariance="jacobian"
+            lambda theta: -theta[:, 0], covariance="gaussian"
         )
-        constrained_jacobian = posterior.sample(
+        constrained_fit = posterior.sample(
             (num_guided,), x=x_o, guidance=exact_cov, show_progress_bars=False
         )
         print("fraction with theta_1 >= 0: plain",
@@ -512,8 +518,8 @@ IID_AND_GUIDANCE = [
         standard = Normal(0.0, 1.0)
         a = -m / s
         truncated_mean = m + s * standard.log_prob(a).exp() / (1 - standard.cdf(a))
-        print(f"theta_1 mean:   guided {constrained[:, 0].mean():+.3f} (jacobian "
-              f"{constrained_jacobian[:, 0].mean():+.3f}), rejection "
+        print(f"theta_1 mean:   guided {constrained[:, 0].mean():+.3f} (gaussian "
+              f"{constrained_fit[:, 0].mean():+.3f}), rejection "
               f"{accepted[:, 0].mean():+.3f}, analytic {truncated_mean:+.3f}")
         print(f"theta_1 median: guided {constrained[:, 0].median():+.3f}, rejection "
               f"{accepted[:, 0].median():+.3f}")
@@ -531,8 +537,9 @@ IID_AND_GUIDANCE = [
         $\gamma < 1$ trusts the likelihood less and widens the posterior (as in
         power or generalised-Bayes posteriors), $\gamma > 1$ narrows it.
         `LikelihoodTemperature(gamma)` combines the conditional and the prior
-        denoisers with Jacobian precisions, as the `jac` composition does (exact
-        for Gaussian factors). The analytic reference is the formula above with
+        denoisers with the precisions of their Gaussian fits, as the `gauss`
+        composition does (exact for Gaussian factors; `precision="jacobian"`
+        takes them from the network's Jacobian, as `jac` does). The analytic reference is the formula above with
         $\gamma$. Look for: standard deviations above the $\gamma = 1$ ones for
         $\gamma = 0.5$ and below for $\gamma = 2$, and how close they come to
         the analytic values.
