@@ -253,7 +253,9 @@ class Denoiser(ConditionalVectorFieldEstimator):
         ).reshape(*batch_cond, -1)
         embedding = torch.broadcast_to(embedding, batch_shape + embedding.shape[-1:])
         z = torch.broadcast_to(input, batch_shape + self.input_shape)
-        time = torch.as_tensor(time, device=input.device, dtype=input.dtype)
+        time = self._interface_times(
+            torch.as_tensor(time, device=input.device, dtype=input.dtype)
+        )
         time = torch.broadcast_to(
             time.reshape(time.shape[: len(batch_shape)] or ()), batch_shape
         )
@@ -289,6 +291,22 @@ class Denoiser(ConditionalVectorFieldEstimator):
             *batch_shape, *self.input_shape
         )
 
+    def _interface_times(self, times: Tensor) -> Tensor:
+        """Times of sbi's calls, clamped below the end of a path where
+        ``alpha(t_max) < 1e-3`` (rectified flow: ``alpha(1) = 0``) to where
+        ``alpha = 0.01``, as sbi's own flow-matching estimator does: there the
+        forward SDE's drift ``alpha'/alpha`` is infinite and so is the
+        network's noise input. Our own samplers handle the end themselves."""
+        t_end = getattr(self, "_sbi_t_end", None)
+        if t_end is None:
+            t_end = float(self.schedule.t_max)
+            alpha_end = float(self.schedule.alpha(torch.tensor([t_end])))
+            if alpha_end < 1e-3:
+                grid = torch.linspace(float(self.schedule.t_min), t_end, 100_001)
+                t_end = float(grid[self.schedule.alpha(grid) >= 1e-2].max())
+            self._sbi_t_end = t_end
+        return torch.clamp(torch.as_tensor(times), max=t_end)
+
     def _times_like(self, times: Tensor, input: Tensor | None = None) -> Tensor:
         times = torch.as_tensor(times)
         ndim = times.dim() + len(self.input_shape)
@@ -298,22 +316,26 @@ class Denoiser(ConditionalVectorFieldEstimator):
 
     def mean_t_fn(self, times: Tensor) -> Tensor:
         """``alpha(t)``, broadcastable against ``(batch, *input_shape)``."""
-        return self._times_like(self.schedule.alpha(torch.as_tensor(times)))
+        times = self._interface_times(torch.as_tensor(times))
+        return self._times_like(self.schedule.alpha(times))
 
     def std_fn(self, times: Tensor) -> Tensor:
         """``sigma(t)``, broadcastable against ``(batch, *input_shape)``."""
-        return self._times_like(self.schedule.sigma(torch.as_tensor(times)))
+        times = self._interface_times(torch.as_tensor(times))
+        return self._times_like(self.schedule.sigma(times))
 
     def drift_fn(self, input: Tensor, times: Tensor) -> Tensor:
         """Forward SDE drift ``f(t) z``."""
-        f, _ = self.schedule.sde_coefficients(torch.as_tensor(times).reshape(-1))
-        f = f.reshape(torch.as_tensor(times).shape)
+        times = self._interface_times(torch.as_tensor(times))
+        f, _ = self.schedule.sde_coefficients(times.reshape(-1))
+        f = f.reshape(times.shape)
         return self._times_like(f, input) * input
 
     def diffusion_fn(self, input: Tensor, times: Tensor) -> Tensor:
         """Forward SDE diffusion ``g(t)``."""
-        _, g = self.schedule.sde_coefficients(torch.as_tensor(times).reshape(-1))
-        g = g.reshape(torch.as_tensor(times).shape)
+        times = self._interface_times(torch.as_tensor(times))
+        _, g = self.schedule.sde_coefficients(times.reshape(-1))
+        g = g.reshape(times.shape)
         return self._times_like(g, input)
 
     def solve_schedule(self, num_steps: int, t_min=None, t_max=None) -> Tensor:

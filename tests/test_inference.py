@@ -184,10 +184,17 @@ def test_save_and_load_posterior(diffusion, x_o, tmp_path):
     assert torch.allclose(a, b)
 
 
-def test_sbi_vector_field_posterior_accepts_estimator(diffusion, linear_gaussian, x_o):
+@pytest.mark.parametrize("trainer", ["diffusion", "flow_matching"])
+def test_sbi_vector_field_posterior_accepts_estimator(
+    trainer, request, linear_gaussian, x_o
+):
+    """sbi's own ODE and SDE samplers on our estimators. On the rectified-flow
+    path of FlowMatchingNPE (``alpha(1) = 0``) sbi's calls are clamped to
+    ``alpha >= 0.01``, as sbi does for its own flow matching; before, its SDE
+    sampler returned only NaN."""
     from sbi.inference.posteriors.vector_field_posterior import VectorFieldPosterior
 
-    estimator = diffusion.build_posterior().estimator
+    estimator = request.getfixturevalue(trainer).build_posterior().estimator
     posterior = VectorFieldPosterior(estimator, linear_gaussian.prior, device="cpu")
     for sample_with in ("ode", "sde"):
         samples = (

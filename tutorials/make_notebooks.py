@@ -539,10 +539,10 @@ IID_AND_GUIDANCE = [
         `LikelihoodTemperature(gamma)` combines the conditional and the prior
         denoisers with the precisions of their Gaussian fits, as the `gauss`
         composition does (exact for Gaussian factors; `precision="jacobian"`
-        takes them from the network's Jacobian, as `jac` does). The analytic reference is the formula above with
-        $\gamma$. Look for: standard deviations above the $\gamma = 1$ ones for
-        $\gamma = 0.5$ and below for $\gamma = 2$, and how close they come to
-        the analytic values.
+        takes them from the network's Jacobian, as `jac` does). The analytic
+        reference is the formula above with $\gamma$. Look for: standard
+        deviations above the $\gamma = 1$ ones for $\gamma = 0.5$ and below for
+        $\gamma = 2$, and how close they come to the analytic values.
         """
     ),
     _code(
