@@ -62,7 +62,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -87,7 +87,8 @@ __all__ = [
     "NetworkDiffusedPrior",
     "diffused_prior",
     "IIDComposedDenoiser",
-    "estimate_trial_covariances",
+    "TrialMoments",
+    "estimate_trial_moments",
     "sample_on_fixed_grid",
     "unbiased_precision_factor",
     "denoiser_jacobian",
@@ -554,10 +555,11 @@ def sample_on_fixed_grid(
     steps: int = 30,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
-) -> Tensor:
+) -> tuple[Tensor, float]:
     """Samples ``shape`` of the target of a ``DenoiseFn`` with a fixed-grid
     sampler whose grid starts where ``alpha >= 1e-4`` (at ``alpha = 0``, the end
-    of the rectified-flow path, a network's noise input is infinite).
+    of the rectified-flow path, a network's noise input is infinite), and the
+    network evaluations per sample.
 
     Used to fit the moments of a posterior once (GAUSS, Gaussian denoising
     covariances of guidance); the moments need a few dozen steps, not the
@@ -578,23 +580,36 @@ def sample_on_fixed_grid(
         steps=steps,
         time_grid=grid,
     )
-    return result.samples
+    evaluations = result.nfe * float(getattr(denoise, "evaluations_per_call", 1))
+    return result.samples, evaluations
 
 
-def estimate_trial_covariances(
+class TrialMoments(NamedTuple):
+    """Moments of samples of each single-trial posterior (standardised space).
+
+    Attributes:
+        covariances: ``(N, d, d)``.
+        means: ``(N, d)``.
+        evaluations: network evaluations spent drawing the samples (in total).
+    """
+
+    covariances: Tensor
+    means: Tensor
+    evaluations: float
+
+
+def estimate_trial_moments(
     estimator: Any,
     embeddings: Tensor,
-    num_samples: int = 200,
+    num_samples: int = 1000,
     sampler: str = "heun",
     steps: int = 30,
     generator: torch.Generator | None = None,
     max_rows: int = 100_000,
     show_progress_bars: bool = False,
-    return_means: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """Covariance ``(N, d, d)`` of samples from each single-trial posterior
-    ``p(theta | x_i)`` (standardised space), for GAUSS (Linhart et al. 2024);
-    with ``return_means`` also their means ``(N, d)``.
+) -> TrialMoments:
+    """Covariances and means of samples from each single-trial posterior
+    ``p(theta | x_i)`` (standardised space), for GAUSS (Linhart et al. 2024).
 
     Args:
         estimator: the denoiser.
@@ -612,7 +627,7 @@ def estimate_trial_covariances(
         raise ValueError(f"num_samples must be at least 2, got {num_samples}.")
     n_trials, d = embeddings.shape[0], int(estimator.theta_dim)
     per_chunk = max(1, max_rows // num_samples)
-    covs, means = [], []
+    covs, means, evaluations = [], [], 0.0
     chunks = torch.arange(n_trials).split(per_chunk)
     for chunk in tqdm(
         chunks,
@@ -621,7 +636,7 @@ def estimate_trial_covariances(
         leave=False,
     ):
         emb = embeddings[chunk].repeat_interleave(num_samples, dim=0)
-        s = sample_on_fixed_grid(
+        s, per_sample = sample_on_fixed_grid(
             ConditionedDenoiser(estimator, emb),
             (emb.shape[0], d),
             sampler=sampler,
@@ -629,13 +644,14 @@ def estimate_trial_covariances(
             generator=generator,
             device=emb.device,
         )
+        evaluations += per_sample * emb.shape[0]
         s = s.reshape(chunk.numel(), num_samples, d)
         means.append(s.mean(1))
         s = s - s.mean(1, keepdim=True)
         covs.append(s.transpose(1, 2) @ s / (num_samples - 1))
     cov = torch.cat(covs)
     cov = _sym(cov) + 1e-6 * _eye_like(d, cov)
-    return (cov, torch.cat(means)) if return_means else cov
+    return TrialMoments(cov, torch.cat(means), evaluations)
 
 
 def unbiased_precision_factor(num_samples: int, dim: int) -> float:
@@ -685,7 +701,7 @@ class IIDComposedDenoiser:
         method: one of ``IID_METHODS``.
         trial_covariances: ``(N, d, d)`` or ``(d, d)`` single-trial posterior
             covariances in standardised space for ``gauss``, taken as exact;
-            estimated with :func:`estimate_trial_covariances` if None, and then
+            estimated with :func:`estimate_trial_moments` if None, and then
             inverted without bias (:func:`unbiased_precision`).
         covariance_samples, covariance_sampler, covariance_steps: options of that
             estimate (``covariance_samples`` must exceed ``d + 2``).
@@ -702,6 +718,8 @@ class IIDComposedDenoiser:
 
     Attributes:
         evaluations_per_call: network evaluations per call (for NFE reports).
+        setup_evaluations: network evaluations spent before sampling (the
+            single-trial samples of ``gauss``), in total.
     """
 
     def __init__(
@@ -711,7 +729,7 @@ class IIDComposedDenoiser:
         prior: DiffusedPrior,
         method: str = "gauss",
         trial_covariances: Tensor | None = None,
-        covariance_samples: int = 200,
+        covariance_samples: int = 1000,
         covariance_sampler: str = "heun",
         covariance_steps: int = 30,
         max_rows: int = 100_000,
@@ -739,12 +757,13 @@ class IIDComposedDenoiser:
             lambda t: (t_max - t) / max(t_max - t_min, 1e-12)
         )
         self.trial_precisions: Tensor | None = None
+        self.setup_evaluations = 0.0
         self._surrogate: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         if method == "gauss":
             precision_factor = 1.0
             if trial_covariances is None:
                 precision_factor = unbiased_precision_factor(covariance_samples, self.d)
-                trial_covariances, estimated_means = estimate_trial_covariances(
+                moments = estimate_trial_moments(
                     estimator,
                     self.embeddings,
                     num_samples=covariance_samples,
@@ -753,9 +772,10 @@ class IIDComposedDenoiser:
                     generator=generator,
                     max_rows=max_rows,
                     show_progress_bars=show_progress_bars,
-                    return_means=True,
                 )
-                trial_means = estimated_means if trial_means is None else trial_means
+                trial_covariances = moments.covariances
+                trial_means = moments.means if trial_means is None else trial_means
+                self.setup_evaluations = moments.evaluations
             cov = torch.as_tensor(trial_covariances, dtype=torch.float32)
             cov = cov.to(self.embeddings.device)
             if cov.shape == (self.d, self.d):

@@ -82,6 +82,10 @@ class GuidanceContext:
         prior: the training prior.
         prior_score: which diffused prior score to use (see
             :func:`sbi_diffusion.composition.diffused_prior`).
+        fits: precisions of :class:`GaussianFit` by transform and condition, so
+            that the chunks and rejection rounds of one sampling call (one
+            context each) share one fit per observation.
+        setup_evaluations: network evaluations spent on those fits, in total.
     """
 
     shift: Tensor
@@ -90,6 +94,8 @@ class GuidanceContext:
     prior: Any = None
     prior_score: str = "auto"
     _diffused_prior: DiffusedPrior | None = field(default=None, repr=False)
+    fits: dict = field(default_factory=dict, repr=False)
+    setup_evaluations: float = 0.0
 
     @classmethod
     def from_estimator(
@@ -280,7 +286,9 @@ class GaussianFit:
 
     Rows of the batch conditioned on different observations (``sample_batched``,
     joint conditionals) get separate fits: the samples are drawn with the batch
-    of the first call, as many passes as the rarest condition needs.
+    of the first call, as many passes as the rarest condition needs. Fits are
+    kept in ``context.fits`` under ``key`` and the condition, so later chunks
+    and rejection rounds of the same sampling call reuse them.
 
     Args:
         denoise: the target (conditioned, possibly already guided).
@@ -288,41 +296,69 @@ class GaussianFit:
         num_samples: samples per fit (more than ``dim + 2``).
         seed: seed of the fit's own generator (the fit does not consume the
             caller's random numbers, and repeats exactly).
+        context: holds the fits of a sampling call and counts their network
+            evaluations (``setup_evaluations``); a private one if None.
+        key: the fit's key in ``context.fits`` (transform and place in the
+            chain of transforms).
     """
 
-    def __init__(self, denoise: DenoiseFn, dim: int, num_samples: int, seed: int):
+    def __init__(
+        self,
+        denoise: DenoiseFn,
+        dim: int,
+        num_samples: int,
+        seed: int = 0,
+        context: GuidanceContext | None = None,
+        key: Any = None,
+    ):
         unbiased_precision_factor(num_samples, dim)  # checks num_samples
         self.denoise, self.dim = denoise, dim
         self.num_samples, self.seed = int(num_samples), int(seed)
-        self._precisions: Tensor | None = None  # (groups, d, d)
-        self._groups: Tensor | None = None  # (batch,) group of each row
+        self.context = (
+            context
+            if context is not None
+            else GuidanceContext(torch.zeros(dim), torch.ones(dim))
+        )
+        self.key = key
+        self._precisions: Tensor | None = None  # (batch, d, d) or (1, d, d)
 
-    def _fit(self, batch: int, device: torch.device) -> None:
+    def _fit(self, batch: int, device: torch.device) -> Tensor:
         embedding = _condition_embedding(self.denoise)
         if embedding is not None and embedding.shape[0] == batch:
-            groups = torch.unique(embedding, dim=0, return_inverse=True)[1]
+            rows, groups = torch.unique(embedding, dim=0, return_inverse=True)
+            names = [(self.key, tuple(row.tolist())) for row in rows.cpu()]
         else:
             groups = torch.zeros(batch, dtype=torch.long, device=device)
-        counts = torch.bincount(groups)
-        passes = math.ceil(self.num_samples / int(counts.min()))
+            names = [(self.key, None)]
+        counts = torch.bincount(groups, minlength=len(names))
+        missing = [g for g, name in enumerate(names) if name not in self.context.fits]
+        if missing:
+            self._draw_fits(batch, device, groups, counts, names, missing)
+        precisions = torch.stack([self.context.fits[name] for name in names])
+        precisions = precisions.to(device)
+        return precisions if len(names) == 1 else precisions[groups]
+
+    def _draw_fits(self, batch, device, groups, counts, names, missing) -> None:
+        passes = math.ceil(self.num_samples / int(counts[missing].min()))
         if passes > _MAX_FIT_PASSES:
             raise ValueError(
                 f"covariance='gaussian' needs {self.num_samples} samples per "
-                f"observation, but a batch holds as few as {int(counts.min())} "
-                f"rows of one observation ({passes} sampling passes); sample more "
-                "per observation at once, pass fewer covariance_samples, or use "
-                "covariance='isotropic' or 'jacobian'."
+                f"observation, but a batch holds as few as "
+                f"{int(counts[missing].min())} rows of one observation ({passes} "
+                "sampling passes); sample more per observation at once, pass "
+                "fewer covariance_samples, or use covariance='isotropic' or "
+                "'jacobian'."
             )
         generator = torch.Generator().manual_seed(self.seed)
-        draws = [
-            sample_on_fixed_grid(
+        draws = []
+        for _ in range(passes):
+            samples, per_sample = sample_on_fixed_grid(
                 self.denoise, (batch, self.dim), generator=generator, device=device
-            ).double()
-            for _ in range(passes)
-        ]
+            )
+            draws.append(samples.double())
+            self.context.setup_evaluations += per_sample * batch
         samples = torch.stack(draws)  # (passes, batch, d)
-        precisions = []
-        for g in range(counts.numel()):
+        for g in missing:
             s = samples[:, groups == g].reshape(-1, self.dim)
             s = s[torch.isfinite(s).all(-1)]
             if s.shape[0] <= self.dim + 2:
@@ -331,8 +367,7 @@ class GaussianFit:
                 )
             cov = torch.cov(s.T).reshape(self.dim, self.dim)
             factor = unbiased_precision_factor(s.shape[0], self.dim)
-            precisions.append(factor * _inverse_clamped(cov, 1e-10))
-        self._precisions, self._groups = torch.stack(precisions), groups
+            self.context.fits[names[g]] = factor * _inverse_clamped(cov, 1e-10)
 
     def precision(self, batch: int, device: torch.device) -> Tensor:
         """``P`` per row ``(batch, d, d)`` in float64 (fitted at the first call).
@@ -342,17 +377,17 @@ class GaussianFit:
                 have different conditions (a sampler that drops rows).
         """
         if self._precisions is None:
-            self._fit(batch, device)
+            self._precisions = self._fit(batch, device)
         precisions = self._precisions.to(device)
         if precisions.shape[0] == 1:
             return precisions.expand(batch, self.dim, self.dim)
-        if self._groups.numel() != batch:
+        if precisions.shape[0] != batch:
             raise ValueError(
                 "covariance='gaussian' with one condition per row needs the "
                 "sampler to evaluate every row at every step; use a fixed-step "
                 "sampler."
             )
-        return precisions[self._groups.to(device)]
+        return precisions
 
     def denoising_precision(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         """``C(t)^{-1} = P + alpha^2 / sigma^2 I`` ``(batch, d, d)`` in float64,
@@ -453,12 +488,28 @@ def _check_covariance_samples(num_samples: int) -> int:
     return int(num_samples)
 
 
+def _chain_depth(denoise: Any) -> int:
+    """Number of wrappers above the innermost ``DenoiseFn``."""
+    depth, inner = 0, getattr(denoise, "base", None)
+    while inner is not None and depth < 64:
+        depth, inner = depth + 1, getattr(inner, "base", None)
+    return depth
+
+
 def _gaussian_fit(
-    covariance: str, denoise: DenoiseFn, context: GuidanceContext, num_samples: int
+    covariance: str,
+    denoise: DenoiseFn,
+    context: GuidanceContext,
+    num_samples: int,
+    owner: ScoreTransform,
 ) -> GaussianFit | None:
     if covariance != "gaussian":
         return None
-    return GaussianFit(denoise, int(context.shift.numel()), num_samples, seed=0)
+    # the same transform at the same place in the chain: one fit per call
+    key = (id(owner), _chain_depth(denoise))
+    return GaussianFit(
+        denoise, int(context.shift.numel()), num_samples, 0, context, key
+    )
 
 
 def _log_prob_fn(dist_or_fn: Distribution | Callable, name: str) -> Callable:
@@ -528,7 +579,9 @@ class PriorSwap(ScoreTransform):
             value = new_log_prob(theta) - train_log_prob(theta)
             return torch.where(torch.isfinite(value), value, torch.zeros_like(value))
 
-        fit = _gaussian_fit(self.covariance, denoise, context, self.covariance_samples)
+        fit = _gaussian_fit(
+            self.covariance, denoise, context, self.covariance_samples, self
+        )
         return _tilted_denoiser(
             denoise, context, log_ratio, self.covariance, self.hessian, fit
         )
@@ -695,7 +748,9 @@ class ConstraintGuidance(ScoreTransform):
     def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
         jacobian = self.covariance == "jacobian"
         max_variance = context.prior_max_variance() if jacobian else None
-        fit = _gaussian_fit(self.covariance, denoise, context, self.covariance_samples)
+        fit = _gaussian_fit(
+            self.covariance, denoise, context, self.covariance_samples, self
+        )
 
         def fn(z: Tensor, t: Tensor) -> Tensor:
             x_hat, cov = _denoising_covariance(
@@ -812,7 +867,7 @@ class LikelihoodTemperature(ScoreTransform):
         # composition): bounds the learned Jacobians' precisions from below
         max_variance = context.prior_max_variance()
         floor = 1e-3 if max_variance is None else 1.0 / max_variance
-        fit = _gaussian_fit(mode, denoise, context, self.covariance_samples)
+        fit = _gaussian_fit(mode, denoise, context, self.covariance_samples, self)
 
         def fn(z: Tensor, t: Tensor) -> Tensor:
             if mode == "identity":

@@ -310,6 +310,28 @@ def test_trained_model_prior_swap_per_observation(posterior, linear_gaussian):
         assert ((var_ratio > 0.6) & (var_ratio < 1.6)).all(), (b, var_ratio)
 
 
+def test_gaussian_fit_is_shared_by_chunks_and_counted(posterior, linear_gaussian):
+    """One fit per sampling call: chunks (and rejection rounds) reuse it, even
+    chunks too small to fit on their own, and its draws count in ``last_nfe``."""
+    x = _trials(linear_gaussian, 1, seed=2)
+    small = copy.copy(posterior)
+    small.max_sampling_batch_size = 50
+    kwargs = dict(x=x, sampler="heun", steps=10, show_progress_bars=False)
+    small.sample((200,), **kwargs)
+    plain_nfe = small.last_nfe
+    swap = PriorSwap(MultivariateNormal(NEW_MEAN, NEW_COV), covariance_samples=300)
+    samples = small.sample((200,), guidance=swap, **kwargs)
+    assert samples.shape == (200, 2) and torch.isfinite(samples).all()
+    # one fit: 6 passes of the first chunk's 50 rows, 30 Heun steps (59 calls)
+    one_fit = 6 * 50 * 59 / 200
+    assert small.last_nfe - plain_nfe == pytest.approx(one_fit, rel=0.05)
+    # the last chunk, 2 rows, would need 150 passes (an error) on its own
+    samples = small.sample((52,), guidance=swap, **kwargs)
+    assert torch.isfinite(samples).all()
+    with pytest.raises(ValueError, match="per observation"):
+        small.sample((2,), guidance=swap, **kwargs)
+
+
 def test_gaussian_covariance_errors(posterior, linear_gaussian):
     with pytest.raises(ValueError, match="covariance_samples"):
         PriorSwap(MultivariateNormal(NEW_MEAN, NEW_COV), covariance_samples=3)

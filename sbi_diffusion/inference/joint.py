@@ -343,6 +343,8 @@ class JointConditional:
             total_nfe += result.nfe * evaluations * chunk.numel()
             progress.update(chunk.numel())
         progress.close()
+        if guidance is not None:
+            total_nfe += context.setup_evaluations  # moment fits of guidance
         self.last_nfe = total_nfe / max(1, rows.shape[0])
         shift, scale = self._latent_stats()
         values = shift + scale * out

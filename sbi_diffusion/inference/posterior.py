@@ -427,7 +427,9 @@ class DiffusionPosterior(NeuralPosterior):
         Returns:
             Samples of shape ``(*sample_shape, *theta_shape)``. ``self.last_nfe``
             holds the network evaluations per sample (for i.i.d. trials: sampler
-            steps times evaluations per step, all trials counted).
+            steps times evaluations per step, all trials counted), including
+            the one-time draws of moment fits (GAUSS's single-trial samples,
+            guidance with ``covariance="gaussian"``) spread over the samples.
         """
         x = self._check_x(self._resolve_x(x), allow_batch=True)
         sample_shape = torch.Size(sample_shape)
@@ -472,6 +474,10 @@ class DiffusionPosterior(NeuralPosterior):
             show_progress_bars,
             reject_outside_prior,
         )
+        setup = context.setup_evaluations if context is not None else 0.0
+        if iid:
+            setup += composed.setup_evaluations
+        self.last_nfe += setup / max(1, num)
         return samples.reshape(*sample_shape, *self.theta_shape)
 
     def _guidance_for(
@@ -544,6 +550,8 @@ class DiffusionPosterior(NeuralPosterior):
             show_progress_bars,
             reject_outside_prior,
         )
+        if context is not None:
+            self.last_nfe += context.setup_evaluations / max(1, rows.shape[0])
         return samples.reshape(*sample_shape, x.shape[0], *self.theta_shape)
 
     # --------------------------------------------------------------- density
