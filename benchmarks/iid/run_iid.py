@@ -84,6 +84,17 @@ OURS = {
     ),
     "ours_gauss_dopri5_z": ("gauss", "dopri5", {"final_denoise": False}),
     "ours_jac_heun_z": ("jac", "heun", {"steps": 30, "final_denoise": False}),
+    # the compositions on a stochastic sampler (Euler-Maruyama, 200 steps)
+    "ours_gauss_em200_z": (
+        "gauss",
+        "euler_maruyama",
+        {"steps": 200, "final_denoise": False},
+    ),
+    "ours_jac_em200_z": (
+        "jac",
+        "euler_maruyama",
+        {"steps": 200, "final_denoise": False},
+    ),
 }
 SBI = ("fnpe", "gauss", "auto_gauss", "jac_gauss")
 
