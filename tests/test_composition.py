@@ -424,12 +424,32 @@ def test_trained_model_iid_posterior(trained, linear_gaussian, name):
     )
     assert samples.shape == (500, 2)
     assert posterior.last_iid_info["method"] == "gauss"
+    # GAUSS runs on Euler-Maruyama, or on dopri5 on the flow-matching path
+    # (alpha(t_max) = 0), unless a sampler is given
+    expected = "dopri5" if name == "FlowMatchingNPE" else "euler_maruyama"
+    assert posterior.last_iid_info["sampler"] == expected
+    assert posterior.iid_sampler_for("jac") == ("heun", {"steps": 30})
     assert posterior.last_nfe > 10
     mean_err, var_ratio = moment_errors(samples, mean, cov)
-    assert mean_err < 1.0
-    # measured: about 1.0 (DiffusionNPE) and 0.25 (FlowMatchingNPE) on this
-    # small model; the composition multiplies single-trial errors
+    # the composition multiplies this small model's single-trial errors;
+    # measured on trials of seeds 3-6 (1000 samples): DiffusionNPE's mean error
+    # 1.1-1.9 posterior std on Euler-Maruyama (its default here) and 0.24-0.60
+    # on dopri5, which follows the composed score without noise and suits such
+    # near-Gaussian posteriors (on two_moons Euler-Maruyama is far better)
+    assert mean_err < (2.0 if name == "DiffusionNPE" else 1.0), mean_err
     assert ((var_ratio > 0.2) & (var_ratio < 2.5)).all(), var_ratio
+    if name == "DiffusionNPE":
+        on_ode = posterior.sample(
+            (500,),
+            x=x,
+            sampler="dopri5",
+            show_progress_bars=False,
+            generator=torch.Generator().manual_seed(0),
+            iid_options={"covariance_samples": 100},
+        )
+        mean_err, var_ratio = moment_errors(on_ode, mean, cov)
+        assert mean_err < 1.0, mean_err
+        assert ((var_ratio > 0.5) & (var_ratio < 2.0)).all(), var_ratio
 
 
 def test_iid_sampling_ends_at_t_min_without_the_denoising_step(

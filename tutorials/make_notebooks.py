@@ -270,8 +270,11 @@ IID_AND_GUIDANCE = [
         exact when all factors are Gaussian, as here. Pass the trials as the rows
         of `x`: `posterior.sample((n,), x=x_trials)` with `x_trials` of shape
         `(N, 2)`. The default method, `gauss`, estimates each $P_i$ from the
-        covariance of samples of $p(\theta \mid x_i)$ drawn once; the default
-        sampler for trials is the adaptive ODE solver `dopri5`.
+        covariance of samples of $p(\theta \mid x_i)$ drawn once; its default
+        sampler is Euler-Maruyama with 500 steps, whose noise keeps the errors
+        of the Gaussian approximation from piling up on non-Gaussian posteriors
+        (on near-Gaussian ones like this, `sampler="dopri5"`, the adaptive ODE
+        solver, is often closer).
         `posterior.last_nfe` counts network evaluations per sample, all trials
         included, and `posterior.last_iid_info` records the composition used.
 

@@ -90,6 +90,11 @@ OURS = {
         "euler_maruyama",
         {"steps": 200, "final_denoise": False},
     ),
+    "ours_gauss_em500_z": (
+        "gauss",
+        "euler_maruyama",
+        {"steps": 500, "final_denoise": False},
+    ),
     "ours_jac_em200_z": (
         "jac",
         "euler_maruyama",
