@@ -188,16 +188,21 @@ def test_gauss_on_rectified_flow_path(linear_gaussian):
     assert ((var_ratio > 0.75) & (var_ratio < 1.3)).all(), var_ratio
 
 
-def test_gauss_with_estimated_covariances(linear_gaussian):
-    est, x, denoise = _compose(
-        linear_gaussian,
+def _compose_estimated(problem, num_trials: int, covariance_samples: int):
+    """GAUSS with the single-trial covariances estimated from samples."""
+    return _compose(
+        problem,
         "edm_vp",
-        10,
+        num_trials,
         "gauss",
         trial_covariances=None,
-        covariance_samples=300,
+        covariance_samples=covariance_samples,
         generator=torch.Generator().manual_seed(0),
     )
+
+
+def test_gauss_with_estimated_covariances(linear_gaussian):
+    est, x, denoise = _compose_estimated(linear_gaussian, 10, 300)
     ratio = denoise.trial_precisions[0] @ est.post_cov_z.float()
     assert torch.allclose(ratio, torch.eye(2), atol=0.3)
     result = _sample(denoise, 800)
@@ -237,15 +242,7 @@ def test_gauss_with_estimated_covariances_many_trials():
     problem.matrix, problem.shift = torch.eye(10), torch.zeros(10)
     problem.noise_cov = 0.1 * torch.eye(10)
     problem.prior = MultivariateNormal(problem.prior_mean, problem.prior_cov)
-    est, x, denoise = _compose(
-        problem,
-        "edm_vp",
-        100,
-        "gauss",
-        trial_covariances=None,
-        covariance_samples=200,
-        generator=torch.Generator().manual_seed(0),
-    )
+    est, x, denoise = _compose_estimated(problem, 100, 200)
     g = torch.Generator().manual_seed(1)
     noise = initial_noise(denoise.schedule, (600, 10), generator=g)
     result = get_sampler("dopri5")(denoise, noise, generator=g)

@@ -48,6 +48,16 @@ from sbi_diffusion.benchmark.iid_references import (
 
 HERE = Path(__file__).resolve().parent
 
+
+def em(method: str, steps: int, final_denoise: bool, **options) -> tuple:
+    """``(iid_method, sampler, options)`` on Euler-Maruyama with ``steps``."""
+    return (
+        method,
+        "euler_maruyama",
+        {"steps": steps, "final_denoise": final_denoise, **options},
+    )
+
+
 OURS = {
     # name: (iid_method, sampler, sampler options). Names without ``_z`` end with
     # the final denoising step theta = x_hat(z, t_min), the package default for
@@ -55,28 +65,12 @@ OURS = {
     # default since), as sbi's samplers do.
     "ours_gauss_dopri5": ("gauss", "dopri5", {"final_denoise": True}),
     "ours_jac_heun": ("jac", "heun", {"steps": 30, "final_denoise": True}),
-    "ours_factorized_em": (
-        "factorized",
-        "euler_maruyama",
-        {"steps": 500, "final_denoise": True},
-    ),
-    "ours_factorized_em_langevin": (
-        "factorized",
-        "euler_maruyama",
-        {"steps": 200, "corrector": "langevin", "final_denoise": True},
-    ),
+    "ours_factorized_em": em("factorized", 500, True),
+    "ours_factorized_em_langevin": em("factorized", 200, True, corrector="langevin"),
     # the counterpart of sbi's ``fnpe`` (same score, same sampler and steps)
-    "ours_factorized_bridge_em": (
-        "factorized_bridge",
-        "euler_maruyama",
-        {"steps": 500, "final_denoise": True},
-    ),
+    "ours_factorized_bridge_em": em("factorized_bridge", 500, True),
     # the same, returning z_{t_min} instead of the final denoising step (as sbi)
-    "ours_factorized_bridge_em_z": (
-        "factorized_bridge",
-        "euler_maruyama",
-        {"steps": 500, "final_denoise": False},
-    ),
+    "ours_factorized_bridge_em_z": em("factorized_bridge", 500, False),
     "ours_factorized_bridge_dopri5_z": (
         "factorized_bridge",
         "dopri5",
@@ -85,21 +79,9 @@ OURS = {
     "ours_gauss_dopri5_z": ("gauss", "dopri5", {"final_denoise": False}),
     "ours_jac_heun_z": ("jac", "heun", {"steps": 30, "final_denoise": False}),
     # the compositions on a stochastic sampler (Euler-Maruyama, 200 steps)
-    "ours_gauss_em200_z": (
-        "gauss",
-        "euler_maruyama",
-        {"steps": 200, "final_denoise": False},
-    ),
-    "ours_gauss_em500_z": (
-        "gauss",
-        "euler_maruyama",
-        {"steps": 500, "final_denoise": False},
-    ),
-    "ours_jac_em200_z": (
-        "jac",
-        "euler_maruyama",
-        {"steps": 200, "final_denoise": False},
-    ),
+    "ours_gauss_em200_z": em("gauss", 200, False),
+    "ours_gauss_em500_z": em("gauss", 500, False),
+    "ours_jac_em200_z": em("jac", 200, False),
 }
 SBI = ("fnpe", "gauss", "auto_gauss", "jac_gauss")
 

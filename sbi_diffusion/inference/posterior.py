@@ -290,7 +290,7 @@ class DiffusionPosterior(NeuralPosterior):
     #: i.i.d. methods do): its Gaussian denoising posteriors are wrong for a
     #: non-Gaussian single-trial posterior, and the injected noise keeps those
     #: errors from accumulating along the path (two_moons, 10 trials: C2ST
-    #: .73-.88 against .95-1.0 on ``dopri5``; ``benchmarks/iid``). The
+    #: .72-.89 against .95-1.0 on ``dopri5``; ``benchmarks/iid``). The
     #: factorised score runs on the adaptive ``dopri5``; JAC pays a Jacobian
     #: per step and takes 30 Heun steps; the annealed bridge needs a
     #: stochastic sampler (Euler-Maruyama, 500 steps, as sbi's ``fnpe``).
