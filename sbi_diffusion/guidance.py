@@ -264,7 +264,10 @@ def _condition_embedding(denoise: Any) -> Tensor | None:
     for _ in range(32):
         if isinstance(inner, ConditionedDenoiser):
             return inner.embedding
-        inner = getattr(inner, "base", None) or getattr(inner, "denoise", None)
+        outer = inner
+        inner = getattr(outer, "base", None)
+        if inner is None:
+            inner = getattr(outer, "denoise", None)
         if inner is None:
             return None
     return None
