@@ -263,7 +263,7 @@ def summary(results: Path) -> str:
             f"### {task}, {name[estimator]} trained on {simulations} simulations",
             "",
             "| method | "
-            + " | ".join(f"N={n}: C2ST per {what} (mean s)" for n in trials)
+            + " | ".join(f"N={n}: {what}: C2ST (mean s)" for n in trials)
             + " |",
             "|---" * (len(trials) + 1) + "|",
         ]
@@ -279,7 +279,8 @@ def summary(results: Path) -> str:
                 elif not ok:
                     cells.append("error")
                 else:
-                    scores = ", ".join(f"{r['c2st']:.3f}" for r in ok)
+                    ok = sorted(ok, key=lambda r: r["seed"])
+                    scores = ", ".join(f"{r['seed']}: {r['c2st']:.3f}" for r in ok)
                     seconds = sum(r["seconds"] for r in ok) / len(ok)
                     cells.append(f"{scores} ({seconds:.0f})")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
