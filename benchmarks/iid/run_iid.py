@@ -82,6 +82,15 @@ OURS = {
     "ours_gauss_em200_z": em("gauss", 200, False),
     "ours_gauss_em500_z": em("gauss", 500, False),
     "ours_jac_em200_z": em("jac", 200, False),
+    # GAUSS on stochastic samplers that handle the stiff start of the
+    # rectified-flow path better than Euler-Maruyama on the schedule's grid:
+    # ancestral sampling (DDIM with eta = 1) and Euler-Maruyama uniform in log-SNR
+    "ours_gauss_ddim_eta1_200_z": (
+        "gauss",
+        "ddim",
+        {"steps": 200, "eta": 1.0, "final_denoise": False},
+    ),
+    "ours_gauss_em200_logsnr_z": em("gauss", 200, False, spacing="logsnr"),
 }
 SBI = ("fnpe", "gauss", "auto_gauss", "jac_gauss")
 
