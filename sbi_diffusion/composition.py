@@ -598,20 +598,6 @@ class TrialMoments(NamedTuple):
     evaluations: float
 
 
-#: rows per network call of the composition where ``max_rows`` is None. On a
-#: CPU, batches of a few thousand rows stay in cache: the default 256-wide
-#: residual MLP took 16.5 s per million rows in batches of 5000 and 32 s in
-#: batches of 100,000 (one thread). A GPU wants large batches.
-CPU_MAX_ROWS = 8192
-ACCELERATOR_MAX_ROWS = 131_072
-
-
-def default_max_rows(device: torch.device | str) -> int:
-    """Rows per network call for composition on ``device`` (see
-    :data:`CPU_MAX_ROWS`)."""
-    return CPU_MAX_ROWS if torch.device(device).type == "cpu" else ACCELERATOR_MAX_ROWS
-
-
 def estimate_trial_moments(
     estimator: Any,
     embeddings: Tensor,
@@ -619,7 +605,7 @@ def estimate_trial_moments(
     sampler: str = "heun",
     steps: int = 30,
     generator: torch.Generator | None = None,
-    max_rows: int | None = None,
+    max_rows: int = 100_000,
     show_progress_bars: bool = False,
 ) -> TrialMoments:
     """Covariances and means of samples from each single-trial posterior
@@ -632,8 +618,7 @@ def estimate_trial_moments(
         sampler, steps: the fixed-grid sampler that draws them (its grid starts
             where ``alpha >= 1e-4``).
         generator: random generator.
-        max_rows: rows integrated at once (trials are chunked); None:
-            :func:`default_max_rows` for the embeddings' device.
+        max_rows: rows integrated at once (trials are chunked).
         show_progress_bars: show progress over chunks of trials.
     """
     from sbi_diffusion.denoiser import ConditionedDenoiser
@@ -641,9 +626,7 @@ def estimate_trial_moments(
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}.")
     n_trials, d = embeddings.shape[0], int(estimator.theta_dim)
-    if max_rows is None:
-        max_rows = default_max_rows(embeddings.device)
-    per_chunk = max(1, int(max_rows) // num_samples)
+    per_chunk = max(1, max_rows // num_samples)
     covs, means, evaluations = [], [], 0.0
     chunks = torch.arange(n_trials).split(per_chunk)
     for chunk in tqdm(
@@ -723,8 +706,7 @@ class IIDComposedDenoiser:
         covariance_samples, covariance_sampler, covariance_steps: options of that
             estimate (``covariance_samples`` must exceed ``d + 2``).
         max_rows: largest number of rows ``batch x trials`` per network call
-            (trials are mini-batched); None: :func:`default_max_rows` for the
-            device of ``x``.
+            (trials are mini-batched).
         bridge_weight: ``lambda(t)`` of ``factorized_bridge``.
         trial_means: ``(N, d)`` single-trial posterior means (standardised) for
             the Gaussian surrogate of ``gauss``; estimated with the covariances.
@@ -750,7 +732,7 @@ class IIDComposedDenoiser:
         covariance_samples: int = 1000,
         covariance_sampler: str = "heun",
         covariance_steps: int = 30,
-        max_rows: int | None = None,
+        max_rows: int = 100_000,
         bridge_weight: Callable[[Tensor], Tensor] | None = None,
         trial_means: Tensor | None = None,
         gaussian_high_noise: bool = True,
@@ -765,12 +747,10 @@ class IIDComposedDenoiser:
         self.schedule = estimator.schedule
         self.prior = prior
         self.method = method
+        self.max_rows = int(max_rows)
         self.d = int(estimator.theta_dim)
         with torch.no_grad():
             self.embeddings = estimator.embed_condition(x).detach()
-        if max_rows is None:
-            max_rows = default_max_rows(self.embeddings.device)
-        self.max_rows = int(max_rows)
         self.num_trials = self.embeddings.shape[0]
         t_min, t_max = float(self.schedule.t_min), float(self.schedule.t_max)
         self.bridge_weight = bridge_weight or (

@@ -15,13 +15,10 @@ from torch.distributions import Gamma, MultivariateNormal
 
 from sbi_diffusion import DiffusionNPE, FlowMatchingNPE
 from sbi_diffusion.composition import (
-    ACCELERATOR_MAX_ROWS,
-    CPU_MAX_ROWS,
     BoxDiffusedPrior,
     GaussianDiffusedPrior,
     IIDComposedDenoiser,
     NetworkDiffusedPrior,
-    default_max_rows,
     diffused_prior,
     unbiased_precision_factor,
 )
@@ -213,23 +210,6 @@ def test_gauss_with_estimated_covariances(linear_gaussian):
     mean_err, var_ratio = moment_errors(est.from_z(result.samples), mean, cov)
     assert mean_err < 0.25
     assert ((var_ratio > 0.7) & (var_ratio < 1.4)).all(), var_ratio
-
-
-@pytest.mark.parametrize("method", ["gauss", "jac", "factorized"])
-def test_trial_chunks_do_not_change_the_composed_denoiser(linear_gaussian, method):
-    """Mini-batching the trials (``max_rows``) is exact; the default size
-    depends on the device."""
-    assert default_max_rows("cpu") == CPU_MAX_ROWS
-    assert default_max_rows("cuda") == ACCELERATOR_MAX_ROWS
-    _, _, whole = _compose(linear_gaussian, "edm_vp", 50, method, max_rows=10**6)
-    _, _, default = _compose(linear_gaussian, "edm_vp", 50, method)
-    _, _, single = _compose(linear_gaussian, "edm_vp", 50, method, max_rows=1)
-    assert default.max_rows == CPU_MAX_ROWS
-    z, t = torch.randn(300, 2), torch.full((300,), 0.3)
-    expected = whole(z, t)
-    # equal up to the float32 order of summation
-    torch.testing.assert_close(default(z, t), expected, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(single(z, t), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_unbiased_precision_factor():
