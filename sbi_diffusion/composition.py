@@ -75,6 +75,12 @@ from torch.distributions import (
 )
 from tqdm.auto import tqdm
 
+from sbi_diffusion.denoiser import (
+    ConditionedDenoiser,
+    default_network_rows,
+    denoise_trials_flat,
+    expand_trial_rows,
+)
 from sbi_diffusion.schedules import Schedule
 from sbi_diffusion.vector_field import as_time, score_from_x_hat
 
@@ -606,6 +612,7 @@ def estimate_trial_moments(
     steps: int = 30,
     generator: torch.Generator | None = None,
     max_rows: int = 100_000,
+    network_rows: int | None = None,
     show_progress_bars: bool = False,
 ) -> TrialMoments:
     """Covariances and means of samples from each single-trial posterior
@@ -619,10 +626,11 @@ def estimate_trial_moments(
             where ``alpha >= 1e-4``).
         generator: random generator.
         max_rows: rows integrated at once (trials are chunked).
+        network_rows: rows per network call within those (all at once if None;
+            :func:`~sbi_diffusion.denoiser.default_network_rows` is the
+            composition's default).
         show_progress_bars: show progress over chunks of trials.
     """
-    from sbi_diffusion.denoiser import ConditionedDenoiser
-
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}.")
     n_trials, d = embeddings.shape[0], int(estimator.theta_dim)
@@ -637,7 +645,7 @@ def estimate_trial_moments(
     ):
         emb = embeddings[chunk].repeat_interleave(num_samples, dim=0)
         s, per_sample = sample_on_fixed_grid(
-            ConditionedDenoiser(estimator, emb),
+            ConditionedDenoiser(estimator, emb, network_rows),
             (emb.shape[0], d),
             sampler=sampler,
             steps=steps,
@@ -705,8 +713,11 @@ class IIDComposedDenoiser:
             inverted without bias (:func:`unbiased_precision`).
         covariance_samples, covariance_sampler, covariance_steps: options of that
             estimate (``covariance_samples`` must exceed ``d + 2``).
-        max_rows: largest number of rows ``batch x trials`` per network call
+        max_rows: largest number of rows ``batch x trials`` held at once
             (trials are mini-batched).
+        network_rows: rows per network call within those; None:
+            :func:`~sbi_diffusion.denoiser.default_network_rows` of the device of
+            ``x`` (pieces of 4096 rows on a CPU, one call on an accelerator).
         bridge_weight: ``lambda(t)`` of ``factorized_bridge``.
         trial_means: ``(N, d)`` single-trial posterior means (standardised) for
             the Gaussian surrogate of ``gauss``; estimated with the covariances.
@@ -733,6 +744,7 @@ class IIDComposedDenoiser:
         covariance_sampler: str = "heun",
         covariance_steps: int = 30,
         max_rows: int = 100_000,
+        network_rows: int | None = None,
         bridge_weight: Callable[[Tensor], Tensor] | None = None,
         trial_means: Tensor | None = None,
         gaussian_high_noise: bool = True,
@@ -751,6 +763,9 @@ class IIDComposedDenoiser:
         self.d = int(estimator.theta_dim)
         with torch.no_grad():
             self.embeddings = estimator.embed_condition(x).detach()
+        if network_rows is None:
+            network_rows = default_network_rows(self.embeddings.device)
+        self.network_rows = network_rows
         self.num_trials = self.embeddings.shape[0]
         t_min, t_max = float(self.schedule.t_min), float(self.schedule.t_max)
         self.bridge_weight = bridge_weight or (
@@ -771,6 +786,7 @@ class IIDComposedDenoiser:
                     steps=covariance_steps,
                     generator=generator,
                     max_rows=max_rows,
+                    network_rows=network_rows,
                     show_progress_bars=show_progress_bars,
                 )
                 trial_covariances = moments.covariances
@@ -811,14 +827,6 @@ class IIDComposedDenoiser:
         per = max(1, self.max_rows // max(batch, 1))
         return torch.arange(self.num_trials, device=self.embeddings.device).split(per)
 
-    def _expand(self, z: Tensor, t: Tensor, chunk: Tensor):
-        n, b = chunk.numel(), z.shape[0]
-        zz = z[:, None, :].expand(b, n, self.d).reshape(b * n, self.d)
-        emb = self.embeddings[chunk]
-        ee = emb[None].expand(b, n, emb.shape[-1]).reshape(b * n, -1)
-        tt = t[:, None].expand(b, n).reshape(b * n)
-        return zz, ee, tt
-
     def trial_denoise(self, z: Tensor, t: Tensor, chunk: Tensor) -> Tensor:
         """``x_hat_i(z, t)`` for the trials in ``chunk``: ``(batch, n, d)``.
 
@@ -826,9 +834,13 @@ class IIDComposedDenoiser:
         = 1e-4``: at ``alpha = 0`` (the end of the rectified-flow path) its noise
         input is infinite, and ``z`` carries no information there anyway.
         """
-        zz, ee, tt = self._expand(z, torch.clamp(t, max=self._t_alpha), chunk)
-        out = self.estimator.denoise_embedded(zz, ee, tt)
-        return out.reshape(z.shape[0], chunk.numel(), self.d)
+        t = torch.clamp(t, max=self._t_alpha)
+        embeddings = self.embeddings[chunk]
+        if hasattr(self.estimator, "denoise_trials"):
+            return self.estimator.denoise_trials(z, embeddings, t, self.network_rows)
+        return denoise_trials_flat(
+            self.estimator.denoise_embedded, z, embeddings, t, self.network_rows
+        )
 
     # ---------------------------------------------------------------- call
 
@@ -926,7 +938,9 @@ class IIDComposedDenoiser:
         lam = torch.zeros(z.shape[0], self.d, self.d, dtype=z.dtype, device=z.device)
         for chunk in self._trial_chunks(z.shape[0] * (self.d + 1)):
             n = chunk.numel()
-            zz, ee, tt = self._expand(z, torch.clamp(t, max=self._t_alpha), chunk)
+            zz, ee, tt = expand_trial_rows(
+                z, self.embeddings[chunk], torch.clamp(t, max=self._t_alpha)
+            )
 
             def fn(zi, ti, ee=ee):
                 return self.estimator.denoise_embedded(zi, ee, ti)

@@ -27,7 +27,65 @@ from sbi_diffusion.schedules import Schedule
 from sbi_diffusion.vector_field import as_time, ode_drift, score_from_x_hat
 from sbi_diffusion.weightings import check_weighting, loss_weight
 
-__all__ = ["Denoiser", "ConditionedDenoiser"]
+__all__ = [
+    "Denoiser",
+    "ConditionedDenoiser",
+    "CPU_NETWORK_ROWS",
+    "default_network_rows",
+    "expand_trial_rows",
+    "denoise_trials_flat",
+]
+
+#: rows per network call for large batches on a CPU (composition of many trials,
+#: GAUSS's single-trial samples). Pieces of a few thousand rows stay in cache:
+#: the default residual MLP (width 256, 4 blocks) runs about 1.9 times faster in
+#: pieces of 4096 rows than on 100,000 rows at once
+#: (``benchmarks/iid/time_network_rows.py``).
+CPU_NETWORK_ROWS = 4096
+
+
+def default_network_rows(device: torch.device | str) -> int | None:
+    """Rows per network call on ``device``: :data:`CPU_NETWORK_ROWS` on a CPU,
+    None (one call) on an accelerator, which wants large batches."""
+    return CPU_NETWORK_ROWS if torch.device(device).type == "cpu" else None
+
+
+def expand_trial_rows(
+    z: Tensor, embeddings: Tensor, t: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows ``(z_b, e_i, t_b)`` for every pair of a row ``b`` of ``z`` ``(batch,
+    d)`` and a condition ``i`` of ``embeddings`` ``(n, e)``; ``t`` is
+    ``(batch,)`` or scalar. Returns ``(batch * n, d)``, ``(batch * n, e)``, ``(batch *
+    n,)``, ordered batch-major."""
+    b, n, d = z.shape[0], embeddings.shape[0], z.shape[-1]
+    zz = z[:, None, :].expand(b, n, d).reshape(b * n, d)
+    ee = embeddings[None].expand(b, n, embeddings.shape[-1]).reshape(b * n, -1)
+    tt = as_time(t, z).expand(b)[:, None].expand(b, n).reshape(b * n)
+    return zz, ee, tt
+
+
+def denoise_trials_flat(
+    denoise_embedded,
+    z: Tensor,
+    embeddings: Tensor,
+    t: Tensor,
+    max_rows: int | None = None,
+) -> Tensor:
+    """``denoise_embedded(z, e_i, t)`` for every row of ``z`` ``(batch, d)`` and
+    every condition ``e_i`` of ``embeddings`` ``(n, e)``: ``(batch, n, d)``.
+
+    Works with any ``denoise_embedded(z, embedding, t)`` on flat rows. The
+    ``batch * n`` rows are evaluated in pieces of at most ``max_rows`` (all at
+    once if None).
+    """
+    b, n = z.shape[0], embeddings.shape[0]
+    zz, ee, tt = expand_trial_rows(z, embeddings, t)
+    step = zz.shape[0] if max_rows is None else max(1, int(max_rows))
+    pieces = [
+        denoise_embedded(zz[i : i + step], ee[i : i + step], tt[i : i + step])
+        for i in range(0, zz.shape[0], step)
+    ]
+    return torch.cat(pieces).reshape(b, n, z.shape[-1])
 
 
 def _column(v: Tensor, ndim: int) -> Tensor:
@@ -177,6 +235,54 @@ class Denoiser(ConditionalVectorFieldEstimator):
             embedding = embedding.expand(z.shape[0], -1)
         out = self.parameterization.network_output(self.net, z, embedding, p_col)
         return self.parameterization.denoise(out, z, p_col)
+
+    def denoise_trials(
+        self,
+        z: Tensor,
+        embeddings: Tensor,
+        t: Tensor,
+        max_rows: int | None = None,
+    ) -> Tensor:
+        r"""``x_hat(z_b, t_b | x_i)`` for every row ``b`` of ``z`` ``(batch, dim)``
+        and every embedded condition ``e(x_i)`` of ``embeddings`` ``(n, e)``:
+        ``(batch, n, dim)``.
+
+        This is what composing ``n`` i.i.d. trials needs
+        (:mod:`sbi_diffusion.composition`). Where the network broadcasts its
+        inputs (``net.broadcasts_inputs``, e.g. :class:`ResidualMLP
+        <sbi_diffusion.nets.mlp.ResidualMLP>`) and all rows share one time, as
+        on every sampler's grid, the network gets ``z`` as ``(batch, 1, dim)``
+        and the conditions as ``(1, n, e)``: its time and condition layers then
+        run ``n`` times instead of ``batch * n`` times. Otherwise the
+        ``batch * n`` pairs are evaluated as flat rows
+        (:func:`denoise_trials_flat`).
+
+        Args:
+            z: standardised parameters ``(batch, dim)``.
+            embeddings: embedded conditions ``(n, e)``
+                (:meth:`embed_condition`).
+            t: time, ``(batch,)`` or scalar.
+            max_rows: evaluate at most this many ``(z_b, x_i)`` pairs per network
+                call (all at once if None). On a CPU, pieces of a few thousand
+                rows stay in cache and run about twice as fast as 100,000 rows.
+        """
+        t = as_time(t, z)
+        n = embeddings.shape[0]
+        shared_time = bool((t == t[0]).all()) if t.numel() else False
+        if not (shared_time and getattr(self.net, "broadcasts_inputs", False)):
+            return denoise_trials_flat(
+                self.denoise_embedded, z, embeddings, t, max_rows
+            )
+        p = PathPoint(*(v.reshape(1, 1, 1) for v in self.schedule.derivatives(t[:1])))
+        step = z.shape[0] if max_rows is None else max(1, int(max_rows) // n)
+        conditions = embeddings[None]
+        pieces = []
+        for z_piece in z.split(step):
+            z_piece = z_piece[:, None, :]
+            out = self.parameterization.network_output(self.net, z_piece, conditions, p)
+            x_hat = self.parameterization.denoise(out, z_piece, p)
+            pieces.append(x_hat.expand(z_piece.shape[0], n, z.shape[-1]))
+        return torch.cat(pieces)
 
     def bind(self, x: Tensor | None) -> ConditionedDenoiser:
         """Fix the condition: returns a ``DenoiseFn`` ``(z, t) -> x_hat``.
@@ -348,20 +454,36 @@ class ConditionedDenoiser(nn.Module):
 
     Implements :class:`sbi_diffusion.vector_field.DenoiseFn`; the condition is
     embedded once. ``embedding`` has one row (broadcast over ``z``) or as many
-    rows as ``z``.
+    rows as ``z``. With ``max_rows`` the batch goes through the network in pieces
+    of at most that many rows (see :data:`CPU_NETWORK_ROWS`).
     """
 
-    def __init__(self, denoiser: Denoiser, embedding: Tensor):
+    def __init__(
+        self, denoiser: Denoiser, embedding: Tensor, max_rows: int | None = None
+    ):
         super().__init__()
         self.denoiser = denoiser
         self.embedding = embedding
         self.schedule = denoiser.schedule
+        self.max_rows = None if max_rows is None else max(1, int(max_rows))
 
     def forward(self, z: Tensor, t: Tensor) -> Tensor:
-        return self.denoiser.denoise_embedded(z, self.embedding, t)
+        if self.max_rows is None or z.shape[0] <= self.max_rows:
+            return self.denoiser.denoise_embedded(z, self.embedding, t)
+        t = as_time(t, z).expand(z.shape[0])
+        embedding = self.embedding.expand(z.shape[0], -1)
+        step = self.max_rows
+        return torch.cat(
+            [
+                self.denoiser.denoise_embedded(
+                    z[i : i + step], embedding[i : i + step], t[i : i + step]
+                )
+                for i in range(0, z.shape[0], step)
+            ]
+        )
 
     def restricted_to(self, rows: Tensor) -> ConditionedDenoiser:
         """The denoiser for the batch rows ``rows`` (per-row conditions kept)."""
         if self.embedding.shape[0] == 1:
             return self
-        return ConditionedDenoiser(self.denoiser, self.embedding[rows])
+        return ConditionedDenoiser(self.denoiser, self.embedding[rows], self.max_rows)

@@ -30,6 +30,7 @@ from sbi_diffusion.samplers import (
     sampler_takes_option,
 )
 from sbi_diffusion.schedules import get_schedule
+from sbi_diffusion.vector_field import as_time
 
 torch.set_num_threads(1)
 
@@ -588,3 +589,103 @@ def test_precision_from_jacobian_survives_non_finite_and_ill_conditioned() -> No
     # the NaN direction is uninformative: the widest allowed variance
     widest = 1.0 / (1.0 / 1.0 + 0.9**2 / 0.1**2)
     assert float(prec[0, 1, 1]) == pytest.approx(1.0 / widest, rel=1e-4)
+
+
+# ------------------------------------------------- network calls of composition
+
+
+def _untrained_estimator(net: str, parameterization: str):
+    """A small estimator with random (non-zero) weights, so that every layer
+    matters in comparisons."""
+    torch.manual_seed(0)
+    prior = BoxUniform(-torch.ones(3), torch.ones(3))
+    theta = prior.sample((200,))
+    inference = DiffusionNPE(
+        prior,
+        net=net,
+        parameterization=parameterization,
+        net_kwargs=dict(width=32, depth=2),
+        show_progress_bars=False,
+    )
+    inference.append_simulations(theta, theta + 0.1 * torch.randn_like(theta))
+    estimator = inference.train(max_num_epochs=1)
+    with torch.no_grad():
+        for parameter in estimator.net.parameters():
+            parameter.normal_(0, 0.3)
+    return estimator, theta
+
+
+@pytest.mark.parametrize(
+    "net,parameterization",
+    [("mlp", "F"), ("mlp", "eps"), ("adaln_mlp", "velocity"), ("adaln_mlp", "F")],
+)
+def test_denoise_trials_broadcast_matches_flat_rows(net, parameterization):
+    from sbi_diffusion.denoiser import denoise_trials_flat
+
+    estimator, theta = _untrained_estimator(net, parameterization)
+    assert estimator.net.broadcasts_inputs
+    embeddings = estimator.embed_condition(theta[:7])
+    z = torch.randn(50, 3)
+    with torch.no_grad():
+        for t in (torch.full((50,), 0.37), torch.tensor(0.8), torch.rand(50)):
+            flat = denoise_trials_flat(estimator.denoise_embedded, z, embeddings, t)
+            assert flat.shape == (50, 7, 3)
+            # flat rows are z_b against e_i, batch-major
+            b, i = 11, 4
+            one = estimator.denoise_embedded(
+                z[b : b + 1], embeddings[i : i + 1], as_time(t, z)[b : b + 1]
+            )
+            torch.testing.assert_close(flat[b, i], one[0])
+            for max_rows in (None, 64, 5, 1):
+                got = estimator.denoise_trials(z, embeddings, t, max_rows)
+                torch.testing.assert_close(got, flat, rtol=1e-4, atol=1e-5)
+                pieces = denoise_trials_flat(
+                    estimator.denoise_embedded, z, embeddings, t, max_rows
+                )
+                torch.testing.assert_close(pieces, flat, rtol=1e-4, atol=1e-5)
+
+
+def test_conditioned_denoiser_in_pieces_matches_one_call():
+    from sbi_diffusion.denoiser import ConditionedDenoiser
+
+    estimator, theta = _untrained_estimator("mlp", "F")
+    z, t = torch.randn(40, 3), torch.rand(40)
+    for embedding in (
+        estimator.embed_condition(theta[:1]),
+        estimator.embed_condition(theta[:40]),
+    ):
+        whole = ConditionedDenoiser(estimator, embedding)
+        pieces = ConditionedDenoiser(estimator, embedding, max_rows=7)
+        with torch.no_grad():
+            torch.testing.assert_close(pieces(z, t), whole(z, t))
+            torch.testing.assert_close(pieces(z, 0.3), whole(z, 0.3))
+        rows = torch.arange(0, 40, 3)
+        assert pieces.restricted_to(rows).max_rows == 7
+
+
+@pytest.mark.parametrize("method", ["gauss", "factorized", "jac"])
+def test_composition_does_not_depend_on_network_rows(trained, linear_gaussian, method):
+    from sbi_diffusion.denoiser import CPU_NETWORK_ROWS, default_network_rows
+
+    assert default_network_rows("cpu") == CPU_NETWORK_ROWS
+    assert default_network_rows("cuda") is None
+    estimator = trained["DiffusionNPE"].estimator
+    x = _trials(linear_gaussian, 10, seed=3)
+    prior = diffused_prior(estimator, linear_gaussian.prior)
+    covariances = torch.eye(2).expand(10, 2, 2) * 0.3
+    z, t = torch.randn(30, 2), torch.full((30,), 0.4)
+    results = []
+    for network_rows in (None, 17):
+        composed = IIDComposedDenoiser(
+            estimator,
+            x,
+            prior,
+            method=method,
+            trial_covariances=covariances if method == "gauss" else None,
+            network_rows=network_rows,
+            max_rows=60,
+        )
+        assert composed.network_rows == (network_rows or CPU_NETWORK_ROWS)
+        with torch.no_grad():
+            results.append(composed(z, t))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)

@@ -64,6 +64,13 @@ class ResidualMLP(nn.Module):
     The time embedding and the condition embedding are summed into a context
     vector that is added inside every residual block.
 
+    Leading dimensions broadcast: ``z`` ``(..., input_dim)``, ``condition``
+    ``(..., condition_dim)`` and ``time`` ``(...)`` may have any leading shapes
+    that broadcast against each other (``broadcasts_inputs``). The context is
+    then computed once per distinct condition and time, e.g. for one ``z``
+    against many conditions (:meth:`Denoiser.denoise_trials
+    <sbi_diffusion.denoiser.Denoiser.denoise_trials>`).
+
     Args:
         input_dim: dimension of ``z`` (the flattened parameters).
         condition_dim: dimension of the embedded condition (0: unconditional).
@@ -73,6 +80,8 @@ class ResidualMLP(nn.Module):
     """
 
     block = _ResidualBlock
+    #: leading dimensions of ``z``, ``condition`` and ``time`` broadcast
+    broadcasts_inputs = True
 
     def __init__(
         self,
@@ -101,7 +110,9 @@ class ResidualMLP(nn.Module):
 
     def forward(self, z: Tensor, condition: Tensor, time: Tensor) -> Tensor:
         """Evaluate on ``z`` ``(batch, input_dim)``, ``condition``
-        ``(batch, condition_dim)`` and ``time`` ``(batch,)``."""
+        ``(batch, condition_dim)`` and ``time`` ``(batch,)``, or on any leading
+        shapes that broadcast against each other; the output has the broadcast
+        leading shape."""
         context = self.time_embedding(time)
         if self.condition_embedding is not None:
             context = context + self.condition_embedding(condition)

@@ -34,6 +34,6 @@ class SinusoidalTimeEmbedding(nn.Module):
         )
 
     def forward(self, time: Tensor) -> Tensor:
-        """Embed ``time`` of shape ``(batch,)`` into ``(batch, dim)``."""
-        angles = 2 * math.pi * time[:, None] * self.frequencies[None, :]
+        """Embed ``time`` of shape ``(...)`` into ``(..., dim)``."""
+        angles = 2 * math.pi * time[..., None] * self.frequencies
         return self.mlp(torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1))
