@@ -689,3 +689,47 @@ def test_composition_does_not_depend_on_network_rows(trained, linear_gaussian, m
         with torch.no_grad():
             results.append(composed(z, t))
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
+def test_trial_precisions_are_at_least_the_prior_precision():
+    from sbi_diffusion.composition import at_least_prior_precision
+
+    prior_cov = torch.tensor([[2.0, 0.3], [0.3, 1.0]])
+    narrow = torch.stack([0.1 * prior_cov, torch.diag(torch.tensor([0.5, 0.2]))])
+    torch.testing.assert_close(at_least_prior_precision(narrow, prior_cov), narrow)
+    # wider than the prior along one direction (a bimodal posterior), narrower
+    # along the other: the likelihood precision is projected onto the PSD cone
+    rotation = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
+    wide = rotation @ torch.diag(torch.tensor([9.0, 0.05])) @ rotation.T
+    fixed = at_least_prior_precision(wide[None], prior_cov)[0]
+    likelihood = torch.linalg.inv(fixed) - torch.linalg.inv(prior_cov)
+    assert torch.linalg.eigvalsh(likelihood).min() > -1e-4
+    assert torch.linalg.eigvalsh(likelihood).max() > 1.0
+    # a covariance wider than the prior everywhere becomes the prior's
+    torch.testing.assert_close(
+        at_least_prior_precision(3 * prior_cov[None], prior_cov)[0],
+        prior_cov,
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_composed_estimate_stays_inside_a_box_prior():
+    estimator, theta = _untrained_estimator("mlp", "F")
+    prior = diffused_prior(estimator, BoxUniform(-torch.ones(3), torch.ones(3)))
+    low, high = prior.bounds
+    x = theta[:20] + 0.1 * torch.randn(20, 3)
+    z, t = 3 * torch.randn(64, 3), torch.full((64,), 0.4)
+    for method in ("factorized", "gauss", "factorized_bridge"):
+        composed = IIDComposedDenoiser(
+            estimator,
+            x,
+            prior,
+            method=method,
+            trial_covariances=0.01 * torch.eye(3) if method == "gauss" else None,
+        )
+        with torch.no_grad():
+            x_hat = composed(z, t)
+        inside = ((x_hat >= low) & (x_hat <= high)).all()
+        # the bridge is an annealed density, not a posterior mean: not clamped
+        assert bool(inside) == (method != "factorized_bridge"), method

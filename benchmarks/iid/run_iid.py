@@ -91,6 +91,9 @@ OURS = {
         {"steps": 200, "eta": 1.0, "final_denoise": False},
     ),
     "ours_gauss_em200_logsnr_z": em("gauss", 200, False, spacing="logsnr"),
+    # predictor-corrector (Song et al. 2021): one Langevin step on the composed
+    # score after each of 250 Euler-Maruyama steps (the NFE of 500 steps)
+    "ours_gauss_em250_langevin_z": em("gauss", 250, False, corrector="langevin"),
 }
 SBI = ("fnpe", "gauss", "auto_gauss", "jac_gauss")
 
