@@ -346,3 +346,19 @@ def test_nan_loss_stops_training(linear_gaussian):
         warnings.simplefilter("ignore")
         with pytest.raises(TrainingDivergedError, match="loss became nan"):
             inference.train(max_num_epochs=2, resume_training=True)
+
+
+def test_sampler_that_returns_only_nan_raises_at_once(diffusion, x_o, monkeypatch):
+    """A diverging sampler (every sample NaN) is reported after one round
+    instead of being redrawn round after round."""
+    posterior = diffusion.build_posterior()
+    calls = []
+
+    def diverging(denoise, num, sampler, options, generator, show_progress_bars):
+        calls.append(num)
+        return torch.full((num, 2), float("nan")), 10.0
+
+    monkeypatch.setattr(posterior, "_run_sampler", diverging)
+    with pytest.raises(RuntimeError, match="are NaN or inf: the sampler"):
+        posterior.sample((30,), x=x_o, show_progress_bars=False)
+    assert calls == [30]

@@ -213,7 +213,7 @@ class DiffusionPosterior(NeuralPosterior):
         )
         while todo.numel() > 0:
             rounds += 1
-            accepted_rows = []
+            accepted_rows, finite_in_round = [], 0
             for chunk in todo.split(self.max_sampling_batch_size):
                 denoise = make_denoise(chunk)
                 z, nfe = self._run_sampler(
@@ -225,11 +225,21 @@ class DiffusionPosterior(NeuralPosterior):
                 total_evals += nfe * chunk.numel()
                 total_drawn += chunk.numel()
                 ok = torch.isfinite(theta_flat).all(dim=1)
+                finite_in_round += int(ok.sum())
                 if reject_outside_prior:
                     ok = ok & within_support(self.prior, theta).reshape(-1)
                 out[chunk[ok]] = theta_flat[ok]
                 accepted_rows.append(chunk[ok])
                 progress.update(int(ok.sum()))
+            if finite_in_round == 0:
+                progress.close()
+                raise RuntimeError(
+                    f"All {todo.numel()} samples of sampling round {rounds} are NaN "
+                    f"or inf: the sampler ({sampler!r}) diverged, and redrawing "
+                    "would not help. Try more steps or another sampler (e.g. "
+                    "sampler='dopri5'), check that x lies within the training "
+                    "data, or, for i.i.d. trials, try another iid_method."
+                )
             accepted = torch.cat(accepted_rows)
             keep = ~torch.isin(todo, accepted)
             todo = todo[keep]
