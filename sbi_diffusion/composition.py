@@ -649,16 +649,18 @@ def estimate_trial_moments(
         desc="GAUSS: single-trial covariances",
         leave=False,
     ):
-        emb = embeddings[chunk].repeat_interleave(num_samples, dim=0)
+        rows = chunk.numel() * num_samples
         s, per_sample = sample_on_fixed_grid(
-            ConditionedDenoiser(estimator, emb, network_rows),
-            (emb.shape[0], d),
+            ConditionedDenoiser(
+                estimator, embeddings[chunk], network_rows, num_samples
+            ),
+            (rows, d),
             sampler=sampler,
             steps=steps,
             generator=generator,
-            device=emb.device,
+            device=embeddings.device,
         )
-        evaluations += per_sample * emb.shape[0]
+        evaluations += per_sample * rows
         s = s.reshape(chunk.numel(), num_samples, d)
         means.append(s.mean(1))
         s = s - s.mean(1, keepdim=True)
@@ -683,8 +685,8 @@ def at_least_prior_precision(covariances: Tensor, prior_cov: Tensor) -> Tensor:
     projected onto the positive semi-definite cone:
 
     .. math::
-        \Sigma_i \leftarrow ig(\Sigma_0^{-1}
-        + [\Sigma_i^{-1} - \Sigma_0^{-1}]_+ig)^{-1},
+        \Sigma_i \leftarrow \big(\Sigma_0^{-1}
+        + [\Sigma_i^{-1} - \Sigma_0^{-1}]_+\big)^{-1},
 
     with ``[A]_+`` the matrix with the negative eigenvalues of ``A`` set to 0.
     Covariances already no wider than the prior are unchanged.

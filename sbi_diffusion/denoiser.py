@@ -64,6 +64,29 @@ def expand_trial_rows(
     return zz, ee, tt
 
 
+def denoise_rows_in_pieces(
+    denoise_embedded,
+    z: Tensor,
+    embedding: Tensor,
+    t: Tensor,
+    max_rows: int | None = None,
+) -> Tensor:
+    """``denoise_embedded(z, embedding, t)`` on flat rows ``z`` ``(batch, d)``,
+    ``embedding`` ``(batch, e)`` or ``(1, e)`` and ``t`` ``(batch,)`` or scalar,
+    in pieces of at most ``max_rows`` rows (one call if None)."""
+    if max_rows is None or z.shape[0] <= max_rows:
+        return denoise_embedded(z, embedding, t)
+    t = as_time(t, z).expand(z.shape[0])
+    embedding = embedding.expand(z.shape[0], -1)
+    step = max(1, int(max_rows))
+    return torch.cat(
+        [
+            denoise_embedded(z[i : i + step], embedding[i : i + step], t[i : i + step])
+            for i in range(0, z.shape[0], step)
+        ]
+    )
+
+
 def denoise_trials_flat(
     denoise_embedded,
     z: Tensor,
@@ -80,12 +103,8 @@ def denoise_trials_flat(
     """
     b, n = z.shape[0], embeddings.shape[0]
     zz, ee, tt = expand_trial_rows(z, embeddings, t)
-    step = zz.shape[0] if max_rows is None else max(1, int(max_rows))
-    pieces = [
-        denoise_embedded(zz[i : i + step], ee[i : i + step], tt[i : i + step])
-        for i in range(0, zz.shape[0], step)
-    ]
-    return torch.cat(pieces).reshape(b, n, z.shape[-1])
+    out = denoise_rows_in_pieces(denoise_embedded, zz, ee, tt, max_rows)
+    return out.reshape(b, n, z.shape[-1])
 
 
 def _column(v: Tensor, ndim: int) -> Tensor:
@@ -268,21 +287,72 @@ class Denoiser(ConditionalVectorFieldEstimator):
         """
         t = as_time(t, z)
         n = embeddings.shape[0]
-        shared_time = bool((t == t[0]).all()) if t.numel() else False
-        if not (shared_time and getattr(self.net, "broadcasts_inputs", False)):
+        if not self._broadcasts_at(t):
             return denoise_trials_flat(
                 self.denoise_embedded, z, embeddings, t, max_rows
             )
-        p = PathPoint(*(v.reshape(1, 1, 1) for v in self.schedule.derivatives(t[:1])))
         step = z.shape[0] if max_rows is None else max(1, int(max_rows) // n)
-        conditions = embeddings[None]
-        pieces = []
-        for z_piece in z.split(step):
-            z_piece = z_piece[:, None, :]
+        pieces = self._denoise_broadcast(
+            [(z_piece[:, None, :], embeddings[None]) for z_piece in z.split(step)],
+            t,
+        )
+        return torch.cat([x.expand(x.shape[0], n, z.shape[-1]) for x in pieces])
+
+    def denoise_grouped(
+        self,
+        z: Tensor,
+        embeddings: Tensor,
+        t: Tensor,
+        max_rows: int | None = None,
+    ) -> Tensor:
+        r"""``x_hat(z_{ij}, t | x_i)`` for ``z`` ``(n, s, dim)``, ``s`` rows for
+        each embedded condition ``e(x_i)`` of ``embeddings`` ``(n, e)``:
+        ``(n, s, dim)``.
+
+        This is what sampling each single-trial posterior ``p(theta | x_i)`` at
+        once needs (GAUSS's covariances, Linhart et al. 2024). As in
+        :meth:`denoise_trials`, a network that broadcasts its inputs gets the
+        conditions as ``(n, 1, e)`` when all rows share one time, so its time and
+        condition layers run ``n`` times instead of ``n * s`` times; otherwise
+        the rows are evaluated flat.
+
+        Args:
+            z: standardised parameters ``(n, s, dim)``.
+            embeddings: embedded conditions ``(n, e)``.
+            t: time, ``(n * s,)`` (rows in the order of ``z``) or scalar.
+            max_rows: evaluate at most this many rows per network call (all at
+                once if None).
+        """
+        n, s, d = z.shape
+        flat_z = z.reshape(n * s, d)
+        t = as_time(t, flat_z)
+        if not self._broadcasts_at(t):
+            flat_e = embeddings.repeat_interleave(s, dim=0)
+            out = denoise_rows_in_pieces(
+                self.denoise_embedded, flat_z, flat_e, t, max_rows
+            )
+            return out.reshape(n, s, d)
+        step = n if max_rows is None else max(1, int(max_rows) // s)
+        pairs = zip(z.split(step), embeddings[:, None, :].split(step), strict=True)
+        return torch.cat(self._denoise_broadcast(list(pairs), t))
+
+    def _broadcasts_at(self, t: Tensor) -> bool:
+        """Whether the network can take broadcast inputs at times ``t``: it
+        broadcasts (``net.broadcasts_inputs``) and all rows share one time."""
+        shared_time = bool((t == t[0]).all()) if t.numel() else False
+        return shared_time and getattr(self.net, "broadcasts_inputs", False)
+
+    def _denoise_broadcast(
+        self, pieces: list[tuple[Tensor, Tensor]], t: Tensor
+    ) -> list[Tensor]:
+        """``x_hat`` for each ``(z, condition)`` piece of broadcasting shapes
+        (``(..., dim)``, ``(..., e)``), all at the one time ``t[0]``."""
+        p = PathPoint(*(v.reshape(1, 1, 1) for v in self.schedule.derivatives(t[:1])))
+        results = []
+        for z_piece, conditions in pieces:
             out = self.parameterization.network_output(self.net, z_piece, conditions, p)
-            x_hat = self.parameterization.denoise(out, z_piece, p)
-            pieces.append(x_hat.expand(z_piece.shape[0], n, z.shape[-1]))
-        return torch.cat(pieces)
+            results.append(self.parameterization.denoise(out, z_piece, p))
+        return results
 
     def bind(self, x: Tensor | None) -> ConditionedDenoiser:
         """Fix the condition: returns a ``DenoiseFn`` ``(z, t) -> x_hat``.
@@ -454,36 +524,57 @@ class ConditionedDenoiser(nn.Module):
 
     Implements :class:`sbi_diffusion.vector_field.DenoiseFn`; the condition is
     embedded once. ``embedding`` has one row (broadcast over ``z``) or as many
-    rows as ``z``. With ``max_rows`` the batch goes through the network in pieces
-    of at most that many rows (see :data:`CPU_NETWORK_ROWS`).
+    rows as ``z``; with ``rows_per_condition = s`` it has ``n`` rows and ``z``
+    has ``n * s``, ``s`` consecutive rows per condition
+    (:meth:`Denoiser.denoise_grouped`). With ``max_rows`` the batch goes through
+    the network in pieces of at most that many rows (see
+    :data:`CPU_NETWORK_ROWS`).
     """
 
     def __init__(
-        self, denoiser: Denoiser, embedding: Tensor, max_rows: int | None = None
+        self,
+        denoiser: Denoiser,
+        embedding: Tensor,
+        max_rows: int | None = None,
+        rows_per_condition: int | None = None,
     ):
         super().__init__()
         self.denoiser = denoiser
         self.embedding = embedding
         self.schedule = denoiser.schedule
         self.max_rows = None if max_rows is None else max(1, int(max_rows))
+        self.rows_per_condition = rows_per_condition
 
     def forward(self, z: Tensor, t: Tensor) -> Tensor:
-        if self.max_rows is None or z.shape[0] <= self.max_rows:
-            return self.denoiser.denoise_embedded(z, self.embedding, t)
-        t = as_time(t, z).expand(z.shape[0])
-        embedding = self.embedding.expand(z.shape[0], -1)
-        step = self.max_rows
-        return torch.cat(
-            [
-                self.denoiser.denoise_embedded(
-                    z[i : i + step], embedding[i : i + step], t[i : i + step]
+        s = self.rows_per_condition
+        if s is not None and hasattr(self.denoiser, "denoise_grouped"):
+            n = self.embedding.shape[0]
+            if z.shape[0] != n * s:
+                raise ValueError(
+                    f"Expected {n} conditions x {s} rows = {n * s} rows of z, "
+                    f"got {z.shape[0]}."
                 )
-                for i in range(0, z.shape[0], step)
-            ]
+            grouped = self.denoiser.denoise_grouped(
+                z.reshape(n, s, -1), self.embedding, t, self.max_rows
+            )
+            return grouped.reshape(z.shape)
+        return denoise_rows_in_pieces(
+            self.denoiser.denoise_embedded,
+            z,
+            self._row_embedding(),
+            t,
+            self.max_rows,
         )
+
+    def _row_embedding(self) -> Tensor:
+        """The condition of each row of ``z`` (or one row, broadcast)."""
+        if self.rows_per_condition is None:
+            return self.embedding
+        return self.embedding.repeat_interleave(self.rows_per_condition, dim=0)
 
     def restricted_to(self, rows: Tensor) -> ConditionedDenoiser:
         """The denoiser for the batch rows ``rows`` (per-row conditions kept)."""
         if self.embedding.shape[0] == 1:
             return self
-        return ConditionedDenoiser(self.denoiser, self.embedding[rows], self.max_rows)
+        embedding = self._row_embedding()[rows]
+        return ConditionedDenoiser(self.denoiser, embedding, self.max_rows)

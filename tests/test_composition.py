@@ -663,6 +663,39 @@ def test_conditioned_denoiser_in_pieces_matches_one_call():
         assert pieces.restricted_to(rows).max_rows == 7
 
 
+@pytest.mark.parametrize(
+    "net,parameterization", [("mlp", "F"), ("adaln_mlp", "velocity")]
+)
+def test_denoise_grouped_matches_rows_with_their_own_condition(net, parameterization):
+    from sbi_diffusion.denoiser import ConditionedDenoiser
+
+    estimator, theta = _untrained_estimator(net, parameterization)
+    n, s = 6, 9
+    embeddings = estimator.embed_condition(theta[:n])
+    z = torch.randn(n, s, 3)
+    flat_z = z.reshape(n * s, 3)
+    flat_e = embeddings.repeat_interleave(s, dim=0)
+    with torch.no_grad():
+        for t in (torch.tensor(0.6), torch.full((n * s,), 0.2), torch.rand(n * s)):
+            expected = estimator.denoise_embedded(flat_z, flat_e, t).reshape(n, s, 3)
+            for max_rows in (None, 20, 4, 1):
+                got = estimator.denoise_grouped(z, embeddings, t, max_rows)
+                torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+                grouped = ConditionedDenoiser(estimator, embeddings, max_rows, s)
+                torch.testing.assert_close(
+                    grouped(flat_z, t), expected.reshape(n * s, 3), rtol=1e-4, atol=1e-5
+                )
+        # restricting rows keeps each row's own condition
+        rows = torch.tensor([0, 10, 17, 53])
+        restricted = grouped.restricted_to(rows)
+        torch.testing.assert_close(
+            restricted(flat_z[rows], 0.5),
+            estimator.denoise_embedded(flat_z[rows], flat_e[rows], 0.5),
+        )
+        with pytest.raises(ValueError, match="6 conditions x 9 rows"):
+            grouped(flat_z[:10], 0.5)
+
+
 @pytest.mark.parametrize("method", ["gauss", "factorized", "jac"])
 def test_composition_does_not_depend_on_network_rows(trained, linear_gaussian, method):
     from sbi_diffusion.denoiser import CPU_NETWORK_ROWS, default_network_rows

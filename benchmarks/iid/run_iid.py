@@ -12,9 +12,10 @@ sampling with composed standardisation), with the reference posterior. Tasks:
   trained here (``--simulations``, ``--epochs``, with condition dropout), and
   ``--seeds`` pick the true parameters.
 * ``two_moons`` and ``slcp``: the model is the benchmark grid's default
-  ``DiffusionNPE`` at 10^4 simulations (``outputs/models``, trained there if
-  missing), trials are sbibm's observation plus simulations at its true
-  parameter, and the reference posterior is sampled from the exact likelihood
+  ``DiffusionNPE`` at ``--simulations`` simulations (10^4 unless given;
+  ``outputs/models``, trained there if missing), trials are sbibm's
+  observation plus simulations at its true parameter, and the reference
+  posterior is sampled from the exact likelihood
   (:mod:`sbi_diffusion.benchmark.iid_references`); ``--seeds`` are sbibm
   observation numbers.
 
@@ -150,7 +151,7 @@ class SbibmIID:
             self.name,
             self.task,
             methods.parse("diffusion"),
-            10_000,
+            args.simulations,
             0,
             "cpu",
             Path(args.model_cache),
@@ -311,7 +312,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=[*OURS, *SBI])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--simulations", type=int, default=5000)
+    parser.add_argument(
+        "--simulations",
+        type=int,
+        help="single-trial training simulations (default: gaussian_linear 5000, "
+        "two_moons and slcp 10000)",
+    )
     parser.add_argument(
         "--estimator",
         choices=sorted(ESTIMATORS),
@@ -329,6 +335,8 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="print the table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.simulations is None:
+        args.simulations = 5000 if args.task == "gaussian_linear" else 10_000
     results = Path(args.results)
     if args.summary:
         print(summary(results))
@@ -343,13 +351,10 @@ def main() -> None:
             x = task.observation(seed, num_trials)
             reference = task.reference(x, args.num_samples, seed)
             for method in args.methods:
-                simulations = (
-                    args.simulations if task.name == "gaussian_linear" else 10_000
-                )
                 row = {
                     "task": task.name,
                     "estimator": args.estimator,
-                    "simulations": simulations,
+                    "simulations": args.simulations,
                     "num_trials": num_trials,
                     "method": method,
                     "seed": seed,

@@ -9,11 +9,15 @@ model of ``run_iid.py`` (1000 samples, 100 trials, 100,000 rows):
    (``denoiser.CPU_NETWORK_ROWS``);
 2. broadcasting: the network gets ``z`` as ``(batch, 1, d)`` and the trials as
    ``(1, N, e)``, so its time and condition layers run ``N`` times, not
-   ``batch x N`` times (``Denoiser.denoise_trials``).
+   ``batch x N`` times (``Denoiser.denoise_trials``). The same holds for the
+   samples of each single-trial posterior that GAUSS draws for its
+   covariances: ``z`` as ``(N, samples, d)``, the trials as ``(N, 1, e)``
+   (``Denoiser.denoise_grouped``).
 
 Printed: seconds per call of ``x_hat_i(z, t)`` for all pairs, flat rows in one
 call (the composition before this change), flat rows in pieces, and broadcast
-in pieces (the default now); then ten calls of the composed GAUSS denoiser with
+in pieces (the default now); the same for 1000 samples of each single-trial
+posterior, flat and grouped; then ten calls of the composed GAUSS denoiser with
 one network call and with the default pieces.
 
 Example:
@@ -28,7 +32,11 @@ import time
 import torch
 from run_iid import SbibmIID
 
-from sbi_diffusion.denoiser import CPU_NETWORK_ROWS, denoise_trials_flat
+from sbi_diffusion.denoiser import (
+    CPU_NETWORK_ROWS,
+    denoise_rows_in_pieces,
+    denoise_trials_flat,
+)
 
 
 def seconds(fn, repeats: int = 3) -> float:
@@ -46,7 +54,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     task = SbibmIID("two_moons")
-    posterior = task.posterior(argparse.Namespace(model_cache=args.model_cache))
+    posterior = task.posterior(
+        argparse.Namespace(model_cache=args.model_cache, simulations=10_000)
+    )
     estimator = posterior.estimator
     x = task.observation(1, 100)
     with torch.no_grad():
@@ -71,6 +81,20 @@ def main() -> None:
     }
     print("x_hat of 1000 samples x 100 trials (100,000 rows), one thread:")
     for name, fn in rows.items():
+        print(f"  {name:28s} {seconds(fn):6.2f} s")
+    z_each = torch.randn(100, 1000, 2)
+    rows_each = embeddings.repeat_interleave(1000, dim=0)
+    n = CPU_NETWORK_ROWS
+    single_trial = {
+        f"flat, pieces of {n}": lambda: denoise_rows_in_pieces(
+            flat, z_each.reshape(-1, 2), rows_each, torch.tensor(0.5), n
+        ),
+        f"grouped, pieces of {n}": lambda: estimator.denoise_grouped(
+            z_each, embeddings, torch.tensor(0.5), n
+        ),
+    }
+    print("x_hat of 1000 samples of each of 100 single-trial posteriors:")
+    for name, fn in single_trial.items():
         print(f"  {name:28s} {seconds(fn):6.2f} s")
     for network_rows in (10**9, None):
         torch.manual_seed(0)
