@@ -40,10 +40,13 @@ def main() -> None:
     parser.add_argument("--observation", type=int, default=1)
     parser.add_argument("--num-samples", type=int, default=300)
     parser.add_argument("--model-cache", default="outputs/models")
+    parser.add_argument(
+        "--simulations", type=int, default=10_000, help="single-trial model's"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     task = SbibmIID("two_moons")
-    posterior = task.posterior(argparse.Namespace(model_cache=args.model_cache))
+    posterior = task.posterior(args)
     x = task.observation(args.observation, args.trials)
     describe("reference", task.reference(x, 1000, args.observation))
     torch.manual_seed(args.observation)
