@@ -42,8 +42,10 @@ e.g. for a Gaussian prior and a linear-Gaussian simulator. Methods
     with ``Sigma_i`` the covariance of samples of each single-trial posterior
     (drawn once from the model; its inverse debiased,
     :func:`unbiased_precision_factor`, and at least the prior's precision,
-    :func:`at_least_prior_precision`) and ``P_prior`` the exact denoising precision of
-    an analytic prior, else that of a moment-matched Gaussian.
+    :func:`at_least_prior_precision`) and ``P_prior = S^{-1} + alpha^2 / sigma^2
+    I`` that of the prior's moment-matched Gaussian ``N(m, S)``, the same
+    approximation as the trials' (``prior_precision="gaussian"``, the default;
+    ``"exact"`` takes the exact denoising precision of an analytic prior).
 ``jac``
     JAC (Linhart et al. 2024): ``Cov_k[theta_0 | z_t] = (sigma^2 / alpha)
     d x_hat_k / dz`` (Tweedie's second-order formula) from the Jacobian of the
@@ -87,6 +89,7 @@ from sbi_diffusion.vector_field import as_time, score_from_x_hat
 
 __all__ = [
     "IID_METHODS",
+    "GAUSS_PRIOR_PRECISIONS",
     "PRIOR_SCORES",
     "DiffusedPrior",
     "GaussianDiffusedPrior",
@@ -105,6 +108,7 @@ __all__ = [
 ]
 
 IID_METHODS = ("factorized", "factorized_bridge", "gauss", "jac")
+GAUSS_PRIOR_PRECISIONS = ("gaussian", "exact")
 PRIOR_SCORES = ("auto", "analytic", "network", "gaussian")
 
 _ALPHA_FLOOR = 1e-4
@@ -767,6 +771,10 @@ class IIDComposedDenoiser:
         gaussian_high_noise: for ``gauss``, blend each trial's denoiser with its
             Gaussian surrogate where the noise is wide (see
             :meth:`_blend_surrogate`).
+        prior_precision: for ``gauss``, the prior's denoising precision
+            ``P_prior``: ``"gaussian"`` (that of the moment-matched Gaussian prior,
+            like the trials' precisions; see :meth:`_gauss`) or ``"exact"`` (the
+            analytic prior's own, where it has one).
         generator: random generator (covariance estimate).
         show_progress_bars: progress of the covariance estimate.
 
@@ -791,6 +799,7 @@ class IIDComposedDenoiser:
         bridge_weight: Callable[[Tensor], Tensor] | None = None,
         trial_means: Tensor | None = None,
         gaussian_high_noise: bool = True,
+        prior_precision: str = "gaussian",
         generator: torch.Generator | None = None,
         show_progress_bars: bool = False,
     ):
@@ -798,8 +807,14 @@ class IIDComposedDenoiser:
             raise ValueError(
                 f"Unknown iid_method {method!r}. Pass one of {IID_METHODS}."
             )
+        if prior_precision not in GAUSS_PRIOR_PRECISIONS:
+            raise ValueError(
+                f"Unknown prior_precision {prior_precision!r}. Pass one of "
+                f"{GAUSS_PRIOR_PRECISIONS}."
+            )
         self.estimator = estimator
         self.schedule = estimator.schedule
+        self.prior_precision = prior_precision
         self.prior = prior
         self.method = method
         self.max_rows = int(max_rows)
@@ -982,6 +997,24 @@ class IIDComposedDenoiser:
         return (1 - lam) * x_hat + lam * x_gauss
 
     def _gauss(self, z: Tensor, t: Tensor) -> Tensor:
+        r"""GAUSS (Linhart et al. 2024, Eq. 12):
+
+        .. math::
+            \hat x = \Lambda^{-1}\Big[\sum_i P_i \hat x_i
+            + (1 - N) P_0 \hat x_0\Big], \qquad
+            \Lambda = \sum_i P_i + (1 - N) P_0,
+
+        with ``P_i = Sigma_i^{-1} + alpha^2 / sigma^2 I``. The trials' ``P_i`` are
+        those of Gaussian approximations of their posteriors and do not depend on
+        ``z``; by default (``prior_precision="gaussian"``) the prior's ``P_0`` is
+        that of its moment-matched Gaussian too. The exact ``P_0`` of a box prior
+        grows near the box's edge (there ``theta_0 | z_t`` is a one-sided
+        truncated normal, up to ``1 / (1 - 2 / pi)`` times more precise), while the
+        trials' stay fixed: where the ``N``-trial posterior lies at the edge,
+        ``(N - 1) P_0`` then outweighs ``sum_i P_i``, ``Lambda`` is clamped, and the
+        composed mean is pulled off the edge (two_moons, 10 trials, observation 5:
+        C2ST .93 with the exact ``P_0``, .81 with the Gaussian one).
+        """
         snr = _snr(self.schedule, t)
         eye = _eye_like(self.d, z)
         numerator = torch.zeros_like(z)
@@ -993,7 +1026,10 @@ class IIDComposedDenoiser:
             numerator = numerator + torch.einsum("nde,bne->bd", prec, x_hat)
             numerator = numerator + snr[:, None] * x_hat.sum(1)
         lam = self._precision_sum + self.num_trials * snr[:, None, None] * eye
-        p_prec = self._prior_precision(z, t)
+        if self.prior_precision == "exact":
+            p_prec = self._prior_precision(z, t)
+        else:
+            p_prec = self.prior.gaussian_precision(z, t)
         w = 1 - self.num_trials
         numerator = numerator + w * (p_prec @ self.prior(z, t)[:, :, None])[:, :, 0]
         return self._finish(z, t, numerator, lam + w * p_prec)

@@ -766,3 +766,79 @@ def test_composed_estimate_stays_inside_a_box_prior():
         inside = ((x_hat >= low) & (x_hat <= high)).all()
         # the bridge is an annealed density, not a posterior mean: not clamped
         assert bool(inside) == (method != "factorized_bridge"), method
+
+
+# ------------------------------------------- a posterior at a box prior's edge
+
+
+def _truncated_normal_moments(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and variance of ``N(mean, var)`` truncated to ``[0, 1]``."""
+    std = var.sqrt()
+    a, b = (0.0 - mean) / std, (1.0 - mean) / std
+    normal = torch.distributions.Normal(torch.zeros((), dtype=mean.dtype), 1.0)
+    mass = normal.cdf(b) - normal.cdf(a)
+    pa, pb = normal.log_prob(a).exp() / mass, normal.log_prob(b).exp() / mass
+    return mean + std * (pa - pb), var * (1 + a * pa - b * pb - (pa - pb) ** 2)
+
+
+class BoxGaussianTrials:
+    r"""``theta ~ U(0, 1)^2``, ``x ~ N(theta, s^2 I)``: the single-trial posterior
+    is ``N(x, s^2 I)`` truncated to the box, and ``theta_0 | z_t, x`` the truncated
+    normal of precision ``1 / s^2 + alpha^2 / sigma^2`` (standardised space = theta
+    space: shift 0, scale 1)."""
+
+    theta_dim = 2
+    condition_shape = torch.Size([2])
+
+    def __init__(self, schedule, noise_std: float):
+        self.schedule = schedule
+        self.noise_var = noise_std**2
+        self._theta_shift, self._theta_scale = torch.zeros(1, 2), torch.ones(1, 2)
+
+    def embed_condition(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], -1).float()
+
+    def denoise_embedded(self, z: Tensor, emb: Tensor, t) -> Tensor:
+        t = as_time(t, z).double()
+        alpha = self.schedule.alpha(t)[:, None].double()
+        sigma = self.schedule.sigma(t)[:, None].double()
+        precision = 1 / self.noise_var + alpha**2 / sigma**2
+        mean = (
+            emb.double() / self.noise_var + alpha * z.double() / sigma**2
+        ) / precision
+        return _truncated_normal_moments(mean, 1 / precision)[0].to(z.dtype)
+
+
+def test_gauss_at_a_box_edge_uses_the_gaussian_prior_precision():
+    """Ten trials put the posterior of ``theta_1`` at the box's edge (its mean is
+    one posterior std from it). With the Gaussian prior precision (the default)
+    GAUSS's mean is within half a posterior std; with the exact (edge-dependent)
+    one it is pulled off the edge by about two."""
+    num_trials, noise_std = 10, 0.3
+    estimator = BoxGaussianTrials(get_schedule("edm_vp"), noise_std)
+    torch.manual_seed(0)
+    x = torch.tensor([0.97, 0.5]) + noise_std * torch.randn(num_trials, 2)
+    trial_var = _truncated_normal_moments(
+        x.double(), torch.full((num_trials, 2), noise_std**2, dtype=torch.float64)
+    )[1]
+    mean, var = _truncated_normal_moments(
+        x.double().mean(0),
+        torch.full((2,), noise_std**2 / num_trials, dtype=torch.float64),
+    )
+    prior = diffused_prior(estimator, BoxUniform(torch.zeros(2), torch.ones(2)))
+    errors = {}
+    for prior_precision in ("gaussian", "exact"):
+        composed = IIDComposedDenoiser(
+            estimator,
+            x,
+            prior,
+            method="gauss",
+            trial_covariances=torch.diag_embed(trial_var.float()),
+            prior_precision=prior_precision,
+        )
+        samples = _sample(composed, 2000, "euler_maruyama", steps=500).samples
+        errors[prior_precision] = (samples.double().mean(0) - mean) / var.sqrt()
+    assert float(errors["gaussian"].abs().max()) < 0.6, errors
+    assert float(errors["exact"][0]) < -1.5, errors  # off the edge at 1
+    with pytest.raises(ValueError, match="prior_precision"):
+        IIDComposedDenoiser(estimator, x, prior, method="gauss", prior_precision="?")
