@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from run_iid import HERE, SbibmIID, run_method
+from run_iid import HERE, SbibmIID, append_row, run_method
 
 from sbi_diffusion.benchmark.iid_references import (
     slcp_log_likelihood,
@@ -102,9 +102,7 @@ def main() -> None:
             row[f"true_log_posterior_{name}"] = round(float(true.median()), 2)
             row[f"in_support_{name}"] = round(float(true.isfinite().float().mean()), 3)
         row["seconds"] = round(time.time() - start, 1)
-        print(json.dumps(row), flush=True)
-        with results.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(results, row)
 
 
 if __name__ == "__main__":

@@ -245,6 +245,13 @@ def done_keys(results: Path) -> set:
     return {row_key(json.loads(line)) for line in results.read_text().splitlines()}
 
 
+def append_row(results: Path, row: dict) -> None:
+    """Print a finished row and append it to the JSONL results file."""
+    print(json.dumps(row), flush=True)
+    with results.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def run_method(method, posterior, prior, x, num, args) -> tuple[torch.Tensor, dict]:
     ours = ours_method(method)
     if ours is not None:
@@ -397,9 +404,7 @@ def main() -> None:
                 except Exception as error:  # noqa: BLE001 (recorded, not hidden)
                     row.update(error=f"{type(error).__name__}: {error}"[:300])
                     row["seconds"] = round(time.time() - t0, 1)
-                print(json.dumps(row), flush=True)
-                with results.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_row(results, row)
 
 
 if __name__ == "__main__":
