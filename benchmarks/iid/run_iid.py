@@ -236,7 +236,13 @@ def row_key(row: dict) -> tuple:
         row["num_trials"],
         row["method"],
         row["seed"],
+        row.get("repeat", 0),
     )
+
+
+REPEAT_SEED_STRIDE = 1000
+"""Repeat ``k`` of a row draws its samples and its reference with seed ``seed +
+k * REPEAT_SEED_STRIDE`` (repeat 0 is the plain seed, as before repeats existed)."""
 
 
 def done_keys(results: Path) -> set:
@@ -284,9 +290,25 @@ def run_method(method, posterior, prior, x, num, args) -> tuple[torch.Tensor, di
     return shift + scale * samples, {"sbi_steps": args.sbi_steps}
 
 
+def seed_scores(rows: list[dict]) -> list[str]:
+    """``"seed: C2ST"`` per seed; where a seed was repeated, the mean C2ST of its
+    repeats followed by ``[number of repeats]``."""
+    by_seed: dict[int, list[float]] = {}
+    for row in rows:
+        by_seed.setdefault(row["seed"], []).append(row["c2st"])
+    cells = []
+    for seed in sorted(by_seed):
+        scores = by_seed[seed]
+        mean = sum(scores) / len(scores)
+        cells.append(
+            f"{seed}: {mean:.3f}" + (f" [{len(scores)}]" if len(scores) > 1 else "")
+        )
+    return cells
+
+
 def summary(results: Path) -> str:
     """Markdown tables (C2ST / seconds) of the results file, one per task and
-    single-trial model."""
+    single-trial model; ``[k]`` marks a mean over ``k`` repeats."""
     all_rows = [json.loads(line) for line in results.read_text().splitlines()]
     tables = []
 
@@ -319,8 +341,7 @@ def summary(results: Path) -> str:
                 elif not ok:
                     cells.append("error")
                 else:
-                    ok = sorted(ok, key=lambda r: r["seed"])
-                    scores = ", ".join(f"{r['seed']}: {r['c2st']:.3f}" for r in ok)
+                    scores = ", ".join(seed_scores(ok))
                     seconds = sum(r["seconds"] for r in ok) / len(ok)
                     cells.append(f"{scores} ({seconds:.0f})")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -339,6 +360,14 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=[*OURS, *SBI])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="repeat numbers: fresh samples and reference draws on the same trials, "
+        "to see how much C2ST varies (repeat 0 is the plain run)",
+    )
     parser.add_argument(
         "--simulations",
         type=int,
@@ -376,35 +405,44 @@ def main() -> None:
     for num_trials in args.trials:
         for seed in args.seeds:
             x = task.observation(seed, num_trials)
-            reference = task.reference(x, args.num_samples, seed)
-            for method in args.methods:
-                row = {
-                    "task": task.name,
-                    "estimator": args.estimator,
-                    "simulations": args.simulations,
-                    "num_trials": num_trials,
-                    "method": method,
-                    "seed": seed,
-                }
-                if row_key(row) in done:
-                    continue
-                if num_trials == 1 and method not in ("ours_gauss_dopri5", "fnpe"):
-                    continue  # one trial: no composition, one row per library
-                torch.manual_seed(seed)
-                t0 = time.time()
-                try:
-                    samples, extra = run_method(
-                        method, posterior, task.prior, x, args.num_samples, args
-                    )
-                    seconds = time.time() - t0
-                    samples = samples.reshape(args.num_samples, -1)
-                    ok = torch.isfinite(samples).all(1)
-                    score = float(c2st(samples[ok], reference[: int(ok.sum())]))
-                    row.update(c2st=score, seconds=round(seconds, 1), **extra)
-                except Exception as error:  # noqa: BLE001 (recorded, not hidden)
-                    row.update(error=f"{type(error).__name__}: {error}"[:300])
-                    row["seconds"] = round(time.time() - t0, 1)
-                append_row(results, row)
+            for repeat in args.repeats:
+                draw_seed = seed + repeat * REPEAT_SEED_STRIDE
+                reference = task.reference(x, args.num_samples, draw_seed)
+                for method in args.methods:
+                    row = {
+                        "task": task.name,
+                        "estimator": args.estimator,
+                        "simulations": args.simulations,
+                        "num_trials": num_trials,
+                        "method": method,
+                        "seed": seed,
+                    }
+                    if repeat:
+                        row["repeat"] = repeat
+                    if row_key(row) in done:
+                        continue
+                    if num_trials == 1 and method not in ("ours_gauss_dopri5", "fnpe"):
+                        continue  # one trial: no composition, one row per library
+                    run_row(row, method, posterior, task, x, reference, draw_seed, args)
+                    append_row(results, row)
+
+
+def run_row(row, method, posterior, task, x, reference, draw_seed, args) -> None:
+    """Sample with ``method``, score by C2ST and fill in ``row`` (or its error)."""
+    torch.manual_seed(draw_seed)
+    t0 = time.time()
+    try:
+        samples, extra = run_method(
+            method, posterior, task.prior, x, args.num_samples, args
+        )
+        seconds = time.time() - t0
+        samples = samples.reshape(args.num_samples, -1)
+        ok = torch.isfinite(samples).all(1)
+        score = float(c2st(samples[ok], reference[: int(ok.sum())]))
+        row.update(c2st=score, seconds=round(seconds, 1), **extra)
+    except Exception as error:  # noqa: BLE001 (recorded, not hidden)
+        row.update(error=f"{type(error).__name__}: {error}"[:300])
+        row["seconds"] = round(time.time() - t0, 1)
 
 
 if __name__ == "__main__":
