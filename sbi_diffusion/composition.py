@@ -44,14 +44,17 @@ e.g. for a Gaussian prior and a linear-Gaussian simulator. Methods
     :func:`unbiased_precision_factor`, and at least the prior's precision,
     :func:`at_least_prior_precision`) and ``P_prior = S^{-1} + alpha^2 / sigma^2
     I`` that of the prior's moment-matched Gaussian ``N(m, S)``, the same
-    approximation as the trials' (``prior_precision="gaussian"``, the default;
-    ``"exact"`` takes the exact denoising precision of an analytic prior).
+    approximation as the trials' (``prior_precision="gaussian"``, GAUSS's
+    default; ``"exact"`` takes the exact denoising precision of an analytic
+    prior).
 ``jac``
     JAC (Linhart et al. 2024): ``Cov_k[theta_0 | z_t] = (sigma^2 / alpha)
     d x_hat_k / dz`` (Tweedie's second-order formula) from the Jacobian of the
     network, computed per trial (mini-batched over trials), its eigenvalues
     bounded by those of a target no wider than the prior
-    (:func:`precision_from_jacobian`).
+    (:func:`precision_from_jacobian`); ``P_prior`` is the analytic prior's exact
+    denoising precision by default (``prior_precision="exact"``), since the
+    Jacobian precisions change with ``z`` as it does.
 
 The prior's diffused score (:func:`diffused_prior`) is analytic for Gaussian
 priors (``N(alpha m, alpha^2 S + sigma^2 I)`` in standardised space) and for
@@ -89,7 +92,8 @@ from sbi_diffusion.vector_field import as_time, score_from_x_hat
 
 __all__ = [
     "IID_METHODS",
-    "GAUSS_PRIOR_PRECISIONS",
+    "PRIOR_PRECISIONS",
+    "DEFAULT_PRIOR_PRECISION",
     "PRIOR_SCORES",
     "DiffusedPrior",
     "GaussianDiffusedPrior",
@@ -108,7 +112,10 @@ __all__ = [
 ]
 
 IID_METHODS = ("factorized", "factorized_bridge", "gauss", "jac")
-GAUSS_PRIOR_PRECISIONS = ("gaussian", "exact")
+PRIOR_PRECISIONS = ("gaussian", "exact")
+DEFAULT_PRIOR_PRECISION = {"gauss": "gaussian", "jac": "exact"}
+"""``P_prior`` of each method that weighs the prior by a precision, unless
+``prior_precision`` is given (see :class:`IIDComposedDenoiser`)."""
 PRIOR_SCORES = ("auto", "analytic", "network", "gaussian")
 
 _ALPHA_FLOOR = 1e-4
@@ -771,10 +778,13 @@ class IIDComposedDenoiser:
         gaussian_high_noise: for ``gauss``, blend each trial's denoiser with its
             Gaussian surrogate where the noise is wide (see
             :meth:`_blend_surrogate`).
-        prior_precision: for ``gauss``, the prior's denoising precision
-            ``P_prior``: ``"gaussian"`` (that of the moment-matched Gaussian prior,
-            like the trials' precisions; see :meth:`_gauss`) or ``"exact"`` (the
-            analytic prior's own, where it has one).
+        prior_precision: for ``gauss`` and ``jac``, the prior's denoising
+            precision ``P_prior``: ``"gaussian"`` (that of the moment-matched
+            Gaussian prior; see :meth:`_gauss`) or ``"exact"`` (the analytic
+            prior's own, where it has one; else the Gaussian one). None: the
+            method's default (``DEFAULT_PRIOR_PRECISION``: ``"gaussian"`` for
+            ``gauss``, whose trial precisions are Gaussian too, ``"exact"`` for
+            ``jac``).
         generator: random generator (covariance estimate).
         show_progress_bars: progress of the covariance estimate.
 
@@ -799,7 +809,7 @@ class IIDComposedDenoiser:
         bridge_weight: Callable[[Tensor], Tensor] | None = None,
         trial_means: Tensor | None = None,
         gaussian_high_noise: bool = True,
-        prior_precision: str = "gaussian",
+        prior_precision: str | None = None,
         generator: torch.Generator | None = None,
         show_progress_bars: bool = False,
     ):
@@ -807,10 +817,12 @@ class IIDComposedDenoiser:
             raise ValueError(
                 f"Unknown iid_method {method!r}. Pass one of {IID_METHODS}."
             )
-        if prior_precision not in GAUSS_PRIOR_PRECISIONS:
+        if prior_precision is None:
+            prior_precision = DEFAULT_PRIOR_PRECISION.get(method, "gaussian")
+        if prior_precision not in PRIOR_PRECISIONS:
             raise ValueError(
                 f"Unknown prior_precision {prior_precision!r}. Pass one of "
-                f"{GAUSS_PRIOR_PRECISIONS}."
+                f"{PRIOR_PRECISIONS}."
             )
         self.estimator = estimator
         self.schedule = estimator.schedule
@@ -956,6 +968,9 @@ class IIDComposedDenoiser:
         return (z + sigma**2 * score) / alpha_safe
 
     def _prior_precision(self, z: Tensor, t: Tensor) -> Tensor:
+        """``P_prior`` as ``prior_precision`` selects (exact where available)."""
+        if self.prior_precision == "gaussian":
+            return self.prior.gaussian_precision(z, t)
         exact = self.prior.precision(z, t)
         return exact if exact is not None else self.prior.gaussian_precision(z, t)
 
@@ -1026,10 +1041,7 @@ class IIDComposedDenoiser:
             numerator = numerator + torch.einsum("nde,bne->bd", prec, x_hat)
             numerator = numerator + snr[:, None] * x_hat.sum(1)
         lam = self._precision_sum + self.num_trials * snr[:, None, None] * eye
-        if self.prior_precision == "exact":
-            p_prec = self._prior_precision(z, t)
-        else:
-            p_prec = self.prior.gaussian_precision(z, t)
+        p_prec = self._prior_precision(z, t)
         w = 1 - self.num_trials
         numerator = numerator + w * (p_prec @ self.prior(z, t)[:, :, None])[:, :, 0]
         return self._finish(z, t, numerator, lam + w * p_prec)

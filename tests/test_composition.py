@@ -842,3 +842,26 @@ def test_gauss_at_a_box_edge_uses_the_gaussian_prior_precision():
     assert float(errors["exact"][0]) < -1.5, errors  # off the edge at 1
     with pytest.raises(ValueError, match="prior_precision"):
         IIDComposedDenoiser(estimator, x, prior, method="gauss", prior_precision="?")
+
+
+def test_prior_precision_defaults_per_method_and_applies_to_jac():
+    """GAUSS takes the prior's Gaussian precision by default and JAC the exact
+    one; either can be chosen for JAC, and at a box's edge the two differ."""
+    estimator = BoxGaussianTrials(get_schedule("edm_vp"), 0.3)
+    x = torch.tensor([[0.97, 0.5], [0.9, 0.4]])
+    prior = diffused_prior(estimator, BoxUniform(torch.zeros(2), torch.ones(2)))
+    gauss = IIDComposedDenoiser(
+        estimator, x, prior, method="gauss", trial_covariances=0.01 * torch.eye(2)
+    )
+    assert gauss.prior_precision == "gaussian"
+    z = torch.tensor([[0.999, 0.5]]).to(prior.cov)
+    t = torch.full((1,), 0.3)
+    exact, gaussian = prior.precision(z, t), prior.gaussian_precision(z, t)
+    assert not torch.allclose(exact, gaussian)  # edge: truncated-normal precision
+    jac = IIDComposedDenoiser(estimator, x, prior, method="jac")
+    assert jac.prior_precision == "exact"
+    torch.testing.assert_close(jac._prior_precision(z, t), exact)
+    jac = IIDComposedDenoiser(
+        estimator, x, prior, method="jac", prior_precision="gaussian"
+    )
+    torch.testing.assert_close(jac._prior_precision(z, t), gaussian)

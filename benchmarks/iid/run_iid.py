@@ -97,24 +97,24 @@ OURS = {
     "ours_gauss_em250_langevin_z": em("gauss", 250, False, corrector="langevin"),
 }
 SBI = ("fnpe", "gauss", "auto_gauss", "jac_gauss")
-EXACT_PRIOR = "_exactprior"
-"""Suffix of a GAUSS method of ``OURS`` run with the exact denoising precision of
-the analytic prior (``prior_precision="exact"``), the only one before that option
-existed; rows of box-prior tasks (two_moons, slcp) written before carry it."""
+PRIOR_PRECISION_SUFFIXES = {"_exactprior": "exact", "_gaussianprior": "gaussian"}
+"""Suffixes of a GAUSS or JAC method of ``OURS`` run with the given
+``prior_precision``: ``_exactprior`` (the exact denoising precision of the
+analytic prior, GAUSS's only one before that option existed; rows of box-prior
+tasks written before carry it) and ``_gaussianprior`` (the moment-matched
+Gaussian prior's, for JAC, whose default is the exact one)."""
 
 
 def ours_method(method: str) -> tuple[str, str, dict] | None:
     """``(iid_method, sampler, options)`` of one of our methods, or None."""
     if method in OURS:
         return OURS[method]
-    base = method.removesuffix(EXACT_PRIOR)
-    if base != method and base in OURS and OURS[base][0] == "gauss":
-        iid_method, sampler, options = OURS[base]
-        return (
-            iid_method,
-            sampler,
-            {**options, "iid_options": {"prior_precision": "exact"}},
-        )
+    for suffix, prior_precision in PRIOR_PRECISION_SUFFIXES.items():
+        base = method.removesuffix(suffix)
+        if base != method and base in OURS and OURS[base][0] in ("gauss", "jac"):
+            iid_method, sampler, options = OURS[base]
+            iid_options = {"prior_precision": prior_precision}
+            return iid_method, sampler, {**options, "iid_options": iid_options}
     return None
 
 
