@@ -12,7 +12,7 @@ from sbi.utils.metrics import c2st
 from torch.distributions import MultivariateNormal
 
 from sbi_diffusion import DiffusionNPE, DiffusionPosterior, FlowMatchingNPE
-from sbi_diffusion.inference.trainer import resolve_max_num_steps
+from sbi_diffusion.inference.trainer import patience_epochs, resolve_max_num_steps
 from sbi_diffusion.training import TrainingDivergedError
 
 matplotlib.use("Agg")
@@ -168,6 +168,50 @@ def test_step_bound_stops_training(linear_gaussian):
         training_batch_size=32, max_num_steps=20, stop_after_epochs=100, seed=0
     )
     assert inference.summary["epochs_trained"][-1] == 3
+
+
+def test_patience_counts_at_least_stop_after_steps():
+    # 10^3 simulations (900 for training, batch 256): 3 steps per epoch, so 1000
+    # steps of patience are 334 epochs; at 10^4 (35 steps per epoch) 30 epochs
+    # are already more than 1000 steps.
+    assert patience_epochs(30, 1000, 3) == 334
+    assert patience_epochs(30, 1000, 35) == 30
+    assert patience_epochs(30, 0, 3) == 30
+
+
+@pytest.mark.parametrize("stop_after_steps, patience", [(0, 1), (24, 3)])
+def test_early_stopping_waits_stop_after_steps(
+    linear_gaussian, stop_after_steps, patience
+):
+    theta = linear_gaussian.prior.sample((300,))
+    inference = DiffusionNPE(
+        linear_gaussian.prior, net_kwargs=NET_KWARGS, show_progress_bars=False
+    )
+    inference.append_simulations(theta, linear_gaussian.simulate(theta))
+    # 8 steps per epoch: a patience of 1 epoch or of 24 steps (3 epochs).
+    inference.train(
+        training_batch_size=32,
+        max_num_steps=4000,
+        stop_after_epochs=1,
+        stop_after_steps=stop_after_steps,
+        warmup_steps=0,
+        learning_rate=3e-2,
+        seed=0,
+    )
+    losses = inference.summary["validation_loss"]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert len(losses) < 500, "training did not stop early"
+    assert len(losses) - 1 - best == patience
+
+
+def test_bad_patience_raises(linear_gaussian):
+    theta = linear_gaussian.prior.sample((100,))
+    inference = DiffusionNPE(
+        linear_gaussian.prior, net_kwargs=NET_KWARGS, show_progress_bars=False
+    )
+    inference.append_simulations(theta, linear_gaussian.simulate(theta))
+    with pytest.raises(ValueError, match="stop_after_steps"):
+        inference.train(stop_after_steps=-1)
 
 
 def test_save_and_load_posterior(diffusion, x_o, tmp_path):

@@ -88,6 +88,19 @@ def steps_per_epoch(num_train: int, training_batch_size: int) -> int:
     return max(1, num_train // min(training_batch_size, num_train))
 
 
+def patience_epochs(
+    stop_after_epochs: int, stop_after_steps: int, epoch_steps: int
+) -> int:
+    """Epochs without a better validation loss before training stops.
+
+    The larger of ``stop_after_epochs`` and the epochs that make up
+    ``stop_after_steps`` optimiser steps, ``ceil(stop_after_steps / epoch_steps)``.
+    With few simulations an epoch is a handful of steps, and a patience counted
+    in epochs alone would stop a diffusion model long before it has converged.
+    """
+    return max(int(stop_after_epochs), -(-int(stop_after_steps) // epoch_steps))
+
+
 MIN_NUM_STEPS = 10_000
 """Floor of the ``"auto"`` bound on optimiser steps."""
 
@@ -381,6 +394,7 @@ class VectorFieldInference(NeuralInference):
         learning_rate: float = 1e-3,
         validation_fraction: float = 0.1,
         stop_after_epochs: int = 30,
+        stop_after_steps: int = 1000,
         max_num_epochs: int | None = None,
         max_num_steps: int | str | None = "auto",
         clip_max_norm: float | None = 1.0,
@@ -403,7 +417,11 @@ class VectorFieldInference(NeuralInference):
             learning_rate: peak learning rate of Adam(W).
             validation_fraction: fraction of simulations held out.
             stop_after_epochs: stop when the validation loss has not improved for
-                this many epochs.
+                this many epochs ...
+            stop_after_steps: ... and for at least this many optimiser steps
+                (:func:`patience_epochs`). With 10^3 simulations an epoch is
+                3-4 steps, and 30 epochs stopped training while the validation
+                loss was still falling.
             max_num_epochs: upper bound on epochs.
             max_num_steps: upper bound on optimiser steps: ``"auto"`` (default)
                 allows ``max(10_000, 150 epochs)`` steps
@@ -449,6 +467,11 @@ class VectorFieldInference(NeuralInference):
         if not self._theta_roundwise:
             raise ValueError(
                 "No simulations: call append_simulations(theta, x) before train()."
+            )
+        if stop_after_epochs < 1 or stop_after_steps < 0:
+            raise ValueError(
+                "stop_after_epochs must be positive and stop_after_steps "
+                f"non-negative, got {stop_after_epochs} and {stop_after_steps}."
             )
         if training_batch_size < 1 or learning_rate <= 0:
             raise ValueError("training_batch_size and learning_rate must be positive.")
@@ -511,6 +534,7 @@ class VectorFieldInference(NeuralInference):
         num_train = train_theta.shape[0]
         batch_size = min(training_batch_size, num_train)
         epoch_steps = steps_per_epoch(num_train, training_batch_size)
+        patience = patience_epochs(stop_after_epochs, stop_after_steps, epoch_steps)
         max_epochs = 2**31 - 1 if max_num_epochs is None else int(max_num_epochs)
         step_bound = resolve_max_num_steps(max_num_steps, num_train, batch_size)
         bounds = [b for b in (step_bound,) if b is not None]
@@ -589,7 +613,7 @@ class VectorFieldInference(NeuralInference):
             )
             progress.update(1)
             progress.set_postfix(val_loss=f"{val_loss:.4f}")
-            if self._epochs_since_last_improvement >= stop_after_epochs:
+            if self._epochs_since_last_improvement >= patience:
                 break
         progress.close()
         self._ema.model.load_state_dict(best_state)
