@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from sbi_diffusion.denoiser import Denoiser
 from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.nets import build_net
+from sbi_diffusion.nets.noise_bands import NoiseBandSelection
 from sbi_diffusion.parameterizations import get_parameterization
 from sbi_diffusion.samplers import get_sampler
 from sbi_diffusion.schedules import get_schedule
@@ -403,6 +404,7 @@ class VectorFieldInference(NeuralInference):
         weight_decay: float = 0.0,
         ema_decay: float | None = None,
         num_validation_noise: int = 4,
+        noise_bands: int = 1,
         resume_training: bool = False,
         retrain_from_scratch: bool = False,
         discard_prior_samples: bool = False,
@@ -438,6 +440,15 @@ class VectorFieldInference(NeuralInference):
             num_validation_noise: fixed (time, noise) draws per validation sample;
                 the validation loss uses fixed times (quantiles of the training
                 time distribution) and fixed noise, so it is not noise itself.
+            noise_bands: number of noise bands with their own early stopping
+                (:class:`~sbi_diffusion.nets.noise_bands.NoiseBandSelection`).
+                With 1 (default) the weights with the lowest validation loss are
+                kept. With ``K > 1`` the validation set is split into ``K`` bands
+                of noise levels, the weights with the lowest loss on each band
+                are kept, and the returned estimator uses each band's weights for
+                its noise levels; training stops when no band has improved for
+                the patience. With few simulations the low noise levels overfit
+                while the high ones (the posterior's location) still improve.
             resume_training: continue from the current network and optimiser.
             retrain_from_scratch: re-initialise the network.
             discard_prior_samples: unsupported (single-round method); must be
@@ -530,6 +541,17 @@ class VectorFieldInference(NeuralInference):
             generator=val_generator,
         ).to(device)
         val_drop = torch.zeros(val_theta_rep.shape[0], dtype=torch.bool, device=device)
+        selection = getattr(self, "_band_selection", None)
+        fresh_selection = (
+            not resume_training
+            or selection is None
+            or selection.num_bands != noise_bands
+        )
+        if fresh_selection:
+            selection = NoiseBandSelection(net, val_times, noise_bands)
+        self._band_selection = selection
+        # kept for diagnostics: the rows every validation loss is computed on
+        self._validation_rows = (val_theta_rep, val_x_rep, val_times, val_noise)
 
         num_train = train_theta.shape[0]
         batch_size = min(training_batch_size, num_train)
@@ -584,24 +606,25 @@ class VectorFieldInference(NeuralInference):
                 self._num_steps_done += 1
                 train_loss_sum += loss.item()
             with torch.no_grad():
-                val_loss = (
-                    self._ema.model.loss(
-                        val_theta_rep,
-                        val_x_rep,
-                        times=val_times,
-                        noise=val_noise,
-                        drop_condition=val_drop,
-                    )
-                    .mean()
-                    .item()
+                val_rows = self._ema.model.loss(
+                    val_theta_rep,
+                    val_x_rep,
+                    times=val_times,
+                    noise=val_noise,
+                    drop_condition=val_drop,
                 )
+            val_loss = val_rows.mean().item()
             self._epoch += 1
             epochs_this_call += 1
             self._val_loss = val_loss
-            if val_loss < self._best_val_loss:
+            improved = val_loss < self._best_val_loss
+            if improved:
                 self._best_val_loss = val_loss
-                self._epochs_since_last_improvement = 0
                 best_state = deepcopy(self._ema.model.state_dict())
+            if selection.num_bands > 1:
+                improved = selection.update(val_rows, self._ema.model) or improved
+            if improved:
+                self._epochs_since_last_improvement = 0
             else:
                 self._epochs_since_last_improvement += 1
             self._summary["training_loss"].append(train_loss_sum / epoch_steps)
@@ -625,8 +648,11 @@ class VectorFieldInference(NeuralInference):
                 f"({self._num_steps_done} steps), best validation loss "
                 f"{self._best_val_loss:.4f}."
             )
-        self._trained_estimator = self._ema.model
-        return deepcopy(self._ema.model)
+        if selection.num_bands > 1:
+            self._trained_estimator = selection.build(self._ema.model)
+        else:
+            self._trained_estimator = self._ema.model
+        return deepcopy(self._trained_estimator)
 
     # ----------------------------------------------------------- posterior
 

@@ -1,0 +1,207 @@
+"""Noise-band experts (per-band early stopping) and their network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sbi_diffusion import JointDiffusion
+from sbi_diffusion.inference import DiffusionNPE, FlowMatchingNPE
+from sbi_diffusion.nets.noise_bands import NoiseBandNet, NoiseBandSelection
+
+THETA = torch.tensor([[0.2, 1.0]])
+
+
+class Constant(nn.Module):
+    """Returns ``value`` plus the condition's first column, per row."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, z, condition, time, *rest):
+        return torch.full_like(z[:, :1], self.value) + condition[:, :1]
+
+
+def test_rows_go_to_the_expert_of_their_band():
+    net = NoiseBandNet([Constant(0.0), Constant(10.0), Constant(20.0)], [-1.0, 1.0])
+    z, condition = torch.zeros(5, 2), torch.zeros(5, 3)
+    time = torch.tensor([2.0, -3.0, 0.0, -1.0, 1.0])
+    # an edge belongs to the band above it
+    assert net(z, condition, time)[:, 0].tolist() == [20.0, 0.0, 10.0, 10.0, 20.0]
+    # a shared noise level calls one expert
+    assert net(z, condition, torch.tensor([-2.0]))[:, 0].tolist() == [0.0] * 5
+    # per-variable noise inputs: the row's band is that of its smallest entry
+    per_variable = torch.tensor([[0.0, 5.0], [5.0, 5.0]])
+    assert net(z[:2], condition[:2], per_variable)[:, 0].tolist() == [10.0, 20.0]
+
+
+def test_each_expert_sees_its_own_null_condition():
+    nulls = torch.tensor([[3.0, 1.0], [7.0, 1.0]])
+    net = NoiseBandNet([Constant(0.0), Constant(100.0)], [0.0], nulls)
+    condition = torch.tensor([[0.5, 0.0], [9.0, 1.0], [0.5, 0.0], [9.0, 1.0]])
+    time = torch.tensor([-1.0, -1.0, 1.0, 1.0])
+    out = net(torch.zeros(4, 1), condition, time)[:, 0]
+    assert out.tolist() == [0.5, 3.0, 100.5, 107.0]
+
+
+def test_gradients_flow_through_every_band():
+    experts = [nn.Linear(2, 2), nn.Linear(2, 2)]
+
+    class Wrap(nn.Module):
+        def __init__(self, lin):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, z, condition, time):
+            return self.lin(z)
+
+    net = NoiseBandNet([Wrap(e) for e in experts], [0.0])
+    z = torch.randn(6, 2, requires_grad=True)
+    out = net(z, torch.zeros(6, 1), torch.linspace(-1, 1, 6))
+    out.sum().backward()
+    assert all(e.weight.grad is not None for e in experts)
+    assert torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize(
+    "experts, edges, match",
+    [
+        (2, [0.0, 1.0], "need 1 band edges"),
+        (3, [1.0, 0.0], "must increase"),
+    ],
+)
+def test_bad_bands_raise(experts, edges, match):
+    with pytest.raises(ValueError, match=match):
+        NoiseBandNet([Constant(0.0)] * experts, edges)
+
+
+def _trained(linear_gaussian, cls=DiffusionNPE, bands=3, **train_kwargs):
+    torch.manual_seed(0)
+    theta = linear_gaussian.prior.sample((300,))
+    x = linear_gaussian.simulate(theta)
+    inference = cls(linear_gaussian.prior, show_progress_bars=False)
+    inference.append_simulations(theta, x)
+    options = dict(max_num_epochs=30, seed=0, noise_bands=bands)
+    options.update(train_kwargs)
+    estimator = inference.train(**options)
+    return inference, estimator
+
+
+@pytest.mark.parametrize("cls", [DiffusionNPE, FlowMatchingNPE])
+def test_each_band_keeps_its_best_weights(linear_gaussian, cls):
+    inference, estimator = _trained(linear_gaussian, cls)
+    assert isinstance(estimator.net, NoiseBandNet)
+    assert len(estimator.net.experts) == 3
+    selection = inference._band_selection
+    theta, x, times, noise = inference._validation_rows
+    with torch.no_grad():
+        rows = estimator.loss(theta, x, times=times, noise=noise)
+    # the banded estimator scores on every band the best loss seen there
+    torch.testing.assert_close(
+        torch.tensor(selection.band_losses(rows)),
+        torch.tensor(selection.best_losses),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    history = inference._summary["validation_loss"]
+    assert rows.mean().item() <= min(history) + 1e-5
+
+
+def test_banded_posterior_samples_and_round_trips(linear_gaussian, tmp_path):
+    inference, _ = _trained(linear_gaussian)
+    posterior = inference.build_posterior()
+    x_o = linear_gaussian.simulate(linear_gaussian.prior.sample((1,)))
+    samples = posterior.sample((200,), x=x_o, show_progress_bars=False)
+    assert samples.shape == (200, 2) and torch.isfinite(samples).all()
+    path = tmp_path / "posterior.pt"
+    torch.save(posterior, path)
+    loaded = torch.load(path, weights_only=False)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    a = posterior.sample((50,), x=x_o, generator=g1, show_progress_bars=False)
+    b = loaded.sample((50,), x=x_o, generator=g2, show_progress_bars=False)
+    torch.testing.assert_close(a, b)
+    log_p = posterior.log_prob(samples[:5], x=x_o)
+    assert torch.isfinite(log_p).all()
+
+
+def test_one_band_is_ordinary_early_stopping(linear_gaussian):
+    _, estimator = _trained(linear_gaussian, bands=1)
+    assert not isinstance(estimator.net, NoiseBandNet)
+
+
+def test_training_resumes_with_its_bands(linear_gaussian):
+    inference, _ = _trained(linear_gaussian, max_num_epochs=10)
+    selection = inference._band_selection
+    best = list(selection.best_losses)
+    estimator = inference.train(
+        max_num_epochs=10, noise_bands=3, resume_training=True, seed=0
+    )
+    assert inference._band_selection is selection
+    assert all(b <= a for a, b in zip(best, selection.best_losses, strict=True))
+    assert isinstance(estimator.net, NoiseBandNet)
+
+
+def test_bad_noise_bands_raise(linear_gaussian):
+    theta = linear_gaussian.prior.sample((50,))
+    x = linear_gaussian.simulate(theta)
+    for bad in (0, 2.5):
+        inference = DiffusionNPE(linear_gaussian.prior, show_progress_bars=False)
+        inference.append_simulations(theta, x)
+        with pytest.raises(ValueError, match="positive integer"):
+            inference.train(max_num_epochs=1, noise_bands=bad)
+    inference = DiffusionNPE(linear_gaussian.prior, show_progress_bars=False)
+    inference.append_simulations(theta, x)
+    with pytest.raises(ValueError, match="distinct times"):
+        inference.train(max_num_epochs=1, noise_bands=1000, num_validation_noise=1)
+
+
+def test_trainable_embedding_net_is_refused(linear_gaussian):
+    theta = linear_gaussian.prior.sample((50,))
+    x = linear_gaussian.simulate(theta)
+    inference = DiffusionNPE(
+        linear_gaussian.prior, embedding_net=nn.Linear(2, 4), show_progress_bars=False
+    )
+    inference.append_simulations(theta, x)
+    with pytest.raises(ValueError, match="trainable embedding net"):
+        inference.train(max_num_epochs=1, noise_bands=2)
+
+
+def test_selection_splits_validation_rows_into_equal_bands():
+    times = torch.linspace(0.01, 1.0, 100)
+    model = nn.Module()
+    model.net = nn.Linear(1, 1)
+    selection = NoiseBandSelection(model, times[torch.randperm(100)], 4)
+    assert torch.bincount(selection.bands).tolist() == [25, 25, 25, 25]
+
+
+def test_joint_model_trains_with_noise_bands(linear_gaussian):
+    torch.manual_seed(0)
+    theta = linear_gaussian.prior.sample((300,))
+    x = linear_gaussian.simulate(theta)
+    x[:20, 0] = float("nan")  # missing values: per-variable noise inputs
+    inference = JointDiffusion(
+        linear_gaussian.prior,
+        net_kwargs={"width": 16, "depth": 1},
+        show_progress_bars=False,
+    )
+    inference.append_simulations(theta, x)
+    estimator = inference.train(max_num_epochs=8, noise_bands=2, seed=0)
+    assert isinstance(estimator.net, NoiseBandNet)
+    selection = inference._band_selection
+    val_theta, val_x, times, noise = inference._validation_rows
+    torch.manual_seed(3)
+    with torch.no_grad():
+        rows = estimator.loss(val_theta, val_x, times=times, noise=noise)
+    assert rows.shape == times.shape and torch.isfinite(rows).all()
+    x_o = linear_gaussian.simulate(THETA)
+    samples = inference.build_posterior().sample(
+        (100,), x=x_o, show_progress_bars=False
+    )
+    assert samples.shape == (100, 2) and torch.isfinite(samples).all()
+    log_lik = inference.build_likelihood().log_prob(
+        x_o, theta=THETA, solver="heun", steps=4
+    )
+    assert torch.isfinite(log_lik).all()
+    assert len(selection.best_losses) == 2
