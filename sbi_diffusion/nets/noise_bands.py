@@ -149,6 +149,7 @@ class NoiseBandSelection:
     so far and keeps the network's weights where it improved; :meth:`build`
     returns a copy of the model whose network is the :class:`NoiseBandNet` of
     those weights. With ``K = 1`` this is ordinary early stopping.
+    ``best_updates[k]`` is the update (epoch) whose weights band ``k`` keeps.
 
     The model must call its network as ``net(z, condition, time, ...)`` with the
     noise input ``log(sigma / alpha) / 4`` (every denoiser of this package does).
@@ -201,6 +202,8 @@ class NoiseBandSelection:
         self.best_losses = [float("inf")] * self.num_bands
         self.states: list[dict | None] = [None] * self.num_bands
         self.null_rows: list[Tensor | None] = [None] * self.num_bands
+        self.best_updates = [0] * self.num_bands
+        self.num_updates = 0
 
     def band_losses(self, row_losses: Tensor) -> list[float]:
         """Mean validation loss of each band."""
@@ -214,10 +217,12 @@ class NoiseBandSelection:
         """Keep ``model``'s weights for each band whose loss improved; True if one
         did."""
         improved = False
+        self.num_updates += 1
         for k, loss in enumerate(self.band_losses(row_losses)):
             if loss < self.best_losses[k]:
                 improved = True
                 self.best_losses[k] = loss
+                self.best_updates[k] = self.num_updates
                 self.states[k] = deepcopy(model.net.state_dict())
                 if getattr(model, "null_flag", False):
                     self.null_rows[k] = model._null_condition_row().detach().clone()
