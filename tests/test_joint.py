@@ -23,6 +23,7 @@ from sbi_diffusion.inference.joint import (
     JointLikelihood,
     JointLikelihoodPotential,
     JointPosterior,
+    JointPosteriorProposal,
 )
 from sbi_diffusion.joint import (
     GaussianJointDenoiser,
@@ -234,6 +235,81 @@ def test_likelihood_mcmc_posterior(exact_model, linear_gaussian):
     values = heun(theta).double()
     error = (values[0] - values[1]) - (expected[0] - expected[1])
     assert abs(float(error)) < 0.2
+
+
+def test_likelihood_mcmc_starts_from_the_joint_posterior(exact_model, linear_gaussian):
+    """By default the chains start at draws of the model's own posterior (no
+    10,000-candidate resampling per chain); the chains still sample the
+    likelihood-based posterior."""
+    inference = JointDiffusion(linear_gaussian.prior, show_progress_bars=False)
+    posterior = inference.build_posterior(
+        estimator=exact_model,
+        posterior_method="likelihood_mcmc",
+        mcmc_parameters={"num_chains": 10, "warmup_steps": 5, "thin": 1},
+        log_prob_options={"solver": "heun", "steps": 4},
+    )
+    proposal = posterior.proposal
+    assert isinstance(proposal, JointPosteriorProposal)
+    assert posterior.init_strategy == "proposal"
+    with pytest.raises(ValueError, match="No observation set"):
+        proposal.sample((2,))
+    # the MCMC transform is the prior's
+    assert torch.equal(proposal.mean, linear_gaussian.prior.mean)
+    assert proposal.support is linear_gaussian.prior.support
+
+    evaluated = []
+    likelihood = posterior.potential_fn.likelihood
+    original = likelihood.log_prob
+
+    def counting(x, *args, **kwargs):
+        evaluated.append(x.shape[0])
+        return original(x, *args, **kwargs)
+
+    likelihood.log_prob = counting
+    torch.manual_seed(1)
+    samples = posterior.sample((50,), x=X_O, show_progress_bars=False)
+    # no evaluation batch of the size of sbi's resampling candidates (10,000)
+    assert max(evaluated) <= 10
+    mean, cov = linear_gaussian.posterior(X_O)
+    assert torch.allclose(samples.mean(0).double(), mean.double(), atol=0.3)
+    assert torch.allclose(samples.std(0).double(), cov.diagonal().sqrt(), rtol=0.5)
+
+    # draws of the proposal follow the posterior at the potential's observation
+    torch.manual_seed(2)
+    drawn = proposal.sample((2000,))
+    assert_moments(drawn, mean, cov, 0.05, 0.05)
+
+
+def test_likelihood_mcmc_init_options(exact_model, linear_gaussian):
+    inference = JointDiffusion(linear_gaussian.prior, show_progress_bars=False)
+    prior_init = inference.build_posterior(
+        estimator=exact_model, posterior_method="likelihood_mcmc", mcmc_init="prior"
+    )
+    assert prior_init.proposal is linear_gaussian.prior
+    assert prior_init.init_strategy == "resample"  # sbi's default
+    chosen = JointDiffusion(
+        linear_gaussian.prior, mcmc_init="prior", show_progress_bars=False
+    ).build_posterior(estimator=exact_model, posterior_method="likelihood_mcmc")
+    assert chosen.proposal is linear_gaussian.prior
+    resample = inference.build_posterior(
+        estimator=exact_model,
+        posterior_method="likelihood_mcmc",
+        mcmc_parameters={"init_strategy": "resample"},
+    )
+    assert isinstance(resample.proposal, JointPosteriorProposal)
+    assert resample.init_strategy == "resample"
+    with pytest.raises(ValueError, match="no tractable density"):
+        inference.build_posterior(
+            estimator=exact_model,
+            posterior_method="likelihood_mcmc",
+            mcmc_parameters={"init_strategy": "sir"},
+        )
+    with pytest.raises(ValueError, match="Unknown mcmc_init"):
+        JointDiffusion(linear_gaussian.prior, mcmc_init="map")
+    with pytest.raises(ValueError, match="Unknown mcmc_init"):
+        inference.build_posterior(
+            estimator=exact_model, posterior_method="likelihood_mcmc", mcmc_init="x"
+        )
 
 
 def test_classifier_free_guidance_on_conditionals(exact_model, linear_gaussian):

@@ -631,11 +631,337 @@ IID_AND_GUIDANCE = [
 ]
 
 
+JOINT_MODEL = [
+    _md(
+        r"""
+        # One model for the posterior, the likelihood and every conditional
+
+        `JointDiffusion` learns the joint distribution of parameters and data,
+        $p(\theta, x)$, with one diffusion model in the style of the Simformer
+        (Gloeckler et al. 2024, "All-in-one simulation-based inference"). Every
+        scalar variable is a token of a transformer, and training draws a random
+        *condition mask* for every example: which variables are observed (clean)
+        and which are latent (noised). The same network then gives
+
+        * the posterior $p(\theta \mid x)$ (`build_posterior`),
+        * the likelihood $p(x \mid \theta)$, an emulator of the simulator
+          (`build_likelihood`: `sample` and `log_prob`),
+        * any other conditional, such as $p(\theta_2 \mid \theta_1, x)$
+          (`build_conditional`),
+
+        and it trains on simulations with missing values and infers from
+        observations with missing entries.
+
+        We use a linear-Gaussian problem where every one of these conditionals has
+        a closed form, so each result is printed next to the exact answer.
+
+        Set the environment variable `SBI_DIFFUSION_TUTORIAL_SIMULATIONS` to change
+        the simulation budget (the tests run it small, with fewer samples; the
+        numbers are then rougher).
+        """
+    ),
+    _code(
+        r"""
+        import os
+        import time
+
+        import matplotlib.pyplot as plt
+        import torch
+        from sbi.analysis import pairplot
+        from sbi.utils.metrics import c2st
+        from torch.distributions import MultivariateNormal
+
+        from sbi_diffusion import ConstraintGuidance, JointDiffusion
+
+        torch.manual_seed(0)
+        budget = os.environ.get("SBI_DIFFUSION_TUTORIAL_SIMULATIONS", 5000)
+        num_simulations = int(budget)
+        small = num_simulations < 5000
+        max_num_epochs = 60 if small else None
+        num_samples = 1000 if small else 5000
+        """
+    ),
+    _md(
+        r"""
+        ## A problem where every conditional is known
+
+        Two parameters and three data dimensions,
+
+        $$\theta \sim \mathcal N(0, I_2), \qquad
+        x \mid \theta \sim \mathcal N(A\theta, s^2 I_3), \qquad
+        A = \begin{pmatrix} 1 & 0 \\ 0 & 1 \\ 1 & -1 \end{pmatrix}, \; s = 0.3.$$
+
+        The joint vector $v = (\theta_1, \theta_2, x_1, x_2, x_3)$ is Gaussian with
+        mean zero and covariance
+
+        $$\Sigma = \begin{pmatrix} I & A^\top \\ A & A A^\top + s^2 I
+        \end{pmatrix},$$
+
+        so any conditional of latent variables $L$ given observed ones $O$ is
+        Gaussian:
+
+        $$v_L \mid v_O \sim \mathcal N\big(\Sigma_{LO}\Sigma_{OO}^{-1} v_O,\;
+        \Sigma_{LL} - \Sigma_{LO}\Sigma_{OO}^{-1}\Sigma_{OL}\big).$$
+
+        `analytic_conditional(mask, values)` computes it; `mask` marks the
+        observed variables, in the order $\theta$ then $x$, as `JointDiffusion`
+        does.
+        """
+    ),
+    _code(
+        r"""
+        theta_dim, noise_std = 2, 0.3
+        matrix = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]])
+        prior = MultivariateNormal(torch.zeros(theta_dim), torch.eye(theta_dim))
+
+
+        def simulator(theta):
+            noise = noise_std * torch.randn(theta.shape[0], matrix.shape[0])
+            return theta @ matrix.T + noise
+
+
+        joint_cov = torch.cat(
+            [
+                torch.cat([torch.eye(theta_dim), matrix.T], 1),
+                torch.cat([matrix, matrix @ matrix.T + noise_std**2 * torch.eye(3)], 1),
+            ]
+        )
+
+
+        def analytic_conditional(observed, values):
+            # observed: (5,) booleans over (theta, x); values: the observed entries
+            latent = ~observed
+            gain = joint_cov[latent][:, observed] @ torch.linalg.inv(
+                joint_cov[observed][:, observed]
+            )
+            mean = gain @ values
+            cov = joint_cov[latent][:, latent] - gain @ joint_cov[observed][:, latent]
+            return mean, cov
+
+
+        def fmt(v):
+            return "(" + ", ".join(f"{float(a):+.3f}" for a in v) + ")"
+
+
+        def compare(name, samples, mean, cov):
+            print(
+                f"{name:24s} mean {fmt(samples.mean(0))} vs {fmt(mean)}\n"
+                f"{'':24s} std  {fmt(samples.std(0))} vs {fmt(cov.diagonal().sqrt())}"
+            )
+        """
+    ),
+    _md(
+        r"""
+        ## Train, with missing values
+
+        `append_simulations(theta, x)` as for any sbi trainer. Entries that are
+        NaN are *missing*: they are kept, treated as latent variables and left out
+        of the loss. Here $x_3$ is missing in a fifth of the simulations (say a
+        sensor that sometimes fails).
+
+        Five variables need only a small transformer (`width=32, depth=2`); the
+        default (`width=64, depth=4`) is meant for sbibm-sized problems. Training
+        draws each example's condition mask from a mixture of the joint (nothing
+        observed), the posterior ($x$ observed), the likelihood ($\theta$
+        observed) and random subsets (`mask_weights` sets the mixture).
+        """
+    ),
+    _code(
+        r"""
+        theta = prior.sample((num_simulations,))
+        x = simulator(theta)
+        x[torch.rand(num_simulations) < 0.2, 2] = float("nan")
+
+        inference = JointDiffusion(
+            prior, net_kwargs={"width": 32, "depth": 2}, show_progress_bars=False
+        )
+        start = time.time()
+        inference.append_simulations(theta, x).train(
+            max_num_epochs=max_num_epochs, training_batch_size=128, learning_rate=3e-3
+        )
+        print(f"{num_simulations} simulations, trained in {time.time() - start:.0f} s")
+        """
+    ),
+    _md(
+        r"""
+        ## The posterior $p(\theta \mid x)$
+
+        `build_posterior()` gives the same posterior object as `DiffusionNPE`
+        (sample, `log_prob`, `map`, guidance, i.i.d. trials), sampled from the
+        joint model with $x$ observed. C2ST against exact samples: 0.5 is
+        perfect.
+        """
+    ),
+    _code(
+        r"""
+        theta_o = torch.tensor([0.5, -0.8])
+        torch.manual_seed(1)
+        x_o = simulator(theta_o[None])[0]
+        posterior = inference.build_posterior()
+
+        start = time.time()
+        samples = posterior.sample((num_samples,), x=x_o, show_progress_bars=False)
+        print(f"{num_samples} samples in {time.time() - start:.1f} s, "
+              f"{posterior.last_nfe:.0f} network evaluations per sample")
+        observe_x = torch.tensor([False, False, True, True, True])
+        mean, cov = analytic_conditional(observe_x, x_o)
+        compare("p(theta | x)", samples, mean, cov)
+        exact = MultivariateNormal(mean, cov).sample((num_samples,))
+        print("C2ST against exact samples:", round(float(c2st(samples, exact)), 3))
+        """
+    ),
+    _code(
+        r"""
+        fig, axes = pairplot(
+            [samples, exact],
+            labels=[r"$\theta_1$", r"$\theta_2$"],
+            figsize=(5, 5),
+            diag="kde",
+            upper="contour",
+        )
+        plt.legend(["JointDiffusion", "exact"], loc="upper left", bbox_to_anchor=(1, 1))
+        plt.show()
+        """
+    ),
+    _md(
+        r"""
+        ## The likelihood $p(x \mid \theta)$: an emulator of the simulator
+
+        `build_likelihood()` samples synthetic data for given parameters and
+        evaluates $\log p(x \mid \theta)$ through the probability-flow ODE (the
+        instantaneous change of variables; Song et al. 2021). `log_prob` accepts
+        `solver="heun", steps=...` for a cheaper fixed-step solve.
+        """
+    ),
+    _code(
+        r"""
+        likelihood = inference.build_likelihood()
+        simulated = likelihood.sample((num_samples,), theta=theta_o)
+        observe_theta = ~observe_x
+        mean, cov = analytic_conditional(observe_theta, theta_o)
+        compare("p(x | theta)", simulated, mean, cov)
+
+        points = torch.stack([mean, mean + torch.tensor([0.3, 0.0, -0.3])])
+        start = time.time()
+        log_p = likelihood.log_prob(points, theta=theta_o)
+        exact_log_p = MultivariateNormal(mean, cov).log_prob(points)
+        print(f"log p(x | theta): {fmt(log_p)} vs exact {fmt(exact_log_p)} "
+              f"({time.time() - start:.1f} s)")
+        """
+    ),
+    _md(
+        r"""
+        ## Any conditional
+
+        `build_conditional(mask)` takes the condition mask over
+        $(\theta_1, \theta_2, x_1, x_2, x_3)$, True for observed. Two examples:
+
+        * $p(\theta_2 \mid \theta_1, x)$: one parameter known (fixed by another
+          experiment, say), the other inferred;
+        * $p(\theta, x_3 \mid x_1, x_2)$: the posterior when $x_3$ was *not
+          measured*, which also predicts the missing $x_3$. A model trained for
+          the posterior alone would need $x_3$; here it is just another latent
+          variable. (`posterior.sample(x=...)` does the same when $x$ holds a NaN.)
+        """
+    ),
+    _code(
+        r"""
+        mask = torch.tensor([True, False, True, True, True])
+        condition = torch.cat([theta_o[:1], x_o])
+        conditional = inference.build_conditional(mask)
+        drawn = conditional.sample((num_samples,), condition=condition)
+        exact = analytic_conditional(mask, condition)
+        compare("p(theta_2 | theta_1, x)", drawn, *exact)
+
+        mask = torch.tensor([False, False, True, True, False])
+        conditional = inference.build_conditional(mask)
+        drawn = conditional.sample((num_samples,), condition=x_o[:2])
+        compare("p(theta, x_3 | x_1, x_2)", drawn, *analytic_conditional(mask, x_o[:2]))
+
+        x_missing = x_o.clone()
+        x_missing[2] = float("nan")
+        drawn = posterior.sample((num_samples,), x=x_missing, show_progress_bars=False)
+        mean, cov = analytic_conditional(mask, x_o[:2])
+        compare("posterior, x_3 = NaN", drawn, mean[:2], cov[:2, :2])
+        """
+    ),
+    _md(
+        r"""
+        ## Guidance on any conditional
+
+        The score transforms of the guidance tutorial apply to every conditional of
+        the joint model. Here a constraint $\theta_1 \ge 0.7$, written as
+        $c(\theta) = 0.7 - \theta_1 \le 0$, on the posterior.
+        """
+    ),
+    _code(
+        r"""
+        constraint = ConstraintGuidance(lambda theta: 0.7 - theta[:, 0])
+        guided = posterior.sample(
+            (num_samples,), x=x_o, guidance=constraint, show_progress_bars=False
+        )
+        inside = constraint.satisfied(guided).float().mean()
+        print(f"fraction with theta_1 >= 0.7: {inside:.3f}, mean {fmt(guided.mean(0))}")
+        """
+    ),
+    _md(
+        r"""
+        ## The learned likelihood in sbi's MCMC (NLE-style)
+
+        `build_posterior(posterior_method="likelihood_mcmc")` returns sbi's
+        `MCMCPosterior` on the potential $\log p(x_o \mid \theta) + \log
+        p(\theta)$ with the joint model's likelihood, as NLE does with its flow.
+        Every potential evaluation solves the probability-flow ODE, so it is far
+        slower than sampling the posterior directly; `log_prob_options` picks the
+        cheaper fixed-step solver. The chains start at draws of the model's own
+        posterior (`mcmc_init="posterior"`, the default; `"prior"` is sbi's
+        resampling from the prior, which costs 10,000 likelihood evaluations per
+        chain), so a short warm-up suffices.
+        """
+    ),
+    _code(
+        r"""
+        mcmc_posterior = inference.build_posterior(
+            posterior_method="likelihood_mcmc",
+            mcmc_parameters={"num_chains": 10, "warmup_steps": 10, "thin": 1},
+            log_prob_options={"solver": "heun", "steps": 8},
+        )
+        num_mcmc = 50 if small else 1000
+        start = time.time()
+        mcmc_samples = mcmc_posterior.sample(
+            (num_mcmc,), x=x_o, show_progress_bars=False
+        )
+        print(f"{num_mcmc} MCMC samples in {time.time() - start:.0f} s")
+        exact = analytic_conditional(observe_x, x_o)
+        compare("likelihood + MCMC", mcmc_samples, *exact)
+        """
+    ),
+    _md(
+        r"""
+        ## Summary
+
+        * One training gives `build_posterior()`, `build_likelihood()` and
+          `build_conditional(mask)`; NaN marks missing values in training data
+          and in observations.
+        * Guidance (constraints, classifier-free, prior swap) applies to any
+          conditional.
+        * `posterior_method="likelihood_mcmc"` uses the learned likelihood the way
+          NLE does.
+        * The transformer over all variables costs more per network evaluation
+          than the MLPs of `DiffusionNPE`; on sbibm it is most useful where one
+          model must answer several questions
+          (`benchmarks/joint/README.md` has its accuracy against NPE and NLE).
+        """
+    ),
+]
+
+
 def main() -> None:
     here = Path(__file__).parent
     for name, cells in [
         ("01_quickstart.ipynb", QUICKSTART),
         ("02_iid_trials_and_guidance.ipynb", IID_AND_GUIDANCE),
+        ("03_joint_model.ipynb", JOINT_MODEL),
     ]:
         notebook = new_notebook(cells=cells)
         for number, cell in enumerate(notebook.cells):

@@ -15,8 +15,9 @@ Each option goes to exactly one place, decided in this order:
 2. a key the method declares as a posterior option goes to ``build_posterior()``
    (sbi NLE: ``mcmc_method``, ``sample_with`` and the MCMC settings ``num_chains``,
    ``thin``, ``warmup_steps``, ``init_strategy``, ``num_workers``, ``mp_context``;
-   ``joint``: ``posterior_method``, ``mcmc_method``, ``log_prob_options`` and the
-   same MCMC settings), so these share one trained model in the model cache;
+   ``joint``: ``posterior_method``, ``mcmc_method``, ``log_prob_options``,
+   ``mcmc_init`` and the same MCMC settings), so these share one trained model in
+   the model cache;
 3. a keyword argument of the trainer's ``train()`` goes there (e.g.
    ``training_batch_size``, ``learning_rate``, ``max_num_epochs``,
    ``stop_after_epochs``);
@@ -168,7 +169,7 @@ METHODS: dict[str, MethodDefinition] = {
         "sbi_diffusion",
         SAMPLE_KEYS_OURS,
         posterior_keys=MCMC_PARAMETER_KEYS
-        | {"posterior_method", "mcmc_method", "log_prob_options"},
+        | {"posterior_method", "mcmc_method", "log_prob_options", "mcmc_init"},
     ),
     "npe": MethodDefinition("npe", "sbi.inference", "NPE", "sbi"),
     "nle": MethodDefinition(
