@@ -956,12 +956,217 @@ JOINT_MODEL = [
 ]
 
 
+DESIGN_CHOICES = [
+    _md(
+        r"""
+        # Design choices: paths, parameterisations, samplers and one-step models
+
+        A diffusion posterior is several choices, each selectable by name:
+
+        * the **noise schedule** (the path $\theta_t = \alpha_t \theta_0 +
+          \sigma_t \epsilon$): `"edm_vp"` (default), `"vp"`, `"cosine"`, `"edm"` /
+          `"edm_ve"`, `"rectified_flow"`;
+        * the **parameterisation** (what the network predicts): `"F"` (EDM
+          preconditioning, default), `"noise"`, `"data"`, `"velocity"`, `"score"`;
+        * the **loss weighting** over noise levels: `"edm"`, `"natural"`,
+          `"uniform"`, `"sigmoid"`, `"likelihood"`;
+        * the **sampler**: probability-flow ODE (`"heun"`, `"euler"`, `"dpm++2m"`,
+          adaptive `"dopri5"`) or reverse SDE (`"euler_maruyama"`, `"ddim"`,
+          adaptive `"adaptive_sde"`), chosen at sampling time;
+        * and **consistency models** (`ConsistencyNPE`), trained or distilled from
+          a diffusion model, for one- to few-step sampling.
+
+        This notebook trains a few configurations on sbibm's two moons and compares
+        them with C2ST against the reference posterior (0.5 is perfect) and by
+        their cost in network evaluations (NFE) per sample.
+
+        Set the environment variable `SBI_DIFFUSION_TUTORIAL_SIMULATIONS` to change
+        the simulation budget (the tests run it small, with fewer samples; the
+        numbers are then rougher).
+        """
+    ),
+    _code(
+        r"""
+        import os
+        import time
+
+        import sbibm
+        import torch
+        from sbi.utils.metrics import c2st
+
+        from sbi_diffusion import ConsistencyNPE, DiffusionNPE, FlowMatchingNPE
+
+        torch.manual_seed(0)
+        budget = os.environ.get("SBI_DIFFUSION_TUTORIAL_SIMULATIONS", 10_000)
+        num_simulations = int(budget)
+        small = num_simulations < 5000
+        max_num_epochs = 30 if small else None
+        num_samples = 1000 if small else 5000
+
+        task = sbibm.get_task("two_moons")
+        prior = task.get_prior_dist()
+        theta = prior.sample((num_simulations,))
+        x = task.get_simulator()(theta)
+        x_o = task.get_observation(1)
+        reference = task.get_reference_posterior_samples(1)[:num_samples]
+
+
+        def score(posterior, **sample_options):
+            start = time.time()
+            samples = posterior.sample(
+                (num_samples,), x=x_o, show_progress_bars=False, **sample_options
+            )
+            seconds = time.time() - start
+            accuracy = float(c2st(samples, reference))
+            nfe = posterior.last_nfe
+            return f"C2ST {accuracy:.3f}  NFE {nfe:5.0f}  {seconds:5.1f} s"
+        """
+    ),
+    _md(
+        r"""
+        ## Paths and parameterisations
+
+        Three trainings on the same simulations:
+
+        * the default `DiffusionNPE`: EDM's noise levels on a variance-preserving
+          path, F-prediction with EDM's preconditioning and loss weighting
+          (Karras et al. 2022);
+        * DDPM's recipe: the linear VP schedule with noise prediction and the
+          plain noise-prediction loss (Ho et al. 2020), `weighting="natural"`
+          (the loss of the parameterisation's own target);
+        * `FlowMatchingNPE`: the rectified-flow path $\theta_t = (1 - t)\theta_0 +
+          t \epsilon$ with velocity prediction (Lipman et al. 2023; Liu et al.
+          2023).
+
+        Each is sampled with its own default sampler (DPM-Solver++(2M), 20
+        steps, for all three).
+        """
+    ),
+    _code(
+        r"""
+        trainers = {
+            "DiffusionNPE (default)": DiffusionNPE(prior, show_progress_bars=False),
+            "DDPM: vp + noise": DiffusionNPE(
+                prior,
+                schedule="vp",
+                parameterization="noise",
+                weighting="natural",
+                show_progress_bars=False,
+            ),
+            "FlowMatchingNPE": FlowMatchingNPE(prior, show_progress_bars=False),
+        }
+        posteriors = {}
+        for name, trainer in trainers.items():
+            start = time.time()
+            trainer.append_simulations(theta, x).train(max_num_epochs=max_num_epochs)
+            trained = time.time() - start
+            posteriors[name] = trainer.build_posterior()
+            print(f"{name:24s} trained {trained:4.0f} s  {score(posteriors[name])}")
+        """
+    ),
+    _md(
+        r"""
+        ## Samplers, chosen at sampling time
+
+        One trained model, several samplers. `DiffusionNPE` samples with
+        DPM-Solver++(2M) (Lu et al. 2022), 20 steps, by default. Deterministic
+        ODE solvers are cheap and smooth; stochastic SDE samplers inject noise
+        that can correct the network's errors on the way (they were more
+        accurate on harder sbibm posteriors, at more evaluations); the adaptive
+        solvers pick their own steps from a tolerance.
+        """
+    ),
+    _code(
+        r"""
+        default = posteriors["DiffusionNPE (default)"]
+        samplers = {
+            "dpm++2m, 20 steps (default)": {},
+            "dpm++2m, 10 steps": {"sampler": "dpm++2m", "steps": 10},
+            "heun, 18 steps": {"sampler": "heun", "steps": 18},
+            "dopri5 (adaptive ODE)": {"sampler": "dopri5"},
+            "euler_maruyama, 200 steps": {"sampler": "euler_maruyama", "steps": 200},
+            "adaptive_sde": {"sampler": "adaptive_sde"},
+        }
+        for name, options in samplers.items():
+            print(f"{name:28s} {score(default, **options)}")
+        """
+    ),
+    _md(
+        r"""
+        ## Densities through the probability-flow ODE
+
+        `log_prob` integrates the divergence of the ODE's drift (the instantaneous
+        change of variables): adaptive by default (`rtol`, `atol`), or
+        `solver="heun", steps=...` for a fixed cost. The posterior density of two
+        moons is highest on the reference samples' crescents and far lower away
+        from them.
+        """
+    ),
+    _code(
+        r"""
+        points = torch.cat([reference[:3], torch.tensor([[0.9, -0.9]])])
+        start = time.time()
+        adaptive = default.log_prob(points, x=x_o)
+        seconds = time.time() - start
+        print(f"dopri5:        {adaptive.numpy().round(2)}  ({seconds:.1f} s)")
+        start = time.time()
+        fixed = default.log_prob(points, x=x_o, solver="heun", steps=16)
+        seconds = time.time() - start
+        print(f"heun 16 steps: {fixed.numpy().round(2)}  ({seconds:.1f} s)")
+        """
+    ),
+    _md(
+        r"""
+        ## One- and few-step sampling: consistency distillation
+
+        A consistency model $f(\theta_t, t) \approx \theta_0$ maps any point of
+        the teacher's ODE trajectory to its end (Song et al. 2023), so one network
+        evaluation gives a sample, and a few steps (re-noise, map again) refine
+        it. `ConsistencyNPE.distill(teacher)` trains it from a trained diffusion
+        model on the same simulations; `ConsistencyNPE.train()` trains one from
+        scratch (consistency training; Schmitt et al. 2024 for SBI).
+        """
+    ),
+    _code(
+        r"""
+        student = ConsistencyNPE(prior, show_progress_bars=False)
+        start = time.time()
+        student.distill(
+            trainers["DiffusionNPE (default)"],
+            max_num_epochs=20 if small else 100,
+        )
+        print(f"distilled in {time.time() - start:.0f} s")
+        consistency_posterior = student.build_posterior()
+        for steps in (1, 2, 4):
+            result = score(consistency_posterior, steps=steps)
+            print(f"consistency, {steps} step(s)   {result}")
+        """
+    ),
+    _md(
+        r"""
+        ## Summary
+
+        * Schedules, parameterisations and weightings are constructor arguments;
+          samplers and their steps are arguments of `sample`, so one training can
+          be sampled in several ways.
+        * Deterministic samplers are the cheap default; stochastic ones often pay
+          off when the network is accurate; adaptive ones set their own cost.
+        * Consistency models trade some accuracy for one- to four-evaluation
+          sampling.
+        * `benchmarks/README.md` compares these choices on the sbibm tasks at
+          10^3-10^5 simulations.
+        """
+    ),
+]
+
+
 def main() -> None:
     here = Path(__file__).parent
     for name, cells in [
         ("01_quickstart.ipynb", QUICKSTART),
         ("02_iid_trials_and_guidance.ipynb", IID_AND_GUIDANCE),
         ("03_joint_model.ipynb", JOINT_MODEL),
+        ("04_design_choices.ipynb", DESIGN_CHOICES),
     ]:
         notebook = new_notebook(cells=cells)
         for number, cell in enumerate(notebook.cells):
