@@ -111,12 +111,36 @@ QUICKSTART = [
 ]
 
 
-def _md(text: str):
-    return new_markdown_cell(dedent(text).strip())
+def _md(text: str, budget_note: bool = False):
+    note = BUDGET_NOTE if budget_note else ""
+    return new_markdown_cell(dedent(text).strip() + note)
 
 
 def _code(text: str):
     return new_code_cell(dedent(text).strip())
+
+
+BUDGET_NOTE = """
+
+Set the environment variable `SBI_DIFFUSION_TUTORIAL_SIMULATIONS` to change
+the simulation budget (the tests run it small, with fewer samples; the
+numbers are then rougher)."""
+
+
+def _setup_code(imports: str, default_budget: str, small_epochs: int, rest: str):
+    """The first code cell: imports, the simulation budget, then ``rest``."""
+    budget = dedent(
+        f"""
+        torch.manual_seed(0)
+        budget = os.environ.get("SBI_DIFFUSION_TUTORIAL_SIMULATIONS", {default_budget})
+        num_simulations = int(budget)
+        small = num_simulations < 5000
+        max_num_epochs = {small_epochs} if small else None
+        num_samples = 1000 if small else 5000
+        """
+    )
+    parts = (dedent(imports).strip(), budget.strip(), dedent(rest).strip())
+    return new_code_cell("\n\n".join(p for p in parts if p))
 
 
 IID_AND_GUIDANCE = [
@@ -136,11 +160,8 @@ IID_AND_GUIDANCE = [
 
         We use a linear-Gaussian problem where every target has a closed form, so
         each result is printed next to the exact answer.
-
-        Set the environment variable `SBI_DIFFUSION_TUTORIAL_SIMULATIONS` to change
-        the simulation budget (the tests run it small, with fewer samples; the
-        numbers are then rougher).
-        """
+        """,
+        budget_note=True,
     ),
     _code(
         r"""
@@ -654,13 +675,10 @@ JOINT_MODEL = [
 
         We use a linear-Gaussian problem where every one of these conditionals has
         a closed form, so each result is printed next to the exact answer.
-
-        Set the environment variable `SBI_DIFFUSION_TUTORIAL_SIMULATIONS` to change
-        the simulation budget (the tests run it small, with fewer samples; the
-        numbers are then rougher).
-        """
+        """,
+        budget_note=True,
     ),
-    _code(
+    _setup_code(
         r"""
         import os
         import time
@@ -672,14 +690,10 @@ JOINT_MODEL = [
         from torch.distributions import MultivariateNormal
 
         from sbi_diffusion import ConstraintGuidance, JointDiffusion
-
-        torch.manual_seed(0)
-        budget = os.environ.get("SBI_DIFFUSION_TUTORIAL_SIMULATIONS", 5000)
-        num_simulations = int(budget)
-        small = num_simulations < 5000
-        max_num_epochs = 60 if small else None
-        num_samples = 1000 if small else 5000
-        """
+        """,
+        "5000",
+        60,
+        "",
     ),
     _md(
         r"""
@@ -979,13 +993,10 @@ DESIGN_CHOICES = [
         This notebook trains a few configurations on sbibm's two moons and compares
         them with C2ST against the reference posterior (0.5 is perfect) and by
         their cost in network evaluations (NFE) per sample.
-
-        Set the environment variable `SBI_DIFFUSION_TUTORIAL_SIMULATIONS` to change
-        the simulation budget (the tests run it small, with fewer samples; the
-        numbers are then rougher).
-        """
+        """,
+        budget_note=True,
     ),
-    _code(
+    _setup_code(
         r"""
         import os
         import time
@@ -995,14 +1006,10 @@ DESIGN_CHOICES = [
         from sbi.utils.metrics import c2st
 
         from sbi_diffusion import ConsistencyNPE, DiffusionNPE, FlowMatchingNPE
-
-        torch.manual_seed(0)
-        budget = os.environ.get("SBI_DIFFUSION_TUTORIAL_SIMULATIONS", 10_000)
-        num_simulations = int(budget)
-        small = num_simulations < 5000
-        max_num_epochs = 30 if small else None
-        num_samples = 1000 if small else 5000
-
+        """,
+        "10_000",
+        30,
+        r"""
         task = sbibm.get_task("two_moons")
         prior = task.get_prior_dist()
         theta = prior.sample((num_simulations,))
@@ -1020,7 +1027,7 @@ DESIGN_CHOICES = [
             accuracy = float(c2st(samples, reference))
             nfe = posterior.last_nfe
             return f"C2ST {accuracy:.3f}  NFE {nfe:5.0f}  {seconds:5.1f} s"
-        """
+        """,
     ),
     _md(
         r"""
