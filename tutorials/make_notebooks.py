@@ -116,8 +116,22 @@ def _md(text: str, budget_note: bool = False):
     return new_markdown_cell(dedent(text).strip() + note)
 
 
-def _code(text: str):
-    return new_code_cell(dedent(text).strip())
+def _code(*parts: str):
+    """A code cell of ``parts``, each dedented, two blank lines apart."""
+    return new_code_cell("\n\n\n".join(dedent(part).strip() for part in parts))
+
+
+MOMENT_HELPERS = r"""
+def fmt(v):
+    return "(" + ", ".join(f"{float(a):+.3f}" for a in v) + ")"
+
+
+def compare(name, samples, mean, cov):
+    print(
+        f"{name:26s} mean {fmt(samples.mean(0))} vs {fmt(mean)}   "
+        f"std {fmt(samples.std(0))} vs {fmt(cov.diagonal().sqrt())}"
+    )
+"""
 
 
 BUDGET_NOTE = """
@@ -233,18 +247,8 @@ IID_AND_GUIDANCE = [
                 prior_precision @ prior_mean + power * likelihood_precision @ x.sum(0)
             )
             return mean, cov
-
-
-        def fmt(v):
-            return "(" + ", ".join(f"{float(a):+.3f}" for a in v) + ")"
-
-
-        def compare(name, samples, mean, cov):
-            print(
-                f"{name:26s} mean {fmt(samples.mean(0))} vs {fmt(mean)}   "
-                f"std {fmt(samples.std(0))} vs {fmt(cov.diagonal().sqrt())}"
-            )
-        """
+        """,
+        MOMENT_HELPERS,
     ),
     _md(
         r"""
@@ -751,18 +755,8 @@ JOINT_MODEL = [
             mean = gain @ values
             cov = joint_cov[latent][:, latent] - gain @ joint_cov[observed][:, latent]
             return mean, cov
-
-
-        def fmt(v):
-            return "(" + ", ".join(f"{float(a):+.3f}" for a in v) + ")"
-
-
-        def compare(name, samples, mean, cov):
-            print(
-                f"{name:24s} mean {fmt(samples.mean(0))} vs {fmt(mean)}\n"
-                f"{'':24s} std  {fmt(samples.std(0))} vs {fmt(cov.diagonal().sqrt())}"
-            )
-        """
+        """,
+        MOMENT_HELPERS,
     ),
     _md(
         r"""
