@@ -1122,10 +1122,12 @@ DESIGN_CHOICES = [
 
         A consistency model $f(\theta_t, t) \approx \theta_0$ maps any point of
         the teacher's ODE trajectory to its end (Song et al. 2023), so one network
-        evaluation gives a sample, and a few steps (re-noise, map again) refine
-        it. `ConsistencyNPE.distill(teacher)` trains it from a trained diffusion
-        model on the same simulations; `ConsistencyNPE.train()` trains one from
-        scratch (consistency training; Schmitt et al. 2024 for SBI).
+        evaluation gives a sample, and a few steps (re-noise, map again) can
+        refine it. `ConsistencyNPE` samples with 2 steps by default; more steps
+        are not always better (`benchmarks/consistency/README.md`).
+        `ConsistencyNPE.distill(teacher)` trains it from a trained diffusion model
+        on the same simulations; `ConsistencyNPE.train()` trains one from scratch
+        (consistency training; Schmitt et al. 2024 for SBI).
         """
     ),
     _code(
