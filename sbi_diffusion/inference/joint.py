@@ -118,10 +118,11 @@ class JointPosterior(DiffusionPosterior):
             :class:`DiffusionPosterior`. Heun on the probability-flow ODE (18
             steps) by default; Euler-Maruyama on the reverse SDE
             (``sampler="euler_maruyama"``, ``steps=200``: 5.4 times the network
-            evaluations) was more accurate with well-trained models (sbibm slcp
-            and two_moons at 10^4 simulations, mean C2ST .671 to .657 and .573
-            to .557) and less accurate with a poor one (two_moons at 10^3, .810
-            to .826; ``benchmarks/joint/README.md``).
+            evaluations) was level or more accurate on every sbibm cell
+            measured (mean C2ST: bernoulli_glm at 10^3 simulations .699 to
+            .670, slcp and two_moons at 10^4 .671 to .657 and .573 to .557;
+            two_moons, gaussian_mixture and slcp at 10^3 within .004;
+            ``benchmarks/joint/README.md``).
     """
 
     def __init__(
