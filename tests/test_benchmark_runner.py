@@ -35,6 +35,7 @@ def test_end_to_end_and_resume(tmp_path: Path) -> None:
     assert row["method"] == "npe" and row["options"]["max_num_epochs"] == 3
     assert 0.4 <= row["c2st"] <= 1.0
     assert row["nfe"] == 1.0 and row["protocol"]["name"] == "test"
+    assert row["resolved"] == {}  # sbi's methods run with the spec's options
     assert set(row["versions"]) >= {"python", "torch", "sbi", "sbibm", "sbi_diffusion"}
 
     # Simulate an interruption: a half-written line after the finished row.
@@ -97,7 +98,19 @@ def test_model_cache_reuses_the_training(
     path = runner.model_cache_path(
         cache, "two_moons", sampled_differently, 200, 0, "cpu"
     )
-    assert path == cache / "two_moons_diffusion_200_0.pt"
+    default = methods.parse("diffusion")
+    assert path == runner.model_cache_path(cache, "two_moons", default, 200, 0, "cpu")
+    # The trainer's defaults are hashed in: a changed default trains anew.
+    assert path.name.startswith("two_moons_diffusion_200_0_")
+    from sbi_diffusion import DiffusionNPE
+
+    recipe = DiffusionNPE.training_recipe()
+    monkeypatch.setattr(
+        DiffusionNPE,
+        "training_recipe",
+        classmethod(lambda cls: {**recipe, "steps": [1]}),
+    )
+    assert runner.model_cache_path(cache, "two_moons", default, 200, 0, "cpu") != path
 
     # A model trained on another device type (a GPU node) is loaded onto this
     # one, and the rows say where it was trained.
@@ -150,6 +163,13 @@ def test_distillation_trains_the_teacher_once(tmp_path: Path) -> None:
     # the diffusion row used the teacher's training, not a second one
     saved = runner.torch.load(teacher, weights_only=False)
     assert rows["diffusion"]["train_s"] == pytest.approx(saved["train_s"], abs=1e-3)
+    # rows record what the defaults resolved to, also for a model from the cache
+    resolved = rows["diffusion"]["resolved"]
+    assert resolved["sampler"] == "dpm++2m"
+    assert resolved["sampler_options"] == {"steps": 20}
+    assert resolved["net_kwargs"] == {"width": 128, "depth": 2}
+    assert resolved["steps_trained"] >= 1
+    assert rows["consistency"]["resolved"]["sampler_options"]["steps"] == 1
 
 
 def test_process_pool_and_submitit_local(tmp_path: Path) -> None:

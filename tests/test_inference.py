@@ -12,7 +12,12 @@ from sbi.utils.metrics import c2st
 from torch.distributions import MultivariateNormal
 
 from sbi_diffusion import DiffusionNPE, DiffusionPosterior, FlowMatchingNPE
-from sbi_diffusion.inference.trainer import patience_epochs, resolve_max_num_steps
+from sbi_diffusion.inference.trainer import (
+    auto_max_num_steps,
+    patience_steps,
+    resolve_max_num_steps,
+)
+from sbi_diffusion.nets.sizing import mlp_size
 from sbi_diffusion.training import TrainingDivergedError
 
 matplotlib.use("Agg")
@@ -137,12 +142,51 @@ def test_training_is_deterministic_with_seed(linear_gaussian):
 
 
 def test_auto_step_bound_scales_with_the_training_set():
-    # 10^4 simulations (9,000 for training, batch 256): the floor of 10,000 steps.
-    assert resolve_max_num_steps("auto", 9_000, 256) == 10_000
-    # 10^5 simulations: 150 epochs of 351 steps.
-    assert resolve_max_num_steps("auto", 90_000, 256) == 150 * 351
-    assert resolve_max_num_steps(None, 90_000, 256) is None
-    assert resolve_max_num_steps(123, 90_000, 256) == 123
+    # 130 sqrt(n_train): 3,900 steps at 10^3 simulations (900 for training),
+    # 12,333 at 10^4 and 39,000 at 10^5, never below 1,000.
+    assert resolve_max_num_steps("auto", 900) == auto_max_num_steps(900) == 3_900
+    assert resolve_max_num_steps("auto", 9_000) == 12_333
+    assert resolve_max_num_steps("auto", 90_000) == 39_000
+    assert resolve_max_num_steps("auto", 10) == 1_000
+    assert resolve_max_num_steps(None, 90_000) is None
+    assert resolve_max_num_steps(123, 90_000) == 123
+
+
+def test_net_size_grows_with_the_budget():
+    assert mlp_size(1_000, 2) == {"width": 128, "depth": 2}
+    assert mlp_size(10_000, 5) == {"width": 128, "depth": 3}
+    assert mlp_size(100_000, 10) == {"width": 256, "depth": 4}
+    assert mlp_size(10**7, 10) == {"width": 256, "depth": 4}
+    # the width is at least four times the parameter dimension (capped at 512)
+    assert mlp_size(1_000, 40) == {"width": 256, "depth": 2}
+    assert mlp_size(100, 2) == {"width": 128, "depth": 2}
+    assert mlp_size(1_000, 1_000) == {"width": 512, "depth": 2}
+    with pytest.raises(ValueError, match="positive"):
+        mlp_size(0, 2)
+
+
+def test_trainer_sizes_the_net_unless_told(linear_gaussian):
+    theta = linear_gaussian.prior.sample((300,))
+    x = linear_gaussian.simulate(theta)
+    sized = DiffusionNPE(linear_gaussian.prior, show_progress_bars=False)
+    sized.append_simulations(theta, x).train(max_num_epochs=1)
+    assert sized._neural_net.net.output_layer.in_features == 128
+    assert len(sized._neural_net.net.blocks) == 2
+    given = DiffusionNPE(
+        linear_gaussian.prior,
+        net_kwargs={"width": 32, "depth": 1},
+        show_progress_bars=False,
+    )
+    given.append_simulations(theta, x).train(max_num_epochs=1)
+    assert given._neural_net.net.output_layer.in_features == 32
+    assert len(given._neural_net.net.blocks) == 1
+
+
+def test_theta_of_another_dimension_than_the_prior_raises(linear_gaussian):
+    theta = linear_gaussian.prior.sample((50,))
+    inference = DiffusionNPE(linear_gaussian.prior, show_progress_bars=False)
+    with pytest.raises(ValueError, match="the prior draws parameters of shape"):
+        inference.append_simulations(theta[:, :1], linear_gaussian.simulate(theta))
 
 
 @pytest.mark.parametrize("bad", [0, -5, 2.5, "many", True])
@@ -171,15 +215,15 @@ def test_step_bound_stops_training(linear_gaussian):
 
 
 def test_patience_counts_at_least_stop_after_steps():
-    # 10^3 simulations (900 for training, batch 256): 3 steps per epoch, so 1000
-    # steps of patience are 334 epochs; at 10^4 (35 steps per epoch) 30 epochs
-    # are already more than 1000 steps.
-    assert patience_epochs(30, 1000, 3) == 334
-    assert patience_epochs(30, 1000, 35) == 30
-    assert patience_epochs(30, 0, 3) == 30
+    # 10^3 simulations (900 for training, batch 256): 3 steps per epoch, so 30
+    # epochs are 90 steps and a stop_after_steps of 1000 dominates; at 10^4
+    # (35 steps per epoch) 30 epochs are 1050 steps.
+    assert patience_steps(30, 1000, 3) == 1000
+    assert patience_steps(30, 1000, 35) == 1050
+    assert patience_steps(30, 0, 3) == 90
 
 
-@pytest.mark.parametrize("stop_after_steps, patience", [(0, 1), (24, 3)])
+@pytest.mark.parametrize("stop_after_steps, patience", [(0, 8), (24, 24)])
 def test_early_stopping_waits_stop_after_steps(
     linear_gaussian, stop_after_steps, patience
 ):
@@ -188,7 +232,8 @@ def test_early_stopping_waits_stop_after_steps(
         linear_gaussian.prior, net_kwargs=NET_KWARGS, show_progress_bars=False
     )
     inference.append_simulations(theta, linear_gaussian.simulate(theta))
-    # 8 steps per epoch: a patience of 1 epoch or of 24 steps (3 epochs).
+    # 8 steps per epoch, a validation after every epoch: a patience of 1 epoch
+    # (8 steps) or of 24 steps (3 epochs).
     inference.train(
         training_batch_size=32,
         max_num_steps=4000,
@@ -196,12 +241,45 @@ def test_early_stopping_waits_stop_after_steps(
         stop_after_steps=stop_after_steps,
         warmup_steps=0,
         learning_rate=3e-2,
+        validation_interval=1,
         seed=0,
     )
     losses = inference.summary["validation_loss"]
     best = min(range(len(losses)), key=losses.__getitem__)
     assert len(losses) < 500, "training did not stop early"
-    assert len(losses) - 1 - best == patience
+    assert (len(losses) - 1 - best) * 8 == patience
+
+
+def test_validation_runs_every_validation_interval_steps(linear_gaussian):
+    theta = linear_gaussian.prior.sample((300,))
+    inference = DiffusionNPE(
+        linear_gaussian.prior, net_kwargs=NET_KWARGS, show_progress_bars=False
+    )
+    inference.append_simulations(theta, linear_gaussian.simulate(theta))
+    # 8 steps per epoch and an interval of 20 steps: validation after epochs
+    # 3, 6 and 9, and after the last epoch (10).
+    inference.train(
+        training_batch_size=32, max_num_epochs=10, validation_interval=20, seed=0
+    )
+    assert inference.summary["epochs_trained"][-1] == 10
+    assert len(inference.summary["validation_loss"]) == 4
+
+
+def test_early_stop_is_reported(linear_gaussian, capsys):
+    theta = linear_gaussian.prior.sample((300,))
+    inference = DiffusionNPE(linear_gaussian.prior, net_kwargs=NET_KWARGS)
+    inference.append_simulations(theta, linear_gaussian.simulate(theta))
+    inference.train(
+        training_batch_size=32,
+        stop_after_epochs=1,
+        stop_after_steps=0,
+        learning_rate=3e-2,
+        warmup_steps=0,
+        validation_interval=1,
+        seed=0,
+    )
+    err = capsys.readouterr()
+    assert "stopped early: no improvement in the last 8 steps" in err.out + err.err
 
 
 def test_bad_patience_raises(linear_gaussian):

@@ -95,7 +95,9 @@ def test_each_band_keeps_its_best_weights(linear_gaussian, cls):
     assert isinstance(estimator.net, NoiseBandNet)
     assert len(estimator.net.experts) == 3
     selection = inference._band_selection
-    theta, x, times, noise = inference._validation_rows
+    validation = inference._validation_set
+    theta, x = validation.theta, validation.x
+    times, noise = validation.times, validation.noise
     with torch.no_grad():
         rows = estimator.loss(theta, x, times=times, noise=noise)
     # the banded estimator scores on every band the best loss seen there
@@ -190,7 +192,9 @@ def test_joint_model_trains_with_noise_bands(linear_gaussian):
     estimator = inference.train(max_num_epochs=8, noise_bands=2, seed=0)
     assert isinstance(estimator.net, NoiseBandNet)
     selection = inference._band_selection
-    val_theta, val_x, times, noise = inference._validation_rows
+    validation = inference._validation_set
+    val_theta, val_x = validation.theta, validation.x
+    times, noise = validation.times, validation.noise
     torch.manual_seed(3)
     with torch.no_grad():
         rows = estimator.loss(val_theta, val_x, times=times, noise=noise)

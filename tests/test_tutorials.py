@@ -18,7 +18,7 @@ def test_notebook_runs(path, monkeypatch):
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook,
-        timeout=600,
+        timeout=None,  # a slow or busy machine must not fail the test
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
     )

@@ -178,6 +178,7 @@ class TrainedMethod:
     train_cpu_s: float
     simulate_s: float
     train_device: str
+    resolved_training: dict[str, Any] = field(default_factory=dict)
 
 
 def model_cache_path(
@@ -192,7 +193,10 @@ def model_cache_path(
 
     Sampling options do not change the trained model, so specs that differ only
     in them share one file: the name holds the task, the method, the budget, the
-    seed, the device type and a hash of the options that reach the trainer.
+    seed, the device type and a hash of the options that reach the trainer and,
+    for this package's trainers, of their ``training_recipe()`` (their
+    defaults), so a changed default trains anew instead of loading a model
+    trained under the old one.
 
     Args:
         cache: The cache folder.
@@ -209,8 +213,11 @@ def model_cache_path(
     trained_by: dict[str, Any] = {"init": routed.init, "train": routed.train}
     if routed.teacher is not None:
         trained_by["teacher"] = routed.teacher.to_string()
+    recipe = getattr(spec.definition.load_class(), "training_recipe", None)
+    if recipe is not None:
+        trained_by["recipe"] = recipe()
     name = f"{task_name}_{spec.name}_{num_simulations}_{seed}"
-    if routed.init or routed.train or routed.teacher is not None:
+    if trained_by.get("recipe") or routed.init or routed.train or routed.teacher:
         digest = hashlib.sha1(
             json.dumps(trained_by, sort_keys=True, default=str).encode()
         ).hexdigest()[:10]
@@ -281,6 +288,7 @@ def train_or_load(
                 simulate_s=float(saved.get("simulate_s", math.nan)),
                 # files written before the field existed were trained on a CPU
                 train_device=saved.get("train_device", _device_name("cpu")),
+                resolved_training=saved.get("resolved_training", {}),
             )
 
     teacher = None
@@ -314,6 +322,7 @@ def train_or_load(
             "train_cpu_s": train_cpu_s,
             "simulate_s": simulate_s,
             "train_device": _device_name(device),
+            "resolved_training": _resolved_training(inference),
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +339,34 @@ def train_or_load(
         train_cpu_s,
         simulate_s,
         train_device=_device_name(device),
+        resolved_training=_resolved_training(inference),
     )
+
+
+def _resolved_training(inference: Any) -> dict[str, Any]:
+    """The trainer's ``resolved_training`` (this package's trainers), else {}."""
+    return dict(getattr(inference, "resolved_training", {}) or {})
+
+
+def resolved_options(
+    spec: method_registry.MethodSpec,
+    posterior: Any,
+    routed: method_registry.RoutedOptions,
+    resolved_training: dict[str, Any],
+) -> dict[str, Any]:
+    """What a row's method ran with once defaults are filled in: for this
+    package's estimators the sampler and its options (the posterior's defaults
+    updated by the spec's sampling options) and the resolved training; {} for
+    sbi's methods, whose options are the spec's."""
+    if spec.definition.family != "sbi_diffusion":
+        return {}
+    sample = dict(routed.sample)
+    sampler = sample.pop("sampler", getattr(posterior, "sampler", None))
+    options = dict(getattr(posterior, "sampler_options", {}) or {})
+    if sampler != getattr(posterior, "sampler", None):
+        options = {}
+    options.update(sample)
+    return {"sampler": sampler, "sampler_options": options, **resolved_training}
 
 
 def _cached_file(
@@ -403,6 +439,9 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             "num_simulations": job.num_simulations,
             "method": spec.name,
             "options": dict(spec.options),
+            "resolved": resolved_options(
+                spec, posterior, routed, trained.resolved_training
+            ),
             "seed": job.seed,
             "num_observation": num_observation,
             "c2st": None,

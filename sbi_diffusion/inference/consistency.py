@@ -240,7 +240,9 @@ class ConsistencyNPE(VectorFieldInference):
         schedule: ``"edm"`` (the EDM VE path) or an ``EDMSchedule``.
         net: ``"mlp"``, ``"adaln_mlp"`` or an ``nn.Module`` with signature
             ``net(z, condition_embedding, time)``.
-        net_kwargs: width/depth/dropout of a named net.
+        net_kwargs: width/depth/dropout of a named net (default width 256,
+            depth 4 at every budget: the one-step map is harder to learn than
+            a denoiser, so the net is not sized down with the budget).
         embedding_net: network embedding ``x``; identity if None.
         ema_decay: decay of the weight EMA used for sampling.
         steps: default number of sampling steps (network evaluations).
@@ -257,6 +259,7 @@ class ConsistencyNPE(VectorFieldInference):
     default_schedule = "edm"
     default_sampler = _SAMPLER
     default_sampler_options: dict[str, Any] = {"steps": 2}
+    sizes_net_by_budget = False
     default_schedule_kwargs: dict[str, float] = {
         "sigma_max": 10.0,
         "p_mean": -1.1,
@@ -378,7 +381,6 @@ class ConsistencyNPE(VectorFieldInference):
             limit = resolve_max_num_steps(
                 train_kwargs.get("max_num_steps", bound.default),
                 num_train,
-                training_batch_size,
             )
             steps = steps if limit is None else min(steps, limit)
         return steps

@@ -20,7 +20,9 @@ stopping on a validation loss evaluated at fixed times and noise.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 import numbers
 import time
 import warnings
@@ -38,13 +40,16 @@ from sbi_diffusion.denoiser import Denoiser
 from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.nets import build_net
 from sbi_diffusion.nets.noise_bands import NoiseBandSelection
+from sbi_diffusion.nets.sizing import AUTO_SIZED_NETS, mlp_size
 from sbi_diffusion.parameterizations import get_parameterization
 from sbi_diffusion.samplers import get_sampler
 from sbi_diffusion.schedules import get_schedule
 from sbi_diffusion.training import (
     ExponentialMovingAverage,
     TrainingDivergedError,
+    ValidationSet,
     learning_rate_factor,
+    make_optimizer,
 )
 from sbi_diffusion.weightings import check_weighting
 
@@ -89,40 +94,55 @@ def steps_per_epoch(num_train: int, training_batch_size: int) -> int:
     return max(1, num_train // min(training_batch_size, num_train))
 
 
-def patience_epochs(
+def patience_steps(
     stop_after_epochs: int, stop_after_steps: int, epoch_steps: int
 ) -> int:
-    """Epochs without a better validation loss before training stops.
+    """Optimiser steps without a better validation loss before training stops.
 
-    The larger of ``stop_after_epochs`` and the epochs that make up
-    ``stop_after_steps`` optimiser steps, ``ceil(stop_after_steps / epoch_steps)``.
-    With few simulations an epoch is a handful of steps, and a patience counted
-    in epochs alone would stop a diffusion model long before it has converged.
+    The larger of ``stop_after_epochs`` epochs (``stop_after_epochs *
+    epoch_steps``) and ``stop_after_steps``. With few simulations an epoch is a
+    handful of steps, and a patience counted in epochs alone would stop a
+    diffusion model long before it has converged.
     """
-    return max(int(stop_after_epochs), -(-int(stop_after_steps) // epoch_steps))
+    return max(int(stop_after_epochs) * epoch_steps, int(stop_after_steps))
 
 
-MIN_NUM_STEPS = 10_000
-"""Floor of the ``"auto"`` bound on optimiser steps."""
+VALIDATION_INTERVAL = 20
+"""Default of ``train(validation_interval=...)``: optimiser steps between
+validations, at least."""
 
-MIN_NUM_EPOCHS = 150
-"""Epochs the ``"auto"`` bound on optimiser steps allows at least."""
+AUTO_STEPS_PER_ROOT_SIMULATION = 130
+"""``c`` of the ``"auto"`` step bound ``c sqrt(n_train)``."""
+
+MIN_AUTO_STEPS = 1000
+"""Floor of the ``"auto"`` step bound."""
+
+
+def auto_max_num_steps(num_train: int) -> int:
+    r"""The ``"auto"`` bound on optimiser steps for ``num_train`` training
+    simulations:
+
+    .. math::
+        S_{max} = \max(10^3,\; \lceil 130 \sqrt{n_{train}} \rceil),
+
+    3,900 steps at 10^3 simulations (900 for training), 12,333 at 10^4 and
+    39,000 at 10^5. The number of passes over the data, ``S_max b / n_train``,
+    falls as ``1 / sqrt(n_train)``: a small training set needs many passes
+    (each sees new noise levels), a large one fewer. The learning rate decays
+    over these steps (cosine), so the bound is also the length of the schedule
+    when early stopping does not end training first.
+    """
+    steps = math.ceil(AUTO_STEPS_PER_ROOT_SIMULATION * math.sqrt(num_train))
+    return max(MIN_AUTO_STEPS, steps)
 
 
 def resolve_max_num_steps(
-    max_num_steps: int | str | None, num_train: int, training_batch_size: int
+    max_num_steps: int | str | None, num_train: int
 ) -> int | None:
-    r"""The bound on optimiser steps that ``train()`` uses.
+    """The bound on optimiser steps that ``train()`` uses.
 
-    ``"auto"`` scales the bound with the training set:
-
-    .. math::
-        S_{max} = \max(10^4,\; 150 \cdot \lfloor n_{train} / b \rfloor),
-
-    which is 10,000 steps up to about 19,000 simulations (batch 256) and
-    grows linearly beyond, so that large budgets are not cut off after a few
-    epochs (at 10^5 simulations a fixed 10,000 steps is 28 epochs). An integer is
-    used as given, None means no bound (early stopping only).
+    ``"auto"`` is :func:`auto_max_num_steps`, an integer is used as given, None
+    means no bound (early stopping only).
 
     Raises:
         ValueError: for anything else, or an integer below 1.
@@ -130,8 +150,7 @@ def resolve_max_num_steps(
     if max_num_steps is None:
         return None
     if max_num_steps == "auto":
-        epoch_steps = steps_per_epoch(num_train, training_batch_size)
-        return max(MIN_NUM_STEPS, MIN_NUM_EPOCHS * epoch_steps)
+        return auto_max_num_steps(num_train)
     if isinstance(max_num_steps, bool) or not isinstance(
         max_num_steps, numbers.Integral
     ):
@@ -158,7 +177,11 @@ class VectorFieldInference(NeuralInference):
             ``sigmoid``, ``likelihood``).
         net: ``"mlp"`` (residual MLP), ``"adaln_mlp"`` or an ``nn.Module`` with
             signature ``net(z, condition_embedding, time)``.
-        net_kwargs: width/depth/dropout of a named net.
+        net_kwargs: width/depth/dropout of a named net. The residual MLPs'
+            ``width`` and ``depth`` default to a size that grows with the
+            number of simulations (:func:`~sbi_diffusion.nets.sizing.mlp_size`:
+            width 128 and 2 blocks at 10^3, 128 and 3 at 10^4, 256 and 4 from
+            10^5).
         embedding_net: network embedding ``x`` (e.g. from
             ``sbi.neural_nets.embedding_nets``); identity if None.
         condition_dropout: probability of dropping the condition in training
@@ -182,6 +205,9 @@ class VectorFieldInference(NeuralInference):
     default_sampler = "heun"
     default_sampler_options: dict[str, Any] = {"steps": 18}
     _posterior_class: type[DiffusionPosterior] = DiffusionPosterior
+    #: whether the residual MLPs' width and depth default to
+    #: :func:`~sbi_diffusion.nets.sizing.mlp_size` (else to the nets' defaults)
+    sizes_net_by_budget: bool = True
 
     def __init__(
         self,
@@ -278,6 +304,7 @@ class VectorFieldInference(NeuralInference):
             )
         if not torch.isfinite(theta).all():
             raise ValueError("theta contains NaN or inf values; remove those rows.")
+        self._check_theta_matches_prior(theta)
         if self._theta_roundwise:
             prev_theta, prev_x = self._theta_roundwise[0], self._x_roundwise[0]
             if (
@@ -320,6 +347,23 @@ class VectorFieldInference(NeuralInference):
             )
         return self
 
+    def _check_theta_matches_prior(self, theta: Tensor) -> None:
+        """Raise if a row of ``theta`` has another shape than a prior draw.
+
+        Raises:
+            ValueError: naming both shapes, when the prior is a proper one.
+        """
+        if self._prior is None or isinstance(self._prior, ImproperEmpirical):
+            return
+        with torch.no_grad():
+            prior_shape = tuple(self._prior.sample((1,)).shape[1:])
+        if tuple(theta.shape[1:]) != prior_shape:
+            raise ValueError(
+                f"theta has rows of shape {tuple(theta.shape[1:])}, but the prior "
+                f"draws parameters of shape {prior_shape}. Pass theta of shape "
+                f"(num_simulations, {', '.join(map(str, prior_shape))})."
+            )
+
     # ------------------------------------------------------------- network
 
     def _build_denoiser(self, theta: Tensor, x: Tensor) -> Denoiser:
@@ -344,7 +388,10 @@ class VectorFieldInference(NeuralInference):
         # models with condition dropout take a null-condition flag (Denoiser)
         net_condition_dim = condition_dim + (1 if self._condition_dropout > 0 else 0)
         net = build_net(
-            self._net_spec, theta_dim, net_condition_dim, **self._net_kwargs
+            self._net_spec,
+            theta_dim,
+            net_condition_dim,
+            **self._resolved_net_kwargs(theta.shape[0], theta_dim),
         )
         if isinstance(self._net_spec, nn.Module):
             net = deepcopy(net)
@@ -364,6 +411,17 @@ class VectorFieldInference(NeuralInference):
             condition_embedding_dim=condition_dim,
         )
         return denoiser.to(self._device)
+
+    def _resolved_net_kwargs(self, num_simulations: int, theta_dim: int) -> dict:
+        """The options of a named net: those given, with ``width`` and ``depth``
+        of the residual MLPs sized by the budget where not given
+        (:func:`~sbi_diffusion.nets.sizing.mlp_size`)."""
+        options = dict(self._net_kwargs)
+        named = isinstance(self._net_spec, str) and self._net_spec in AUTO_SIZED_NETS
+        if named and self.sizes_net_by_budget:
+            for key, value in mlp_size(num_simulations, theta_dim).items():
+                options.setdefault(key, value)
+        return options
 
     def _initialize_neural_network(self, retrain_from_scratch: bool, start_idx: int):
         theta, x, _ = self.get_simulations(start_idx)
@@ -395,7 +453,7 @@ class VectorFieldInference(NeuralInference):
         learning_rate: float = 1e-3,
         validation_fraction: float = 0.1,
         stop_after_epochs: int = 30,
-        stop_after_steps: int = 1000,
+        stop_after_steps: int | str = "auto",
         max_num_epochs: int | None = None,
         max_num_steps: int | str | None = "auto",
         clip_max_norm: float | None = 1.0,
@@ -404,6 +462,7 @@ class VectorFieldInference(NeuralInference):
         weight_decay: float = 0.0,
         ema_decay: float | None = None,
         num_validation_noise: int = 4,
+        validation_interval: int = VALIDATION_INTERVAL,
         noise_bands: int = 1,
         resume_training: bool = False,
         retrain_from_scratch: bool = False,
@@ -414,25 +473,30 @@ class VectorFieldInference(NeuralInference):
     ) -> Denoiser:
         r"""Train the denoiser; returns the EMA estimator used for sampling.
 
+        One call runs :meth:`_train_epoch` until a bound or the stopping rule
+        ends it. The validation loss (:class:`ValidationSet`) is computed on the
+        EMA weights at the end of the first epoch that completes at least
+        ``validation_interval`` optimiser steps since the last one, and the
+        weights with the lowest validation loss are returned.
+
         Args:
             training_batch_size: batch size.
-            learning_rate: peak learning rate of Adam(W).
+            learning_rate: peak learning rate of AdamW.
             validation_fraction: fraction of simulations held out.
             stop_after_epochs: stop when the validation loss has not improved for
                 this many epochs ...
             stop_after_steps: ... and for at least this many optimiser steps
-                (:func:`patience_epochs`). With 10^3 simulations an epoch is
-                3-4 steps, and 30 epochs stopped training while the validation
-                loss was still falling.
+                (:func:`patience_steps`); ``"auto"`` (default) is a quarter of
+                the ``"auto"`` step bound (:func:`auto_max_num_steps`).
             max_num_epochs: upper bound on epochs.
             max_num_steps: upper bound on optimiser steps: ``"auto"`` (default)
-                allows ``max(10_000, 150 epochs)`` steps
-                (:func:`resolve_max_num_steps`), an integer that many, None no
-                bound. The learning rate decays (cosine) over the smaller of this
-                and ``max_num_epochs``; training also stops early when the
-                validation loss stalls.
+                scales with the training set (:func:`auto_max_num_steps`), an
+                integer is used as given, None means no bound. The learning rate
+                decays (cosine) over the smaller of this and ``max_num_epochs``;
+                training also stops early when the validation loss stalls.
             clip_max_norm: gradient-norm clipping (None: off).
-            warmup_steps: linear learning-rate warm-up steps.
+            warmup_steps: linear learning-rate warm-up steps (at most a tenth of
+                the step bound).
             final_learning_rate_factor: learning rate at the end of the cosine
                 decay, relative to ``learning_rate``.
             weight_decay: AdamW weight decay.
@@ -440,6 +504,8 @@ class VectorFieldInference(NeuralInference):
             num_validation_noise: fixed (time, noise) draws per validation sample;
                 the validation loss uses fixed times (quantiles of the training
                 time distribution) and fixed noise, so it is not noise itself.
+            validation_interval: optimiser steps between validations, at least
+                (validation happens at the end of an epoch).
             noise_bands: number of noise bands with their own early stopping
                 (:class:`~sbi_diffusion.nets.noise_bands.NoiseBandSelection`).
                 With 1 (default) the weights with the lowest validation loss are
@@ -447,8 +513,7 @@ class VectorFieldInference(NeuralInference):
                 of noise levels, the weights with the lowest loss on each band
                 are kept, and the returned estimator uses each band's weights for
                 its noise levels; training stops when no band has improved for
-                the patience. With few simulations the low noise levels overfit
-                while the high ones (the posterior's location) still improve.
+                the patience.
             resume_training: continue from the current network and optimiser.
             retrain_from_scratch: re-initialise the network.
             discard_prior_samples: unsupported (single-round method); must be
@@ -462,34 +527,16 @@ class VectorFieldInference(NeuralInference):
         Raises:
             TrainingDivergedError: if the loss becomes NaN or infinite.
         """
-        unknown = set(kwargs) - {
-            "calibration_kernel",
-            "exclude_invalid_x",
-            "dataloader_kwargs",
-            "force_first_round_loss",
-        }
-        if unknown:
-            raise ValueError(
-                f"Unknown train() arguments {sorted(unknown)}. See "
-                f"{type(self).__name__}.train for the accepted ones."
-            )
-        if discard_prior_samples:
-            raise ValueError("discard_prior_samples is not supported: single round.")
-        if not self._theta_roundwise:
-            raise ValueError(
-                "No simulations: call append_simulations(theta, x) before train()."
-            )
-        if stop_after_epochs < 1 or stop_after_steps < 0:
-            raise ValueError(
-                "stop_after_epochs must be positive and stop_after_steps "
-                f"non-negative, got {stop_after_epochs} and {stop_after_steps}."
-            )
-        if training_batch_size < 1 or learning_rate <= 0:
-            raise ValueError("training_batch_size and learning_rate must be positive.")
-        if not 0.0 < validation_fraction < 1.0:
-            raise ValueError(
-                f"validation_fraction must be in (0, 1), got {validation_fraction}."
-            )
+        self._check_train_arguments(
+            kwargs,
+            discard_prior_samples,
+            stop_after_epochs,
+            stop_after_steps,
+            training_batch_size,
+            learning_rate,
+            validation_fraction,
+            validation_interval,
+        )
         generator = torch.Generator(device="cpu")
         generator.manual_seed(
             int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed
@@ -509,62 +556,55 @@ class VectorFieldInference(NeuralInference):
             self.val_indices = permutation[:num_val]
             self._initialize_neural_network(retrain_from_scratch, 0)
             self._best_val_loss = float("inf")
-            self._epochs_since_last_improvement = 0
+            self._steps_since_last_improvement = 0
             self._epoch = 0
         net = self._neural_net
         device = self._device
         train_theta = theta[self.train_indices].to(device)
         train_x = x[self.train_indices].to(device)
-        val_theta = theta[self.val_indices].to(device)
-        val_x = x[self.val_indices].to(device)
 
         decay = self._ema_decay if ema_decay is None else ema_decay
         if self._ema is None:
             self._ema = ExponentialMovingAverage(net, decay)
         self._ema.decay = decay
         if self._optimizer is None:
-            self._optimizer = torch.optim.AdamW(
-                net.parameters(), lr=learning_rate, weight_decay=weight_decay
+            self._optimizer = make_optimizer(
+                list(net.parameters()), learning_rate, weight_decay
             )
 
-        # Fixed validation set: times at quantiles, fixed noise, no dropout.
-        val_generator = torch.Generator(device="cpu").manual_seed(12345)
-        reps = max(1, int(num_validation_noise))
-        val_theta_rep = val_theta.repeat(reps, *([1] * (val_theta.dim() - 1)))
-        val_x_rep = val_x.repeat(reps, *([1] * (val_x.dim() - 1)))
-        val_times = self._schedule.validation_times(val_theta_rep.shape[0])
-        val_times = val_times[
-            torch.randperm(val_times.shape[0], generator=val_generator)
-        ].to(device)
-        val_noise = torch.randn(
-            val_theta_rep.reshape(val_theta_rep.shape[0], -1).shape,
-            generator=val_generator,
-        ).to(device)
-        val_drop = torch.zeros(val_theta_rep.shape[0], dtype=torch.bool, device=device)
+        validation = ValidationSet.build(
+            theta[self.val_indices],
+            x[self.val_indices],
+            self._schedule,
+            num_validation_noise,
+            device,
+        )
+        self._validation_set = validation
         selection = getattr(self, "_band_selection", None)
-        fresh_selection = (
+        if (
             not resume_training
             or selection is None
-            or selection.num_bands != noise_bands
-        )
-        if fresh_selection:
-            selection = NoiseBandSelection(net, val_times, noise_bands)
+            or selection.num_bands != (noise_bands)
+        ):
+            selection = NoiseBandSelection(net, validation.times, noise_bands)
         self._band_selection = selection
-        # kept for diagnostics: the rows every validation loss is computed on
-        self._validation_rows = (val_theta_rep, val_x_rep, val_times, val_noise)
 
         num_train = train_theta.shape[0]
         batch_size = min(training_batch_size, num_train)
         epoch_steps = steps_per_epoch(num_train, training_batch_size)
-        patience = patience_epochs(stop_after_epochs, stop_after_steps, epoch_steps)
+        auto_steps = auto_max_num_steps(num_train)
+        if stop_after_steps == "auto":
+            stop_after_steps = auto_steps // 4
+        patience = patience_steps(stop_after_epochs, stop_after_steps, epoch_steps)
         max_epochs = 2**31 - 1 if max_num_epochs is None else int(max_num_epochs)
-        step_bound = resolve_max_num_steps(max_num_steps, num_train, batch_size)
+        step_bound = resolve_max_num_steps(max_num_steps, num_train)
         bounds = [b for b in (step_bound,) if b is not None]
         if max_num_epochs is not None:
             bounds.append(max_epochs * epoch_steps)
         total_steps = min(bounds) if bounds else None
         if total_steps is not None:
             max_epochs = min(max_epochs, -(-total_steps // epoch_steps))
+            warmup_steps = min(warmup_steps, total_steps // 10)
         best_state = deepcopy(self._ema.model.state_dict())
 
         progress = tqdm(
@@ -574,48 +614,39 @@ class VectorFieldInference(NeuralInference):
             leave=False,
         )
         epochs_this_call = 0
+        steps_since_validation = 0
+        train_losses: list[float] = []
+        stopped_early = False
+        start = time.time()
         while epochs_this_call < max_epochs:
-            start = time.time()
-            net.train()
             order = torch.randperm(num_train, generator=generator).to(device)
-            train_loss_sum = 0.0
-            for b in range(epoch_steps):
-                idx = order[b * batch_size : (b + 1) * batch_size]
-                factor = learning_rate_factor(
-                    self._num_steps_done,
-                    warmup_steps,
-                    total_steps,
-                    final_learning_rate_factor,
-                )
-                for group in self._optimizer.param_groups:
-                    group["lr"] = learning_rate * factor
-                self._optimizer.zero_grad(set_to_none=True)
-                loss = net.loss(train_theta[idx], train_x[idx]).mean()
-                if not torch.isfinite(loss):
-                    progress.close()
-                    raise TrainingDivergedError(
-                        f"The training loss became {loss.item()} at step "
-                        f"{self._num_steps_done}. Lower the learning_rate, use "
-                        "clip_max_norm, or check theta and x for extreme values."
+            try:
+                train_losses.append(
+                    self._train_epoch(
+                        train_theta,
+                        train_x,
+                        order,
+                        batch_size,
+                        epoch_steps,
+                        learning_rate,
+                        warmup_steps,
+                        total_steps,
+                        final_learning_rate_factor,
+                        clip_max_norm,
                     )
-                loss.backward()
-                if clip_max_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), clip_max_norm)
-                self._optimizer.step()
-                self._ema.update(net)
-                self._num_steps_done += 1
-                train_loss_sum += loss.item()
-            with torch.no_grad():
-                val_rows = self._ema.model.loss(
-                    val_theta_rep,
-                    val_x_rep,
-                    times=val_times,
-                    noise=val_noise,
-                    drop_condition=val_drop,
                 )
-            val_loss = val_rows.mean().item()
+            except TrainingDivergedError:
+                progress.close()
+                raise
             self._epoch += 1
             epochs_this_call += 1
+            steps_since_validation += epoch_steps
+            progress.update(1)
+            last_epoch = epochs_this_call == max_epochs
+            if steps_since_validation < validation_interval and not last_epoch:
+                continue
+            val_rows = validation.losses(self._ema.model)
+            val_loss = val_rows.mean().item()
             self._val_loss = val_loss
             improved = val_loss < self._best_val_loss
             if improved:
@@ -624,35 +655,205 @@ class VectorFieldInference(NeuralInference):
             if selection.num_bands > 1:
                 improved = selection.update(val_rows, self._ema.model) or improved
             if improved:
-                self._epochs_since_last_improvement = 0
+                self._steps_since_last_improvement = 0
             else:
-                self._epochs_since_last_improvement += 1
-            self._summary["training_loss"].append(train_loss_sum / epoch_steps)
-            self._summary["validation_loss"].append(val_loss)
-            self._summary["epoch_durations_sec"].append(time.time() - start)
-            self._tracker.log_metric("validation_loss", val_loss, step=self._epoch)
-            self._tracker.log_metric(
-                "training_loss", train_loss_sum / epoch_steps, step=self._epoch
-            )
-            progress.update(1)
+                self._steps_since_last_improvement += steps_since_validation
+            train_loss = sum(train_losses) / len(train_losses)
+            self._record_validation(train_loss, val_loss, time.time() - start)
             progress.set_postfix(val_loss=f"{val_loss:.4f}")
-            if self._epochs_since_last_improvement >= patience:
+            train_losses, steps_since_validation, start = [], 0, time.time()
+            if self._steps_since_last_improvement >= patience:
+                stopped_early = not last_epoch
                 break
         progress.close()
+        self._resolved_training = {
+            "net": self._net_spec
+            if isinstance(self._net_spec, str)
+            else type(self._net_spec).__name__,
+            "net_kwargs": self._resolved_net_kwargs(num, int(theta[0].numel())),
+            "max_num_steps": total_steps,
+            "patience_steps": patience,
+            "steps_trained": self._num_steps_done,
+            "epochs_trained": self._epoch,
+        }
         self._ema.model.load_state_dict(best_state)
         self._summary["epochs_trained"].append(self._epoch)
         self._summary["best_validation_loss"].append(self._best_val_loss)
-        if show_train_summary:
-            print(
-                f"{type(self).__name__}: {self._epoch} epochs "
-                f"({self._num_steps_done} steps), best validation loss "
-                f"{self._best_val_loss:.4f}."
-            )
+        self._tracker.flush()
+        self._report_end_of_training(stopped_early, patience, show_train_summary)
         if selection.num_bands > 1:
             self._trained_estimator = selection.build(self._ema.model)
         else:
             self._trained_estimator = self._ema.model
         return deepcopy(self._trained_estimator)
+
+    @property
+    def resolved_training(self) -> dict[str, Any]:
+        """What the last ``train()`` resolved its defaults to: the network
+        (``net``, ``net_kwargs``), the step bound (``max_num_steps``, None for
+        none), the patience in steps, and the steps and epochs trained. Empty
+        before training."""
+        return dict(getattr(self, "_resolved_training", {}))
+
+    @classmethod
+    def training_recipe(cls) -> dict[str, Any]:
+        """The defaults that decide what a training with no options builds: the
+        constructor's and ``train()``'s default arguments, the class defaults and
+        the budget rules (:func:`auto_max_num_steps`,
+        :func:`~sbi_diffusion.nets.sizing.mlp_size`). A model cache keys its
+        files on it, so a changed default never reuses a model trained under the
+        old one."""
+
+        def defaults(func: Any) -> dict[str, str]:
+            return {
+                name: repr(p.default)
+                for name, p in inspect.signature(func).parameters.items()
+                if p.default is not inspect.Parameter.empty
+            }
+
+        return {
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "init": defaults(cls.__init__),
+            "train": defaults(cls.train),
+            "schedule": repr(cls.default_schedule),
+            "parameterization": repr(cls.default_parameterization),
+            "weighting": repr(cls.default_weighting),
+            "sizes_net_by_budget": cls.sizes_net_by_budget,
+            "sizing": [mlp_size(10**k, 2) for k in range(2, 7)],
+            "steps": [auto_max_num_steps(10**k) for k in range(2, 7)],
+        }
+
+    def _check_train_arguments(
+        self,
+        kwargs: dict[str, Any],
+        discard_prior_samples: bool,
+        stop_after_epochs: int,
+        stop_after_steps: int | str,
+        training_batch_size: int,
+        learning_rate: float,
+        validation_fraction: float,
+        validation_interval: int,
+    ) -> None:
+        """Raise a ValueError naming the first invalid argument of ``train()``."""
+        unknown = set(kwargs) - {
+            "calibration_kernel",
+            "exclude_invalid_x",
+            "dataloader_kwargs",
+            "force_first_round_loss",
+        }
+        if unknown:
+            raise ValueError(
+                f"Unknown train() arguments {sorted(unknown)}. See "
+                f"{type(self).__name__}.train for the accepted ones."
+            )
+        if discard_prior_samples:
+            raise ValueError("discard_prior_samples is not supported: single round.")
+        if not self._theta_roundwise:
+            raise ValueError(
+                "No simulations: call append_simulations(theta, x) before train()."
+            )
+        steps_ok = stop_after_steps == "auto" or (
+            isinstance(stop_after_steps, numbers.Integral) and stop_after_steps >= 0
+        )
+        if stop_after_epochs < 1 or not steps_ok:
+            raise ValueError(
+                "stop_after_epochs must be positive and stop_after_steps "
+                f"non-negative or 'auto', got {stop_after_epochs} and "
+                f"{stop_after_steps!r}."
+            )
+        if training_batch_size < 1 or learning_rate <= 0:
+            raise ValueError("training_batch_size and learning_rate must be positive.")
+        if not 0.0 < validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must be in (0, 1), got {validation_fraction}."
+            )
+        if validation_interval < 1:
+            raise ValueError(
+                f"validation_interval must be at least 1, got {validation_interval}."
+            )
+
+    def _train_epoch(
+        self,
+        train_theta: Tensor,
+        train_x: Tensor,
+        order: Tensor,
+        batch_size: int,
+        epoch_steps: int,
+        learning_rate: float,
+        warmup_steps: int,
+        total_steps: int | None,
+        final_learning_rate_factor: float,
+        clip_max_norm: float | None,
+    ) -> float:
+        """One pass over the training set in the order ``order``; returns the
+        mean training loss. Each step sets the scheduled learning rate
+        (:func:`~sbi_diffusion.training.learning_rate_factor`), takes an AdamW
+        step on the denoising loss and moves the EMA.
+
+        Raises:
+            TrainingDivergedError: if the loss becomes NaN or infinite.
+        """
+        net = self._neural_net
+        net.train()
+        parameters = list(net.parameters())
+        losses = []
+        for b in range(epoch_steps):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            factor = learning_rate_factor(
+                self._num_steps_done,
+                warmup_steps,
+                total_steps,
+                final_learning_rate_factor,
+            )
+            for group in self._optimizer.param_groups:
+                group["lr"] = learning_rate * factor
+            self._optimizer.zero_grad(set_to_none=True)
+            loss = net.loss(train_theta[idx], train_x[idx]).mean()
+            loss.backward()
+            if clip_max_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, clip_max_norm, foreach=True)
+            self._optimizer.step()
+            self._ema.update(net)
+            self._num_steps_done += 1
+            losses.append(loss.detach())
+        epoch_loss = torch.stack(losses).mean().item()
+        if not math.isfinite(epoch_loss):
+            raise TrainingDivergedError(
+                f"The training loss became {epoch_loss} by step "
+                f"{self._num_steps_done}. Lower the learning_rate, use "
+                "clip_max_norm, or check theta and x for extreme values."
+            )
+        return epoch_loss
+
+    def _record_validation(
+        self, train_loss: float, val_loss: float, duration: float
+    ) -> None:
+        """Append one validation to the summary and the tracker."""
+        self._summary["training_loss"].append(train_loss)
+        self._summary["validation_loss"].append(val_loss)
+        self._summary["epoch_durations_sec"].append(duration)
+        self._tracker.log_metric("validation_loss", val_loss, step=self._epoch)
+        self._tracker.log_metric("training_loss", train_loss, step=self._epoch)
+
+    def _report_end_of_training(
+        self, stopped_early: bool, patience: int, show_summary: bool
+    ) -> None:
+        """Say how training ended: the epochs and steps run, the best validation
+        loss and, after early stopping, why it stopped. Always logged; printed
+        with ``show_summary``, and after early stopping when progress bars are
+        on (the bar then ends before its total)."""
+        message = (
+            f"{type(self).__name__}: trained {self._epoch} epochs "
+            f"({self._num_steps_done} steps), best validation loss "
+            f"{self._best_val_loss:.4f}"
+        )
+        if stopped_early:
+            message += f"; stopped early: no improvement in the last {patience} steps"
+        logger.info(message)
+        if show_summary:
+            print(message + ".")
+        elif stopped_early and self._show_progress_bars:
+            tqdm.write(message + ".")
 
     # ----------------------------------------------------------- posterior
 
