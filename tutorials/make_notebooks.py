@@ -124,7 +124,8 @@ QUICKSTART = [
         "xs = simulator(thetas)\n"
         "ranks, dap = run_sbc(thetas, xs, posterior, num_posterior_samples=100,\n"
         "                     show_progress_bar=False)\n"
-        "ks_pvals = check_sbc(ranks, thetas, dap, num_posterior_samples=100)['ks_pvals']\n"
+        "checks = check_sbc(ranks, thetas, dap, num_posterior_samples=100)\n"
+        "ks_pvals = checks['ks_pvals']\n"
         "print('KS p-values per parameter:', ks_pvals)\n"
         "assert (ks_pvals > 1e-3).all(), ks_pvals"
     ),

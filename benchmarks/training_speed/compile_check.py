@@ -22,8 +22,7 @@ import torch
 
 from sbi_diffusion import DiffusionNPE
 from sbi_diffusion.benchmark.results import append_row
-from sbi_diffusion.benchmark.runner import _device_name as device_name
-from sbi_diffusion.benchmark.runner import package_versions
+from sbi_diffusion.benchmark.runner import device_name, package_versions
 from sbi_diffusion.training import ExponentialMovingAverage, make_optimizer
 
 

@@ -29,8 +29,11 @@ import torch
 
 from sbi_diffusion.benchmark.methods import parse
 from sbi_diffusion.benchmark.results import append_row
-from sbi_diffusion.benchmark.runner import package_versions, train_or_load
-from sbi_diffusion.benchmark.runner import _device_name as device_name
+from sbi_diffusion.benchmark.runner import (
+    device_name,
+    package_versions,
+    train_or_load,
+)
 from sbi_diffusion.benchmark.tasks import load_task
 
 REFERENCE = "npe"
@@ -148,9 +151,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--output", default="benchmarks/training_speed/results.jsonl"
-    )
+    parser.add_argument("--output", default="benchmarks/training_speed/results.jsonl")
     parser.add_argument(
         "--report", action="store_true", help="print the table of --output and stop"
     )

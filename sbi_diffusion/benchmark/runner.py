@@ -287,7 +287,7 @@ def train_or_load(
                 train_cpu_s=float(saved.get("train_cpu_s", math.nan)),
                 simulate_s=float(saved.get("simulate_s", math.nan)),
                 # files written before the field existed were trained on a CPU
-                train_device=saved.get("train_device", _device_name("cpu")),
+                train_device=saved.get("train_device", device_name("cpu")),
                 resolved_training=saved.get("resolved_training", {}),
             )
 
@@ -321,7 +321,7 @@ def train_or_load(
             "train_s": train_s,
             "train_cpu_s": train_cpu_s,
             "simulate_s": simulate_s,
-            "train_device": _device_name(device),
+            "train_device": device_name(device),
             "resolved_training": _resolved_training(inference),
         }
         try:
@@ -338,7 +338,7 @@ def train_or_load(
         train_s,
         train_cpu_s,
         simulate_s,
-        train_device=_device_name(device),
+        train_device=device_name(device),
         resolved_training=_resolved_training(inference),
     )
 
@@ -450,7 +450,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             "sample_s": None if sample_s is None else round(sample_s, 4),
             "simulate_s": round(simulate_s, 3),
             "nfe": nfe,
-            "device": _device_name(job.device),
+            "device": device_name(job.device),
             "train_device": trained.train_device,
             "versions": versions,
             "protocol": protocol,
@@ -482,7 +482,7 @@ def format_row(row: dict[str, Any]) -> str:
     return line + (f" ({row['error']})" if row.get("error") else "")
 
 
-def _device_name(device: str) -> str:
+def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         index = torch.device(device).index or 0
         return f"{device} ({torch.cuda.get_device_name(index)})"
