@@ -1184,7 +1184,39 @@ DESIGN_CHOICES = [
 ]
 
 
+def execute(path: Path, simulations: int) -> float:
+    """Run the notebook at ``path`` with ``simulations`` simulations and store its
+    outputs in it; returns the seconds it took."""
+    import os
+    import time
+
+    from nbclient import NotebookClient
+
+    os.environ["SBI_DIFFUSION_TUTORIAL_SIMULATIONS"] = str(simulations)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    notebook = nbformat.read(path, as_version=4)
+    start = time.perf_counter()
+    NotebookClient(
+        notebook,
+        timeout=None,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
+    nbformat.write(notebook, path)
+    return time.perf_counter() - start
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--execute",
+        type=int,
+        metavar="SIMULATIONS",
+        help="also run each notebook with this budget and store its outputs",
+    )
+    args = parser.parse_args()
     here = Path(__file__).parent
     for name, cells in [
         ("01_quickstart.ipynb", QUICKSTART),
@@ -1201,6 +1233,9 @@ def main() -> None:
             "language": "python",
         }
         nbformat.write(notebook, here / name)
+        if args.execute:
+            seconds = execute(here / name, args.execute)
+            print(f"{name}: ran in {seconds:.0f} s with {args.execute} simulations")
 
 
 if __name__ == "__main__":

@@ -752,6 +752,7 @@ class JointDiffusion(VectorFieldInference):
         from_round: int = 0,
         algorithm: str | None = None,
         data_device: str | None = None,
+        proposal: Any = None,
     ) -> JointDiffusion:
         r"""Store parameters and simulations for training.
 
@@ -762,8 +763,9 @@ class JointDiffusion(VectorFieldInference):
         Args:
             theta: ``(num_simulations, *theta_shape)``.
             x: ``(num_simulations, *x_shape)``.
-            exclude_invalid_x, from_round, algorithm, data_device: as in
-                :meth:`VectorFieldInference.append_simulations`.
+            exclude_invalid_x, from_round, algorithm, data_device, proposal: as
+                in :meth:`VectorFieldInference.append_simulations` (the prior or
+                a truncated prior).
 
         Returns:
             self, for chaining.
@@ -789,6 +791,7 @@ class JointDiffusion(VectorFieldInference):
             from_round=from_round,
             algorithm=algorithm,
             data_device=data_device,
+            proposal=proposal,
         )
         kept = (
             torch.isfinite(torch.where(x_missing, 0.0, x))

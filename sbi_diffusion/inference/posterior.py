@@ -53,6 +53,13 @@ from sbi_diffusion.vector_field import DenoiseFn
 __all__ = ["DiffusionPosterior", "DiffusionPotential"]
 
 
+ADAPTIVE_LOG_PROB_ROWS = 10_000
+"""Batches up to this many rows get the adaptive solver in ``log_prob``."""
+
+LARGE_BATCH_HEUN_STEPS = 16
+"""Heun steps of ``log_prob`` on larger batches (``solver="auto"``)."""
+
+
 class DiffusionPotential(BasePotential):
     """Posterior log density (probability-flow ODE) as an sbi potential."""
 
@@ -603,8 +610,8 @@ class DiffusionPosterior(NeuralPosterior):
         generator: torch.Generator | None = None,
         iid_method: str | None = None,
         iid_options: dict | None = None,
-        solver: str = "dopri5",
-        steps: int = 32,
+        solver: str = "auto",
+        steps: int | None = None,
     ) -> Tensor:
         r"""``log p(theta | x)`` through the probability-flow ODE.
 
@@ -629,9 +636,17 @@ class DiffusionPosterior(NeuralPosterior):
             generator: random generator of the Hutchinson probes.
             iid_method, iid_options: composition for i.i.d. trials (as in
                 :meth:`sample`).
-            solver: ``"dopri5"`` (adaptive, to ``rtol``/``atol``) or ``"heun"``
-                (``steps`` fixed steps, ``2 * steps`` network evaluations).
-            steps: Heun steps (``solver="heun"`` only).
+            solver: ``"dopri5"`` (adaptive, to ``rtol``/``atol``), ``"heun"``
+                (``steps`` fixed steps, ``2 * steps`` network evaluations) or
+                ``"auto"`` (default): ``"dopri5"`` for up to
+                :data:`ADAPTIVE_LOG_PROB_ROWS` rows, ``"heun"`` with
+                :data:`LARGE_BATCH_HEUN_STEPS` steps above, where the cost of
+                many densities matters more than the last digits of each
+                (sbi's ``get_density_thresholder`` evaluates 10^6 of them).
+            steps: Heun steps (default 32, or 16 when ``"auto"`` picks Heun).
+
+        The rows are integrated in pieces of ``max_sampling_batch_size``, so
+        memory stays bounded for any batch.
 
         Returns:
             Log densities of shape ``(batch,)``.
@@ -652,6 +667,12 @@ class DiffusionPosterior(NeuralPosterior):
                 f"*{tuple(self.theta_shape)})."
             )
         z = self.estimator.to_z(theta).reshape(theta.shape[0], -1)
+        if solver == "auto":
+            large = z.shape[0] > ADAPTIVE_LOG_PROB_ROWS
+            solver = "heun" if large else "dopri5"
+            if steps is None and large:
+                steps = LARGE_BATCH_HEUN_STEPS
+        steps = 32 if steps is None else steps
         if x.shape[0] > 1:
             method = self.iid_method if iid_method is None else iid_method
             if method not in ("gauss", "factorized"):
@@ -666,16 +687,21 @@ class DiffusionPosterior(NeuralPosterior):
             )
         else:
             denoise = self.denoiser_for(x)
-        log_p = ode_log_prob(
-            denoise,
-            z,
-            divergence=divergence,
-            num_probes=num_probes,
-            rtol=rtol,
-            atol=atol,
-            generator=generator,
-            solver=solver,
-            steps=steps,
+        log_p = torch.cat(
+            [
+                ode_log_prob(
+                    denoise,
+                    piece,
+                    divergence=divergence,
+                    num_probes=num_probes,
+                    rtol=rtol,
+                    atol=atol,
+                    generator=generator,
+                    solver=solver,
+                    steps=steps,
+                )
+                for piece in z.split(self.max_sampling_batch_size)
+            ]
         )
         log_p = log_p - self.estimator.log_abs_det()
         inside = within_support(self.prior, theta).reshape(-1)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from sbi_diffusion.denoiser import Denoiser
 from sbi_diffusion.inference.posterior import DiffusionPosterior
+from sbi_diffusion.inference.proposals import proposal_kind
 from sbi_diffusion.nets import build_net
 from sbi_diffusion.nets.noise_bands import NoiseBandSelection
 from sbi_diffusion.nets.sizing import AUTO_SIZED_NETS, mlp_size
@@ -268,6 +269,9 @@ class VectorFieldInference(NeuralInference):
         self._ema: ExponentialMovingAverage | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._num_steps_done = 0
+        #: per appended round: the proposal, and "prior" or "truncated_prior"
+        self._proposal_roundwise: list[Any] = []
+        self._proposal_kinds: list[str] = []
 
     # ----------------------------------------------------------------- data
 
@@ -279,11 +283,18 @@ class VectorFieldInference(NeuralInference):
         from_round: int = 0,
         algorithm: str | None = None,
         data_device: str | None = None,
+        proposal: Any = None,
     ) -> VectorFieldInference:
         r"""Store parameters and simulations for training.
 
         Simulations with NaN or inf entries are excluded with a warning (set
         ``exclude_invalid_x=False`` to raise instead).
+
+        Sequential rounds: pass the proposal ``theta`` was drawn from. The prior
+        (or None) and a truncated prior (sbi's ``RestrictedPrior``) are
+        accepted, and every round trains together with the first-round loss
+        (:mod:`~sbi_diffusion.inference.proposals` says why that needs no
+        correction); any other proposal raises.
 
         Args:
             theta: parameters ``(num_simulations, *theta_shape)``.
@@ -292,10 +303,17 @@ class VectorFieldInference(NeuralInference):
             from_round: round index, as in sbi.
             algorithm: unused, for sbi compatibility.
             data_device: where to keep the data (default: the training device).
+            proposal: the distribution ``theta`` was drawn from: None or the
+                prior, or a truncated prior.
 
         Returns:
             self, for chaining.
+
+        Raises:
+            ValueError: for an unsupported proposal, shapes that do not match
+                the prior or earlier rounds, or invalid values.
         """
+        kind = proposal_kind(proposal, self._prior)
         theta, x = as_simulation_batch(theta, x)
         if theta.shape[0] != x.shape[0]:
             raise ValueError(
@@ -340,6 +358,8 @@ class VectorFieldInference(NeuralInference):
         self._x_roundwise.append(x.to(device))
         self._prior_masks.append(torch.ones(theta.shape[0], 1, dtype=torch.bool))
         self._data_round_index.append(int(from_round))
+        self._proposal_roundwise.append(proposal)
+        self._proposal_kinds.append(kind)
         if self._prior is None or isinstance(self._prior, ImproperEmpirical):
             self._prior = ImproperEmpirical(
                 torch.cat(self._theta_roundwise).cpu(),
@@ -558,6 +578,8 @@ class VectorFieldInference(NeuralInference):
             self._best_val_loss = float("inf")
             self._steps_since_last_improvement = 0
             self._epoch = 0
+            # a new call (a new round, say) runs its own warm-up and decay
+            self._schedule_start = self._num_steps_done
         net = self._neural_net
         device = self._device
         train_theta = theta[self.train_indices].to(device)
@@ -800,7 +822,7 @@ class VectorFieldInference(NeuralInference):
         for b in range(epoch_steps):
             idx = order[b * batch_size : (b + 1) * batch_size]
             factor = learning_rate_factor(
-                self._num_steps_done,
+                self._num_steps_done - getattr(self, "_schedule_start", 0),
                 warmup_steps,
                 total_steps,
                 final_learning_rate_factor,

@@ -1,0 +1,119 @@
+"""Sequential rounds with truncated proposals (TSNPE, Deistler et al. 2022)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sbi.utils import RestrictedPrior, get_density_thresholder
+from torch.distributions import MultivariateNormal
+
+from sbi_diffusion import DiffusionNPE, FlowMatchingNPE
+from sbi_diffusion.gaussian import linear_gaussian_posterior
+from sbi_diffusion.inference.proposals import (
+    PRIOR,
+    TRUNCATED_PRIOR,
+    proposal_kind,
+)
+
+
+def test_proposal_kinds(linear_gaussian):
+    prior = linear_gaussian.prior
+    restricted = RestrictedPrior(prior, lambda t: torch.ones(len(t), dtype=bool))
+    assert proposal_kind(None, prior) == PRIOR
+    assert proposal_kind(prior, prior) == PRIOR
+    assert proposal_kind(restricted, prior) == TRUNCATED_PRIOR
+
+    class Declared:
+        proportional_to_prior = True
+
+    assert proposal_kind(Declared(), prior) == TRUNCATED_PRIOR
+    other = torch.distributions.Independent(
+        torch.distributions.Normal(torch.zeros(2), torch.ones(2)), 1
+    )
+    with pytest.raises(ValueError, match="restricts another prior"):
+        proposal_kind(RestrictedPrior(other, lambda t: t[:, 0] > 0), prior)
+
+
+def test_posterior_as_proposal_raises_naming_the_supported_path(linear_gaussian):
+    theta = linear_gaussian.prior.sample((300,))
+    x = linear_gaussian.simulate(theta)
+    inference = DiffusionNPE(
+        linear_gaussian.prior,
+        net_kwargs={"width": 32, "depth": 1},
+        show_progress_bars=False,
+    )
+    inference.append_simulations(theta, x).train(max_num_epochs=2)
+    posterior = inference.build_posterior().set_default_x(x[:1])
+    with pytest.raises(ValueError, match="RestrictedPrior") as error:
+        inference.append_simulations(theta, x, proposal=posterior)
+    assert "not a supported proposal" in str(error.value)
+    assert "get_density_thresholder" in str(error.value)
+    # nothing was appended by the refused call
+    assert len(inference._theta_roundwise) == 1
+
+
+def test_rounds_with_other_shapes_raise(linear_gaussian):
+    theta = linear_gaussian.prior.sample((50,))
+    x = linear_gaussian.simulate(theta)
+    inference = FlowMatchingNPE(linear_gaussian.prior, show_progress_bars=False)
+    inference.append_simulations(theta, x)
+    restricted = RestrictedPrior(
+        linear_gaussian.prior, lambda t: torch.ones(len(t), dtype=bool)
+    )
+    with pytest.raises(ValueError, match="earlier ones have"):
+        inference.append_simulations(
+            theta, torch.cat([x, x], dim=1), proposal=restricted
+        )
+
+
+def _gaussian_kl(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor):
+    """KL(N(sample moments) || N(mean, cov))."""
+    m = samples.mean(0)
+    s = torch.cov(samples.T)
+    inv = torch.linalg.inv(cov)
+    d = mean.shape[0]
+    return 0.5 * (
+        torch.trace(inv @ s)
+        + (mean - m) @ inv @ (mean - m)
+        - d
+        + torch.logdet(cov)
+        - torch.logdet(s)
+    )
+
+
+def test_truncated_rounds_beat_one_round_of_the_same_budget():
+    # A wide prior and a narrow likelihood: x = theta + N(0, 0.3^2 I), theta ~
+    # N(0, 3^2 I). The posterior is 10 times narrower than the prior, so one
+    # round spends most simulations far from it; truncated rounds do not.
+    torch.manual_seed(0)
+    dim, budget, rounds = 2, 900, 3
+    prior = MultivariateNormal(torch.zeros(dim), 9.0 * torch.eye(dim))
+    noise = 0.09 * torch.eye(dim)
+
+    def simulate(theta):
+        return theta + 0.3 * torch.randn_like(theta)
+
+    x_o = torch.tensor([[1.5, -2.0]])
+    mean, cov = linear_gaussian_posterior(
+        torch.zeros(dim), 9.0 * torch.eye(dim), torch.eye(dim), noise, x_o
+    )
+    mean, cov = mean.float(), cov.float()
+
+    def train(proposal_rounds: int, seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        inference = DiffusionNPE(prior, show_progress_bars=False)
+        proposal = prior
+        for _ in range(proposal_rounds):
+            theta = proposal.sample((budget // proposal_rounds,))
+            inference.append_simulations(theta, simulate(theta), proposal=proposal)
+            inference.train(force_first_round_loss=True, seed=seed)
+            posterior = inference.build_posterior().set_default_x(x_o)
+            accept = get_density_thresholder(
+                posterior, quantile=1e-4, num_samples_to_estimate_support=10_000
+            )
+            proposal = RestrictedPrior(prior, accept, sample_with="rejection")
+        return posterior.sample((4000,), show_progress_bars=False)
+
+    one_round = _gaussian_kl(train(1, 0), mean, cov)
+    truncated = _gaussian_kl(train(rounds, 0), mean, cov)
+    assert truncated < one_round, (float(truncated), float(one_round))
