@@ -515,8 +515,7 @@ class VectorFieldInference(NeuralInference):
                 decays (cosine) over the smaller of this and ``max_num_epochs``;
                 training also stops early when the validation loss stalls.
             clip_max_norm: gradient-norm clipping (None: off).
-            warmup_steps: linear learning-rate warm-up steps (at most a tenth of
-                the step bound).
+            warmup_steps: linear learning-rate warm-up steps.
             final_learning_rate_factor: learning rate at the end of the cosine
                 decay, relative to ``learning_rate``.
             weight_decay: AdamW weight decay.
@@ -626,7 +625,6 @@ class VectorFieldInference(NeuralInference):
         total_steps = min(bounds) if bounds else None
         if total_steps is not None:
             max_epochs = min(max_epochs, -(-total_steps // epoch_steps))
-            warmup_steps = min(warmup_steps, total_steps // 10)
         best_state = deepcopy(self._ema.model.state_dict())
 
         progress = tqdm(
