@@ -103,16 +103,17 @@ def test_truncated_rounds_beat_one_round_of_the_same_budget():
         torch.manual_seed(seed)
         inference = DiffusionNPE(prior, show_progress_bars=False)
         proposal = prior
-        for _ in range(proposal_rounds):
+        for round_index in range(proposal_rounds):
             theta = proposal.sample((budget // proposal_rounds,))
             inference.append_simulations(theta, simulate(theta), proposal=proposal)
             inference.train(force_first_round_loss=True, seed=seed)
             posterior = inference.build_posterior().set_default_x(x_o)
-            accept = get_density_thresholder(
-                posterior, quantile=1e-4, num_samples_to_estimate_support=10_000
-            )
-            proposal = RestrictedPrior(prior, accept, sample_with="rejection")
-        return posterior.sample((4000,), show_progress_bars=False)
+            if round_index + 1 < proposal_rounds:
+                accept = get_density_thresholder(
+                    posterior, quantile=1e-3, num_samples_to_estimate_support=2_000
+                )
+                proposal = RestrictedPrior(prior, accept, sample_with="rejection")
+        return posterior.sample((2000,), show_progress_bars=False)
 
     one_round = _gaussian_kl(train(1, 0), mean, cov)
     truncated = _gaussian_kl(train(rounds, 0), mean, cov)
