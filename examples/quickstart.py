@@ -76,7 +76,7 @@ def main() -> None:
     )
     both = torch.cat([samples, reference])
     low, high = both.quantile(0.001, dim=0), both.quantile(0.999, dim=0)
-    margin = 0.15 * (high - low)
+    margin = 0.3 * (high - low)
     fig, axes = pairplot(
         [samples, reference],
         limits=torch.stack([low - margin, high + margin], dim=1).tolist(),
@@ -85,14 +85,18 @@ def main() -> None:
         diag="kde",
         labels=[r"$\theta_1$", r"$\theta_2$"],
     )
+    # pairplot picks its own colours: label the curves it drew on the diagonal
+    drawn = axes[0, 0].get_lines()
     handles = [
-        matplotlib.lines.Line2D([], [], color=f"C{i}", label=label)
-        for i, label in enumerate(
-            ["DiffusionNPE (10,000 samples)", "reference posterior (sbibm)"]
+        matplotlib.lines.Line2D([], [], color=line.get_color(), label=label)
+        for line, label in zip(
+            drawn, ["DiffusionNPE (10,000 samples)", "reference posterior (sbibm)"]
         )
     ]
-    fig.legend(handles=handles, loc="upper right", frameon=False)
-    fig.suptitle(f"two moons, observation {args.observation}: C2ST {score:.3f}")
+    fig.legend(handles=handles, loc="lower left", frameon=False)
+    fig.suptitle(
+        f"two moons, observation {args.observation}: C2ST {score:.3f}", y=1.02
+    )
     path = output / "pairplot.png"
     fig.savefig(path, dpi=120, bbox_inches="tight")
     print(f"pairplot written to {path}")

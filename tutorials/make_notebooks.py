@@ -19,8 +19,7 @@ QUICKSTART = [
         "task, compares the samples to the reference posterior with C2ST, plots "
         "them, evaluates `log_prob` through the probability-flow ODE and runs a "
         "quick simulation-based calibration (SBC) check.\n\n"
-        "A full run (10,000 simulations) takes about two minutes on two CPU "
-        "cores. Set the environment variable `SBI_DIFFUSION_TUTORIAL_SIMULATIONS` "
+        "Set the environment variable `SBI_DIFFUSION_TUTORIAL_SIMULATIONS` "
         "to change the simulation budget (the tests run it with 1,000). The "
         "cells assert what they show, so a broken claim fails the tests."
     ),
@@ -1184,15 +1183,47 @@ DESIGN_CHOICES = [
 ]
 
 
-def execute(path: Path, simulations: int) -> float:
-    """Run the notebook at ``path`` with ``simulations`` simulations and store its
-    outputs in it; returns the seconds it took."""
+FULL_RUNS: dict[str, tuple[int, float]] = {
+    "01_quickstart.ipynb": (10_000, float("nan")),
+    "02_iid_trials_and_guidance.ipynb": (5_000, float("nan")),
+    "03_joint_model.ipynb": (5_000, float("nan")),
+    "04_design_choices.ipynb": (10_000, float("nan")),
+}
+"""Each notebook's default budget and the minutes a run at it took on two idle
+CPU cores (``python make_notebooks.py --execute``, which prints them)."""
+
+STORED_OUTPUTS_SIMULATIONS = 1000
+"""The budget of the run whose outputs are stored in the notebooks."""
+
+
+def run_time_note(name: str) -> str:
+    """The sentence at the top of notebook ``name`` on how long a full run takes."""
+    simulations, minutes = FULL_RUNS[name]
+    return (
+        f"\n\n*Run time:* a full run ({simulations:,} simulations) took about "
+        f"{minutes:.0f} minutes on two idle CPU cores. The stored outputs are from "
+        f"a run with {STORED_OUTPUTS_SIMULATIONS:,} simulations, so their numbers "
+        "are rougher than a full run's."
+    )
+
+
+def execute(path: Path, simulations: int | None) -> float:
+    """Run the notebook at ``path`` and store its outputs in it; returns the
+    seconds it took.
+
+    Args:
+        path: The notebook.
+        simulations: The simulation budget; None runs the notebook's default.
+    """
     import os
     import time
 
     from nbclient import NotebookClient
 
-    os.environ["SBI_DIFFUSION_TUTORIAL_SIMULATIONS"] = str(simulations)
+    if simulations is None:
+        os.environ.pop("SBI_DIFFUSION_TUTORIAL_SIMULATIONS", None)
+    else:
+        os.environ["SBI_DIFFUSION_TUTORIAL_SIMULATIONS"] = str(simulations)
     os.environ.setdefault("MPLBACKEND", "Agg")
     notebook = nbformat.read(path, as_version=4)
     start = time.perf_counter()
@@ -1212,9 +1243,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--execute",
+        nargs="?",
         type=int,
+        const=0,
         metavar="SIMULATIONS",
-        help="also run each notebook with this budget and store its outputs",
+        help="also run each notebook and store its outputs: with this budget, or "
+        "without a value at the notebook's default budget (a full run)",
     )
     args = parser.parse_args()
     here = Path(__file__).parent
@@ -1225,6 +1259,7 @@ def main() -> None:
         ("04_design_choices.ipynb", DESIGN_CHOICES),
     ]:
         notebook = new_notebook(cells=cells)
+        notebook.cells[0].source += run_time_note(name)
         for number, cell in enumerate(notebook.cells):
             cell["id"] = f"cell-{number:02d}"  # stable ids: reviewable diffs
         notebook.metadata["kernelspec"] = {
@@ -1233,9 +1268,13 @@ def main() -> None:
             "language": "python",
         }
         nbformat.write(notebook, here / name)
-        if args.execute:
-            seconds = execute(here / name, args.execute)
-            print(f"{name}: ran in {seconds:.0f} s with {args.execute} simulations")
+        if args.execute is not None:
+            budget = args.execute or None
+            seconds = execute(here / name, budget)
+            print(
+                f"{name}: ran in {seconds:.0f} s ({seconds / 60:.1f} min) with "
+                f"{budget or FULL_RUNS[name][0]} simulations"
+            )
 
 
 if __name__ == "__main__":
