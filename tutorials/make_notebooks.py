@@ -1184,16 +1184,13 @@ DESIGN_CHOICES = [
 
 
 FULL_RUNS: dict[str, tuple[int, float]] = {
-    "01_quickstart.ipynb": (10_000, float("nan")),
-    "02_iid_trials_and_guidance.ipynb": (5_000, float("nan")),
-    "03_joint_model.ipynb": (5_000, float("nan")),
-    "04_design_choices.ipynb": (10_000, float("nan")),
+    "01_quickstart.ipynb": (10_000, 1.4),
+    "02_iid_trials_and_guidance.ipynb": (5_000, 1.2),
+    "03_joint_model.ipynb": (5_000, 3.9),
+    "04_design_choices.ipynb": (10_000, 7.3),
 }
 """Each notebook's default budget and the minutes a run at it took on two idle
 CPU cores (``python make_notebooks.py --execute``, which prints them)."""
-
-STORED_OUTPUTS_SIMULATIONS = 1000
-"""The budget of the run whose outputs are stored in the notebooks."""
 
 
 def run_time_note(name: str) -> str:
@@ -1201,10 +1198,28 @@ def run_time_note(name: str) -> str:
     simulations, minutes = FULL_RUNS[name]
     return (
         f"\n\n*Run time:* a full run ({simulations:,} simulations) took about "
-        f"{minutes:.0f} minutes on two idle CPU cores. The stored outputs are from "
-        f"a run with {STORED_OUTPUTS_SIMULATIONS:,} simulations, so their numbers "
-        "are rougher than a full run's."
+        f"{minutes:.1f} minutes on two idle CPU cores; the stored outputs are "
+        "from such a run."
     )
+
+
+def keep_stored_outputs(notebook: nbformat.NotebookNode, path: Path) -> None:
+    """Copy the outputs of the notebook stored at ``path`` into ``notebook`` when
+    its code cells are unchanged, so that editing the text keeps the outputs."""
+    if not path.exists():
+        return
+    stored = nbformat.read(path, as_version=4)
+
+    def code(nb: nbformat.NotebookNode) -> list[str]:
+        return [cell.source for cell in nb.cells if cell.cell_type == "code"]
+
+    if code(stored) != code(notebook):
+        return
+    stored_code = [cell for cell in stored.cells if cell.cell_type == "code"]
+    new_code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    for old, new in zip(stored_code, new_code, strict=True):
+        new.outputs = old.outputs
+        new.execution_count = old.execution_count
 
 
 def execute(path: Path, simulations: int | None) -> float:
@@ -1267,6 +1282,7 @@ def main() -> None:
             "display_name": "Python 3",
             "language": "python",
         }
+        keep_stored_outputs(notebook, here / name)
         nbformat.write(notebook, here / name)
         if args.execute is not None:
             budget = args.execute or None

@@ -19,7 +19,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 from sbi.utils import RestrictedPrior, get_density_thresholder
 
 from sbi_diffusion.benchmark.methods import build_inference, parse
-from sbi_diffusion.benchmark.results import append_row
+from sbi_diffusion.benchmark.results import append_row, iter_json_lines
 from sbi_diffusion.benchmark.runner import (
     device_name,
     package_versions,
@@ -38,18 +37,11 @@ from sbi_diffusion.benchmark.tasks import load_task
 
 
 def done_keys(path: Path) -> set[tuple]:
-    if not path.exists():
-        return set()
-    keys = set()
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        keys.add(
-            (row["task"], row["method"], row["num_observation"], row["num_rounds"])
-        )
-    return keys
+    """The (task, method, observation, rounds) already in the output."""
+    return {
+        (row["task"], row["method"], row["num_observation"], row["num_rounds"])
+        for _, row in iter_json_lines(path)
+    }
 
 
 def run_one(

@@ -19,7 +19,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from sbi_diffusion.benchmark.methods import parse
-from sbi_diffusion.benchmark.results import append_row
+from sbi_diffusion.benchmark.results import append_row, iter_json_lines
 from sbi_diffusion.benchmark.runner import (
     device_name,
     package_versions,
@@ -41,15 +40,7 @@ REFERENCE = "npe"
 
 def read(path: Path) -> list[dict[str, Any]]:
     """The complete rows of ``path`` (none if it does not exist)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by an interruption
-            continue
-    return rows
+    return [row for _, row in iter_json_lines(path)]
 
 
 def key(row: dict[str, Any]) -> tuple:

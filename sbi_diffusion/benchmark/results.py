@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,31 @@ def row_key(row: dict[str, Any]) -> RowKey:
     )
 
 
+def iter_json_lines(
+    path: str | os.PathLike[str],
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, value)`` for each complete line of a JSONL file.
+
+    A missing file yields nothing; an incomplete line (an interrupted write) is
+    skipped with a warning, so a run that was stopped can resume from the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    with path.open("r", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError:
+            warnings.warn(
+                f"{path}:{number}: skipping an incomplete line (interrupted write).",
+                stacklevel=2,
+            )
+
+
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read all complete rows of a results file.
 
@@ -66,23 +91,8 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     Raises:
         ValueError: If a complete line is not a result row of this benchmark.
     """
-    path = Path(path)
-    if not path.exists():
-        return []
     rows = []
-    with path.open("r", encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.warn(
-                f"{path}:{number}: skipping an incomplete line (interrupted write).",
-                stacklevel=2,
-            )
-            continue
+    for number, row in iter_json_lines(path):
         if not isinstance(row, dict) or not set(REQUIRED_FIELDS) <= set(row):
             missing = (
                 sorted(set(REQUIRED_FIELDS) - set(row))
