@@ -115,7 +115,9 @@ def report(path: Path) -> str:
             else:
                 cells.append(f"{entry[m]:.1f}")
         npe = "" if base is None else f"{base:.1f}"
-        lines.append(f"| {device} | {task} | {budget} | {npe} | " + " | ".join(cells))
+        lines.append(
+            f"| {device} | {task} | {budget} | {npe} | " + " | ".join(cells) + " |"
+        )
     lines.append("")
     lines.append("Median ratio to NPE over tasks:")
     lines.append("")
