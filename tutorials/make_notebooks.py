@@ -1209,14 +1209,10 @@ def keep_stored_outputs(notebook: nbformat.NotebookNode, path: Path) -> None:
     if not path.exists():
         return
     stored = nbformat.read(path, as_version=4)
-
-    def code(nb: nbformat.NotebookNode) -> list[str]:
-        return [cell.source for cell in nb.cells if cell.cell_type == "code"]
-
-    if code(stored) != code(notebook):
-        return
     stored_code = [cell for cell in stored.cells if cell.cell_type == "code"]
     new_code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    if [c.source for c in stored_code] != [c.source for c in new_code]:
+        return
     for old, new in zip(stored_code, new_code, strict=True):
         new.outputs = old.outputs
         new.execution_count = old.execution_count

@@ -26,6 +26,7 @@ from sbi_diffusion.benchmark.methods import parse
 from sbi_diffusion.benchmark.results import append_row
 from sbi_diffusion.benchmark.runner import device_name, package_versions, train_or_load
 from sbi_diffusion.benchmark.tasks import load_task
+from sbi_diffusion.inference.posterior import LARGE_BATCH_HEUN_STEPS
 
 
 def main() -> None:
@@ -77,7 +78,13 @@ def main() -> None:
             "heun16_vs_dopri5_abs_error_median": round(float(error.median()), 4),
             "heun16_vs_dopri5_abs_error_max": round(float(error.max()), 4),
             "posterior_samples_inside_region": inside,
-            "resolved": trained.resolved_training,
+            "resolved": {
+                "sampler": posterior.sampler,
+                "sampler_options": dict(posterior.sampler_options or {}),
+                "log_prob_solver": "heun",
+                "log_prob_steps": LARGE_BATCH_HEUN_STEPS,
+                **trained.resolved_training,
+            },
             "threads": args.threads,
             "device": device_name("cpu"),
             "versions": package_versions(),
