@@ -1,7 +1,6 @@
 """sbi-diffusion: diffusion, flow-matching and consistency models for
 simulation-based inference, as estimators for the ``sbi`` package."""
 
-from sbi_diffusion.denoiser import Denoiser
 from sbi_diffusion.guidance import (
     ClassifierFreeGuidance,
     ConstraintGuidance,
@@ -15,6 +14,7 @@ from sbi_diffusion.inference import (
 )
 from sbi_diffusion.inference.consistency import ConsistencyNPE
 from sbi_diffusion.inference.joint import JointDiffusion
+from sbi_diffusion.model import Denoiser
 
 __version__ = "0.1.0"
 

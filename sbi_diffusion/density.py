@@ -29,7 +29,8 @@ import math
 import torch
 from torch import Tensor
 
-from sbi_diffusion.vector_field import DenoiseFn, ode_drift
+from sbi_diffusion.model.interface import DenoiseFn
+from sbi_diffusion.vector_field import ode_drift
 
 __all__ = ["ODE_LOG_PROB_SOLVERS", "ode_log_prob"]
 

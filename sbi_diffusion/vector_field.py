@@ -11,13 +11,11 @@ For the Gaussian path ``z_t = alpha x + sigma eps`` the posterior mean
 
 where ``v`` is the drift of the probability-flow ODE ``dz/dt = v(z, t)``.
 
-A :class:`DenoiseFn` is anything with a ``schedule`` attribute that maps
-``(z, t)`` to ``x_hat``; samplers and score transforms only see this interface.
+The function ``(z, t) -> x_hat`` these act on is declared as
+:class:`~sbi_diffusion.model.interface.DenoiseFn`.
 """
 
 from __future__ import annotations
-
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -25,22 +23,12 @@ from torch import Tensor
 from sbi_diffusion.schedules import Schedule
 
 __all__ = [
-    "DenoiseFn",
     "as_time",
     "eps_from_x_hat",
     "score_from_x_hat",
     "x_hat_from_score",
     "ode_drift",
 ]
-
-
-@runtime_checkable
-class DenoiseFn(Protocol):
-    """``x_hat = denoise(z, t)`` for ``z`` ``(batch, dim)`` and ``t`` ``(batch,)``."""
-
-    schedule: Schedule
-
-    def __call__(self, z: Tensor, t: Tensor) -> Tensor: ...
 
 
 def as_time(t: Tensor | float, z: Tensor) -> Tensor:
@@ -83,3 +71,20 @@ def ode_drift(schedule: Schedule, z: Tensor, t: Tensor, x_hat: Tensor) -> Tensor
     alpha, sigma, d_alpha, d_sigma = (_column(v, z) for v in schedule.derivatives(t))
     eps = (z - alpha * x_hat) / sigma
     return d_alpha * x_hat + d_sigma * eps
+
+
+def __getattr__(name: str):
+    """``DenoiseFn`` moved to :mod:`sbi_diffusion.model.interface`."""
+    if name == "DenoiseFn":
+        import warnings
+
+        from sbi_diffusion.model.interface import DenoiseFn
+
+        warnings.warn(
+            "sbi_diffusion.vector_field.DenoiseFn is deprecated; import it from "
+            "sbi_diffusion.model.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return DenoiseFn
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

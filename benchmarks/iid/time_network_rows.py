@@ -32,7 +32,7 @@ import time
 import torch
 from run_iid import SbibmIID
 
-from sbi_diffusion.denoiser import (
+from sbi_diffusion.model import (
     CPU_NETWORK_ROWS,
     denoise_rows_in_pieces,
     denoise_trials_flat,

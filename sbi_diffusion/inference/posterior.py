@@ -33,7 +33,6 @@ from sbi_diffusion.composition import (
     diffused_prior,
     warn_if_bridge_without_noise,
 )
-from sbi_diffusion.denoiser import ConditionedDenoiser, Denoiser
 from sbi_diffusion.density import ode_log_prob
 from sbi_diffusion.guidance import (
     GuidanceContext,
@@ -41,6 +40,8 @@ from sbi_diffusion.guidance import (
     apply_guidance,
     check_sampler_accepts_guidance,
 )
+from sbi_diffusion.model import ConditionedDenoiser, Denoiser
+from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers import (
     get_sampler,
     network_evaluations_per_call,
@@ -48,7 +49,6 @@ from sbi_diffusion.samplers import (
     sampler_takes_option,
     sampling_call_options,
 )
-from sbi_diffusion.vector_field import DenoiseFn
 
 __all__ = ["DiffusionPosterior", "DiffusionPotential"]
 

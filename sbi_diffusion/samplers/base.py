@@ -26,8 +26,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sbi_diffusion.model.interface import DenoiseFn
+from sbi_diffusion.samplers.langevin import langevin_correct
+from sbi_diffusion.samplers.noise import gaussian_like, initial_noise
 from sbi_diffusion.schedules import shift_times
-from sbi_diffusion.vector_field import DenoiseFn, as_time
+from sbi_diffusion.vector_field import as_time
 
 __all__ = [
     "SamplerResult",
@@ -43,6 +46,7 @@ __all__ = [
     "network_evaluations_per_call",
     "schedule_value",
     "final_denoising",
+    "gaussian_like",
 ]
 
 
@@ -146,14 +150,6 @@ def get_sampler(name: str) -> Callable[..., SamplerResult]:
     return SAMPLERS[name]
 
 
-def initial_noise(
-    schedule, shape: tuple[int, ...], generator=None, device=None
-) -> Tensor:
-    r"""``z_{t_max} ~ N(0, (alpha(t_max)^2 + sigma(t_max)^2) I)`` for standardised
-    data."""
-    return schedule.prior_std() * torch.randn(shape, generator=generator, device=device)
-
-
 def sample_from_noise(
     sampler: Callable[..., SamplerResult],
     denoise: DenoiseFn,
@@ -240,11 +236,6 @@ def final_denoising(counter: CountingDenoiser, z: Tensor, t_end: Tensor) -> Tens
     return z
 
 
-def gaussian_like(z: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise like ``z`` from an optional generator."""
-    return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-
-
 # A fixed-grid step: (denoise, z, t_cur, t_next, state, generator) -> z_next.
 # ``state`` is a dict the step may use to carry history (multistep methods).
 FixedGridStep = Callable[
@@ -320,8 +311,6 @@ def run_fixed_grid(
         t_cur, t_next = grid[i], grid[i + 1]
         z = step(counter, z, t_cur, t_next, state, generator)
         if corrector is not None and float(schedule.sigma(t_next)) > 0:
-            from sbi_diffusion.samplers.langevin import langevin_correct
-
             z = langevin_correct(
                 counter, z, t_next, corrector_steps, corrector_snr, generator
             )

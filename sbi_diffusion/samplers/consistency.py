@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers.base import (
     CountingDenoiser,
     SamplerResult,
@@ -30,7 +31,6 @@ from sbi_diffusion.samplers.base import (
     register_sampler,
 )
 from sbi_diffusion.schedules import Schedule
-from sbi_diffusion.vector_field import DenoiseFn
 
 __all__ = ["consistency_times", "multistep_consistency"]
 

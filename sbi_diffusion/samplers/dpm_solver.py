@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers.base import (
     CountingDenoiser,
     SamplerResult,
@@ -29,7 +30,6 @@ from sbi_diffusion.samplers.base import (
     run_fixed_grid,
     schedule_value,
 )
-from sbi_diffusion.vector_field import DenoiseFn
 
 __all__ = ["dpm_solver_pp_2m", "dpm_solver_pp_2m_step"]
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers.base import (
     CountingDenoiser,
     SamplerResult,
     register_sampler,
     run_fixed_grid,
 )
-from sbi_diffusion.vector_field import DenoiseFn, ode_drift
+from sbi_diffusion.vector_field import ode_drift
 
 
 def _ode_variable_and_rate(schedule, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -18,6 +18,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers.base import (
     CountingDenoiser,
     SamplerResult,
@@ -26,7 +27,6 @@ from sbi_diffusion.samplers.base import (
     run_fixed_grid,
     schedule_value,
 )
-from sbi_diffusion.vector_field import DenoiseFn
 
 __all__ = [
     "euler_maruyama",
