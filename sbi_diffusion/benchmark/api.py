@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from sbi_diffusion.benchmark.executors import SlurmOptions, execute
 from sbi_diffusion.benchmark.methods import MethodSpec
-from sbi_diffusion.benchmark.runner import PROTOCOL_NUM_SAMPLES, plan
+from sbi_diffusion.benchmark.plan import plan
+from sbi_diffusion.benchmark.runner import PROTOCOL_NUM_SAMPLES
 from sbi_diffusion.benchmark.tasks import NUM_OBSERVATIONS
 
 if TYPE_CHECKING:

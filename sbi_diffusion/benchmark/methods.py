@@ -10,7 +10,7 @@ Each option goes to exactly one place, decided in this order:
 
 1. a key the method declares as a sampling option goes to ``posterior.sample()``
    (our estimators: ``sampler``, ``steps``, ``rtol``, ``atol``, ``eta``,
-   ``corrector``, ``predictor``, ``churn``, ``time_shift``; sbi's NPSE and FMPE:
+   ``corrector``, ``time_shift``; sbi's NPSE and FMPE:
    the keyword arguments of their ``sample()``);
 2. a key the method declares as a posterior option goes to ``build_posterior()``
    (sbi NLE: ``mcmc_method``, ``sample_with`` and the MCMC settings ``num_chains``,
@@ -51,8 +51,6 @@ SAMPLE_KEYS_OURS = frozenset(
         "atol",
         "eta",
         "corrector",
-        "predictor",
-        "churn",
         "time_shift",
     }
 )
