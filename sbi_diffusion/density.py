@@ -32,9 +32,24 @@ from torch import Tensor
 from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.vector_field import ode_drift
 
-__all__ = ["ODE_LOG_PROB_SOLVERS", "ode_log_prob"]
+__all__ = [
+    "ADAPTIVE_LOG_PROB_ROWS",
+    "LARGE_BATCH_HEUN_STEPS",
+    "ODE_LOG_PROB_SOLVERS",
+    "ode_log_prob",
+    "ode_log_prob_in_pieces",
+]
 
 ODE_LOG_PROB_SOLVERS = ("dopri5", "heun")
+
+ADAPTIVE_LOG_PROB_ROWS = 10_000
+"""Batches up to this many rows get the adaptive solver with ``solver="auto"``."""
+
+LARGE_BATCH_HEUN_STEPS = 16
+"""Heun steps on larger batches with ``solver="auto"``."""
+
+DEFAULT_HEUN_STEPS = 32
+"""Heun steps where none are given."""
 
 
 def _divergence_exact(v: Tensor, z: Tensor) -> Tensor:
@@ -161,3 +176,35 @@ def ode_log_prob(
         math.log(std) + 0.5 * math.log(2 * math.pi)
     )
     return log_base + integral
+
+
+def ode_log_prob_in_pieces(
+    denoise: DenoiseFn,
+    theta: Tensor,
+    max_rows: int,
+    solver: str = "auto",
+    steps: int | None = None,
+    **options,
+) -> Tensor:
+    r""":func:`ode_log_prob` on ``theta`` ``(batch, dim)`` in pieces of at most
+    ``max_rows`` rows, so that memory stays bounded for any batch.
+
+    ``solver="auto"`` takes the adaptive ``"dopri5"`` for up to
+    :data:`ADAPTIVE_LOG_PROB_ROWS` rows and ``"heun"`` with
+    :data:`LARGE_BATCH_HEUN_STEPS` steps above, where the cost of many densities
+    matters more than the last digits of each (e.g. sbi's
+    ``get_density_thresholder`` evaluates 10^6 of them). ``steps`` defaults to
+    :data:`DEFAULT_HEUN_STEPS` otherwise. ``options`` go to :func:`ode_log_prob`.
+    """
+    if solver == "auto":
+        large = theta.shape[0] > ADAPTIVE_LOG_PROB_ROWS
+        solver = "heun" if large else "dopri5"
+        if steps is None and large:
+            steps = LARGE_BATCH_HEUN_STEPS
+    steps = DEFAULT_HEUN_STEPS if steps is None else steps
+    return torch.cat(
+        [
+            ode_log_prob(denoise, piece, solver=solver, steps=steps, **options)
+            for piece in theta.split(max_rows)
+        ]
+    )

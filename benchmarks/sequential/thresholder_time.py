@@ -26,7 +26,7 @@ from sbi_diffusion.benchmark.methods import parse
 from sbi_diffusion.benchmark.results import append_row
 from sbi_diffusion.benchmark.runner import device_name, package_versions, train_or_load
 from sbi_diffusion.benchmark.tasks import load_task
-from sbi_diffusion.inference.posterior import LARGE_BATCH_HEUN_STEPS
+from sbi_diffusion.density import LARGE_BATCH_HEUN_STEPS
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ posterior is composed from the single-trial model
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,36 +27,26 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from sbi_diffusion.composition import (
-    IID_METHODS,
-    IIDComposedDenoiser,
-    diffused_prior,
     warn_if_bridge_without_noise,
 )
-from sbi_diffusion.density import ode_log_prob
+from sbi_diffusion.density import ode_log_prob_in_pieces
 from sbi_diffusion.guidance import (
-    GuidanceContext,
     ScoreTransform,
     apply_guidance,
-    check_sampler_accepts_guidance,
 )
+from sbi_diffusion.inference.guided_sampling import GuidedSampling
+from sbi_diffusion.inference.iid_trials import IIDTrials
+from sbi_diffusion.inference.map_estimate import score_ascent_map
 from sbi_diffusion.model import ConditionedDenoiser, Denoiser
 from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers import (
     get_sampler,
     network_evaluations_per_call,
     sample_from_noise,
-    sampler_takes_option,
     sampling_call_options,
 )
 
 __all__ = ["DiffusionPosterior", "DiffusionPotential"]
-
-
-ADAPTIVE_LOG_PROB_ROWS = 10_000
-"""Batches up to this many rows get the adaptive solver in ``log_prob``."""
-
-LARGE_BATCH_HEUN_STEPS = 16
-"""Heun steps of ``log_prob`` on larger batches (``solver="auto"``)."""
 
 
 class DiffusionPotential(BasePotential):
@@ -77,7 +66,7 @@ class DiffusionPotential(BasePotential):
         super().set_x(x_o, x_is_iid=x_is_iid)
 
 
-class DiffusionPosterior(NeuralPosterior):
+class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
     r"""Posterior ``p(theta | x)`` of a :class:`~sbi_diffusion.denoiser.Denoiser`.
 
     Args:
@@ -291,139 +280,6 @@ class DiffusionPosterior(NeuralPosterior):
             sampler, self.sampler, self.sampler_options, options, steps
         )
 
-    def _iid_sampler_options(self, sampler: str, options: dict) -> dict:
-        """``options`` with ``final_denoise`` set to :attr:`iid_final_denoise`
-        where the call does not set it and the sampler takes it."""
-        if "final_denoise" in options or not sampler_takes_option(
-            get_sampler(sampler), "final_denoise"
-        ):
-            return options
-        return {**options, "final_denoise": self.iid_final_denoise}
-
-    # ---------------------------------------------------- guidance and i.i.d.
-
-    #: sampler and options used for i.i.d. trials when none is given, per
-    #: ``iid_method``. GAUSS takes Euler-Maruyama with 500 steps (as sbi's
-    #: i.i.d. methods do): its Gaussian denoising posteriors are wrong for a
-    #: non-Gaussian single-trial posterior, and the injected noise keeps those
-    #: errors from accumulating along the path (two_moons, 10 trials: C2ST
-    #: .72-.89 against .95-1.0 on ``dopri5``; ``benchmarks/iid``). The
-    #: factorised score runs on the adaptive ``dopri5``; JAC pays a Jacobian
-    #: per step and takes 30 Heun steps; the annealed bridge needs a
-    #: stochastic sampler (Euler-Maruyama, 500 steps, as sbi's ``fnpe``).
-    iid_samplers: dict[str, tuple[str, dict]] = {
-        "gauss": ("euler_maruyama", {"steps": 500}),
-        "factorized": ("dopri5", {}),
-        "jac": ("heun", {"steps": 30}),
-        "factorized_bridge": ("euler_maruyama", {"steps": 500}),
-    }
-
-    #: overrides of :attr:`iid_samplers` for models whose path ends in pure
-    #: noise, ``alpha(t_max) = 0`` (flow matching's rectified flow): there the
-    #: reverse SDE is stiff near ``t_max`` and GAUSS did better on ``dopri5``
-    #: (gaussian_linear, 10 trials: .80/.76 against .86/.82 with 200
-    #: Euler-Maruyama steps).
-    iid_samplers_noise_end: dict[str, tuple[str, dict]] = {
-        "gauss": ("dopri5", {}),
-    }
-
-    def iid_sampler_for(self, iid_method: str) -> tuple[str, dict]:
-        """The default sampler and options of i.i.d. sampling with
-        ``iid_method`` for this model (:attr:`iid_samplers`, with
-        :attr:`iid_samplers_noise_end` on a path ending in pure noise)."""
-        table = dict(self.iid_samplers)
-        schedule = self.estimator.schedule
-        t_max = torch.tensor([float(schedule.t_max)])
-        if float(schedule.alpha(t_max)) <= 0.0:
-            table.update(self.iid_samplers_noise_end)
-        return table.get(iid_method, (self.sampler, {}))
-
-    #: whether samplers end i.i.d. sampling with the denoising step
-    #: ``theta = x_hat(z, t_min)``. Off by default: the composed denoiser at
-    #: ``t_min`` adds up the ``N`` single-trial denoisers, so that last step adds
-    #: their ``N`` estimation errors to every sample, while ``z_{t_min}`` carries
-    #: only the noise ``sigma(t_min)`` (0.002 for the default EDM-VP schedule, 0
-    #: for rectified flow). In the i.i.d. benchmark (``benchmarks/iid``) leaving
-    #: it out lowered the C2ST of every composition method at 10 trials. A
-    #: ``final_denoise=`` sampler option overrides it.
-    iid_final_denoise = False
-
-    def guidance_context(self, prior_score: str = "auto") -> GuidanceContext:
-        """What score transforms need: z-scoring, estimator and prior."""
-        return GuidanceContext.from_estimator(self.estimator, self.prior, prior_score)
-
-    def with_guidance(
-        self, *transforms: ScoreTransform | Sequence[ScoreTransform]
-    ) -> DiffusionPosterior:
-        """A copy of this posterior that applies ``transforms`` (after any it
-        already has) in every ``sample`` call; chain calls to compose."""
-        items: list[ScoreTransform] = []
-        for item in transforms:
-            items.extend(item if isinstance(item, Sequence) else [item])
-        new = copy.copy(self)
-        new.guidance = list(self.guidance) + items
-        new.sampler_options = dict(self.sampler_options)
-        return new
-
-    def _guidance_list(self, guidance) -> list[ScoreTransform]:
-        if guidance is None:
-            return list(self.guidance)
-        if isinstance(guidance, ScoreTransform):
-            guidance = [guidance]
-        return list(self.guidance) + list(guidance)
-
-    def iid_denoiser(
-        self,
-        x: Tensor,
-        iid_method: str | None = None,
-        generator: torch.Generator | None = None,
-        show_progress_bars: bool = False,
-        **iid_options: Any,
-    ) -> IIDComposedDenoiser:
-        r"""The ``DenoiseFn`` of ``p(theta | x_1, ..., x_N)`` composed from the
-        single-trial model (standardised space).
-
-        Args:
-            x: trials ``(N, *x_shape)``.
-            iid_method: one of ``IID_METHODS`` (``factorized``,
-                ``factorized_bridge``, ``gauss``, ``jac``); ``self.iid_method``
-                (``gauss``) if None.
-            generator: random generator of GAUSS's covariance estimate.
-            show_progress_bars: show progress of that estimate.
-            **iid_options: ``prior_score`` (``auto``, ``analytic``, ``network``,
-                ``gaussian``) and the options of
-                :class:`~sbi_diffusion.composition.IIDComposedDenoiser`.
-        """
-        method = self.iid_method if iid_method is None else iid_method
-        if method not in IID_METHODS:
-            raise ValueError(
-                f"Unknown iid_method {method!r}. Pass one of {IID_METHODS}."
-            )
-        options = {**self.iid_options, **iid_options}
-        prior_score = options.pop("prior_score", "auto")
-        x = self._check_x(x, allow_batch=True)
-        key = (method, prior_score, repr(sorted(options.items())))
-        cached = getattr(self, "_iid_cache", None)
-        if (
-            cached is not None
-            and cached[0] == key
-            and cached[1].shape == x.shape
-            and torch.equal(cached[1], x)
-        ):
-            return cached[2]
-        prior = diffused_prior(self.estimator, self.prior, prior_score)
-        denoise = IIDComposedDenoiser(
-            self.estimator,
-            x,
-            prior,
-            method=method,
-            generator=generator,
-            show_progress_bars=show_progress_bars,
-            **options,
-        )
-        self._iid_cache = (key, x.clone(), denoise)
-        return denoise
-
     def sample(
         self,
         sample_shape: torch.Size | tuple = (),
@@ -522,38 +378,6 @@ class DiffusionPosterior(NeuralPosterior):
         self.last_nfe += setup / max(1, num)
         return samples.reshape(*sample_shape, *self.theta_shape)
 
-    def _guidance_for(
-        self,
-        sampler: str,
-        guidance: ScoreTransform | Sequence[ScoreTransform] | None,
-        composed: bool = False,
-    ) -> tuple[list[ScoreTransform], GuidanceContext | None]:
-        """The score transforms of a sampling call (after those of
-        :meth:`with_guidance`) and their context; checks that ``sampler`` takes
-        a transformed denoiser where there are transforms or the denoiser is
-        ``composed`` from i.i.d. trials."""
-        transforms = self._guidance_list(guidance)
-        if transforms or composed:
-            check_sampler_accepts_guidance(sampler, get_sampler(sampler))
-        context = self.guidance_context() if transforms else None
-        return transforms, context
-
-    def _guided_factory(
-        self,
-        embeddings: Tensor,
-        transforms: list[ScoreTransform],
-        context: GuidanceContext | None,
-    ) -> Callable[[Tensor], DenoiseFn]:
-        """``make_denoise`` of :meth:`_draw` for one sample per row of the
-        condition ``embeddings``: the conditioned denoiser of the rows, transformed
-        by ``transforms``."""
-
-        def make_denoise(rows: Tensor) -> DenoiseFn:
-            base = ConditionedDenoiser(self.estimator, embeddings[rows])
-            return apply_guidance(base, transforms, context) if transforms else base
-
-        return make_denoise
-
     def sample_batched(
         self,
         sample_shape: torch.Size | tuple,
@@ -638,11 +462,8 @@ class DiffusionPosterior(NeuralPosterior):
                 :meth:`sample`).
             solver: ``"dopri5"`` (adaptive, to ``rtol``/``atol``), ``"heun"``
                 (``steps`` fixed steps, ``2 * steps`` network evaluations) or
-                ``"auto"`` (default): ``"dopri5"`` for up to
-                :data:`ADAPTIVE_LOG_PROB_ROWS` rows, ``"heun"`` with
-                :data:`LARGE_BATCH_HEUN_STEPS` steps above, where the cost of
-                many densities matters more than the last digits of each
-                (sbi's ``get_density_thresholder`` evaluates 10^6 of them).
+                ``"auto"`` (default; see
+                :func:`~sbi_diffusion.density.ode_log_prob_in_pieces`).
             steps: Heun steps (default 32, or 16 when ``"auto"`` picks Heun).
 
         The rows are integrated in pieces of ``max_sampling_batch_size``, so
@@ -667,12 +488,6 @@ class DiffusionPosterior(NeuralPosterior):
                 f"*{tuple(self.theta_shape)})."
             )
         z = self.estimator.to_z(theta).reshape(theta.shape[0], -1)
-        if solver == "auto":
-            large = z.shape[0] > ADAPTIVE_LOG_PROB_ROWS
-            solver = "heun" if large else "dopri5"
-            if steps is None and large:
-                steps = LARGE_BATCH_HEUN_STEPS
-        steps = 32 if steps is None else steps
         if x.shape[0] > 1:
             method = self.iid_method if iid_method is None else iid_method
             if method not in ("gauss", "factorized"):
@@ -687,21 +502,17 @@ class DiffusionPosterior(NeuralPosterior):
             )
         else:
             denoise = self.denoiser_for(x)
-        log_p = torch.cat(
-            [
-                ode_log_prob(
-                    denoise,
-                    piece,
-                    divergence=divergence,
-                    num_probes=num_probes,
-                    rtol=rtol,
-                    atol=atol,
-                    generator=generator,
-                    solver=solver,
-                    steps=steps,
-                )
-                for piece in z.split(self.max_sampling_batch_size)
-            ]
+        log_p = ode_log_prob_in_pieces(
+            denoise,
+            z,
+            self.max_sampling_batch_size,
+            solver=solver,
+            steps=steps,
+            divergence=divergence,
+            num_probes=num_probes,
+            rtol=rtol,
+            atol=atol,
+            generator=generator,
         )
         log_p = log_p - self.estimator.log_abs_det()
         inside = within_support(self.prior, theta).reshape(-1)
@@ -737,33 +548,16 @@ class DiffusionPosterior(NeuralPosterior):
         if self._map is not None and not force_update:
             return self._map
         x_o = self._check_x(self.default_x, allow_batch=False)
-        if isinstance(init_method, Tensor):
-            inits = init_method.to(self._device)
-        elif init_method == "posterior":
-            inits = self.sample((num_init_samples,), x=x_o, show_progress_bars=False)
-        elif init_method == "prior":
-            inits = self.prior.sample((num_init_samples,))
-        else:
-            raise ValueError("init_method must be 'posterior', 'prior' or a Tensor.")
-        inits = inits.reshape(-1, *self.theta_shape)[:num_to_optimize]
-        z = self.estimator.to_z(inits).reshape(inits.shape[0], -1).clone()
-        schedule = self.estimator.schedule
-        # time where sigma/alpha ~ 0.02: a smoothed log density, well conditioned
-        grid = torch.linspace(schedule.t_max, schedule.t_min, 2001)
-        level = (schedule.sigma(grid) / schedule.alpha(grid) - 0.02).abs()
-        t_map = grid[int(torch.argmin(level))]
-        denoise = self.denoiser_for(x_o)
-        z = z.requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=learning_rate)
-        for _ in tqdm(range(num_iter), disable=not show_progress_bars, desc="MAP"):
-            with torch.no_grad():
-                direction = denoise(z, t_map) - z * schedule.alpha(t_map)
-            optimizer.zero_grad()
-            z.grad = -direction
-            optimizer.step()
-        candidates = self.estimator.from_z(z.detach()).reshape(-1, *self.theta_shape)
-        log_p = self.log_prob(candidates, x=x_o, rtol=1e-4, atol=1e-4)
-        self._map = candidates[int(torch.argmax(log_p))].unsqueeze(0)
+        self._map = score_ascent_map(
+            self,
+            x_o,
+            num_iter,
+            num_to_optimize,
+            learning_rate,
+            init_method,
+            num_init_samples,
+            show_progress_bars,
+        )
         return self._map
 
     # ---------------------------------------------------------------- device
