@@ -81,14 +81,14 @@ from torch.distributions import (
 )
 from tqdm.auto import tqdm
 
-from sbi_diffusion.denoiser import (
+from sbi_diffusion.model import (
     ConditionedDenoiser,
     default_network_rows,
     denoise_trials_flat,
     expand_trial_rows,
 )
-from sbi_diffusion.schedules import Schedule
-from sbi_diffusion.vector_field import as_time, score_from_x_hat
+from sbi_diffusion.path.schedules import Schedule
+from sbi_diffusion.path.vector_field import as_time, score_from_x_hat
 
 __all__ = [
     "IID_METHODS",
@@ -644,7 +644,7 @@ def estimate_trial_moments(
         generator: random generator.
         max_rows: rows integrated at once (trials are chunked).
         network_rows: rows per network call within those (all at once if None;
-            :func:`~sbi_diffusion.denoiser.default_network_rows` is the
+            :func:`~sbi_diffusion.model.default_network_rows` is the
             composition's default).
         show_progress_bars: show progress over chunks of trials.
     """
@@ -770,7 +770,7 @@ class IIDComposedDenoiser:
         max_rows: largest number of rows ``batch x trials`` held at once
             (trials are mini-batched).
         network_rows: rows per network call within those; None:
-            :func:`~sbi_diffusion.denoiser.default_network_rows` of the device of
+            :func:`~sbi_diffusion.model.default_network_rows` of the device of
             ``x`` (pieces of 4096 rows on a CPU, one call on an accelerator).
         bridge_weight: ``lambda(t)`` of ``factorized_bridge``.
         trial_means: ``(N, d)`` single-trial posterior means (standardised) for

@@ -3,7 +3,7 @@ r"""Consistency models: the consistency function, its losses and curricula.
 A consistency model learns the map ``f(z_t, t)`` from any point of a
 probability-flow ODE trajectory to the trajectory's end at ``t_min``
 (Song et al. 2023, "Consistency Models"). On the EDM variance-exploding path
-``z_t = x + s(t) eps`` (:class:`~sbi_diffusion.schedules.EDMSchedule`) it is
+``z_t = x + s(t) eps`` (:class:`~sbi_diffusion.path.schedules.EDMSchedule`) it is
 parameterised as
 
 .. math::
@@ -15,8 +15,8 @@ parameterised as
 with ``s = s(t)`` the EDM noise level, so the boundary condition
 ``f(z, t_min) = z`` holds by construction (Song et al. 2023, Eq. 7 with the
 EDM scalings). Since ``f`` has the interface of a
-:class:`~sbi_diffusion.vector_field.DenoiseFn`, the model is a
-:class:`~sbi_diffusion.denoiser.Denoiser` whose parameterisation is
+:class:`~sbi_diffusion.path.vector_field.DenoiseFn`, the model is a
+:class:`~sbi_diffusion.model.Denoiser` whose parameterisation is
 :class:`ConsistencyParameterization` and whose loss is one of
 
 - **consistency training** (CT) from simulations alone, in the improved recipe
@@ -58,11 +58,12 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from sbi_diffusion.denoiser import Denoiser
-from sbi_diffusion.parameterizations import SIGMA_DATA, Parameterization, PathPoint
+from sbi_diffusion.model import Denoiser
+from sbi_diffusion.model.interface import DenoiseFn
+from sbi_diffusion.path.parameterizations import SIGMA_DATA, Parameterization, PathPoint
+from sbi_diffusion.path.schedules import EDMSchedule, EDMVPSchedule, Schedule
+from sbi_diffusion.path.vector_field import as_time
 from sbi_diffusion.samplers.ode import heun_step
-from sbi_diffusion.schedules import EDMSchedule, EDMVPSchedule, Schedule
-from sbi_diffusion.vector_field import DenoiseFn, as_time
 
 __all__ = [
     "ConsistencyParameterization",
@@ -85,7 +86,7 @@ def check_consistency_schedule(schedule: Schedule) -> EDMSchedule:
     """Check that ``schedule`` is the EDM variance-exploding path.
 
     The consistency grid is the Karras ``rho``-grid, which is a uniform grid in
-    ``t`` only for :class:`~sbi_diffusion.schedules.EDMSchedule`, and the
+    ``t`` only for :class:`~sbi_diffusion.path.schedules.EDMSchedule`, and the
     boundary condition ``f(z, t_min) = z`` is exact where ``alpha = 1``.
 
     Raises:
@@ -249,7 +250,7 @@ class ConsistencyParameterization(Parameterization):
 class DenoiserTeacher(Protocol):
     """What :meth:`ConsistencyModel.loss` needs of a distillation teacher.
 
-    A trained :class:`~sbi_diffusion.denoiser.Denoiser` qualifies; so does any
+    A trained :class:`~sbi_diffusion.model.Denoiser` qualifies; so does any
     object with a ``schedule``, ``bind(x)`` returning a ``DenoiseFn`` whose rows
     follow the rows of ``x`` (raw simulations), and the z-scoring buffers
     ``_theta_shift`` and ``_theta_scale`` of its standardised parameter space.
@@ -294,7 +295,7 @@ class ScaledTeacher:
 class ConsistencyModel(Denoiser):
     r"""Conditional consistency function ``f(z_t, t | x)`` for parameters ``theta``.
 
-    A :class:`~sbi_diffusion.denoiser.Denoiser` with
+    A :class:`~sbi_diffusion.model.Denoiser` with
     :class:`ConsistencyParameterization` on the EDM VE path, so ``bind(x)``,
     ``denoise_embedded`` and the z-scoring are shared with the diffusion
     estimators; ``denoise_embedded`` returns ``f`` instead of ``E[theta | z]``.
@@ -303,7 +304,7 @@ class ConsistencyModel(Denoiser):
 
     Args:
         net: network ``net(z, condition_embedding, time)``.
-        schedule: an :class:`~sbi_diffusion.schedules.EDMSchedule` (VE); its
+        schedule: an :class:`~sbi_diffusion.path.schedules.EDMSchedule` (VE); its
             ``p_mean``, ``p_std`` set the log-normal interval sampling.
         input_shape, condition_shape, embedding_net, theta_shift, theta_scale,
         x_shift, x_scale, condition_embedding_dim: as for ``Denoiser``.

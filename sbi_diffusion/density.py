@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from sbi_diffusion.model.interface import DenoiseFn
-from sbi_diffusion.vector_field import ode_drift
+from sbi_diffusion.path.vector_field import ode_drift
 
 __all__ = [
     "ADAPTIVE_LOG_PROB_ROWS",

@@ -52,9 +52,10 @@ from sbi_diffusion.composition import (
     sample_on_fixed_grid,
     unbiased_precision_factor,
 )
+from sbi_diffusion.model.interface import DenoiseFn
+from sbi_diffusion.path.schedules import Schedule
+from sbi_diffusion.path.vector_field import as_time
 from sbi_diffusion.samplers.base import network_evaluations_per_call
-from sbi_diffusion.schedules import Schedule
-from sbi_diffusion.vector_field import DenoiseFn, as_time
 
 __all__ = [
     "GuidanceContext",
@@ -258,7 +259,7 @@ _MAX_FIT_PASSES = 100
 def _condition_embedding(denoise: Any) -> Tensor | None:
     """The per-row condition embedding of the :class:`ConditionedDenoiser` inside
     ``denoise`` (through guided and counting wrappers), or None."""
-    from sbi_diffusion.denoiser import ConditionedDenoiser
+    from sbi_diffusion.model import ConditionedDenoiser
 
     inner = denoise
     for _ in range(32):

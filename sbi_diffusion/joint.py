@@ -44,11 +44,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from sbi_diffusion.denoiser import ConditionedDenoiser
-from sbi_diffusion.parameterizations import Parameterization, PathPoint
-from sbi_diffusion.schedules import Schedule
-from sbi_diffusion.vector_field import as_time
-from sbi_diffusion.weightings import check_weighting, loss_weight
+from sbi_diffusion.model import ConditionedDenoiser
+from sbi_diffusion.path.parameterizations import Parameterization, PathPoint
+from sbi_diffusion.path.schedules import Schedule
+from sbi_diffusion.path.vector_field import as_time
+from sbi_diffusion.path.weightings import check_weighting, loss_weight
 
 __all__ = [
     "MASK_KINDS",
@@ -463,7 +463,7 @@ class JointDenoiser(MaskedJointModel):
     the clean standardised value for observed ones; ``c_noise`` ``(B, D)`` is the
     per-variable time input ``log(sigma/alpha) / 4`` (``t_max`` for missing
     variables). Its output ``F`` gives ``x_hat = c_skip z + c_out F`` on latent
-    variables (see :mod:`sbi_diffusion.parameterizations`).
+    variables (see :mod:`sbi_diffusion.path.parameterizations`).
 
     Args:
         net: the token network (e.g.
@@ -471,7 +471,7 @@ class JointDenoiser(MaskedJointModel):
         schedule: the Gaussian path.
         parameterization: what the network predicts.
         theta_shape, x_shape: event shapes.
-        weighting: loss weighting (see :mod:`sbi_diffusion.weightings`).
+        weighting: loss weighting (see :mod:`sbi_diffusion.path.weightings`).
         shift, scale: ``(D,)`` z-scoring of ``(theta, x)``.
         mask_distribution: training distribution of condition masks; the default
             :class:`MaskDistribution` if None.
@@ -558,7 +558,7 @@ class JointDenoiser(MaskedJointModel):
             \big(F_i - (v_i - c_{skip} z_i) / c_{out}\big)^2
 
         (Gloeckler et al. 2024, Eq. 6, with the weighting of
-        :mod:`sbi_diffusion.weightings`). NaN entries of ``theta`` or ``x`` are
+        :mod:`sbi_diffusion.path.weightings`). NaN entries of ``theta`` or ``x`` are
         missing: latent, at ``t_max`` with a pure-noise value, and not in the loss.
 
         When ``times`` is given (a fixed-time evaluation such as the trainer's
@@ -641,7 +641,7 @@ class GaussianJointDenoiser(MaskedJointModel):
         \mu_c = \mu_L + \Sigma_{LO}\Sigma_{OO}^{-1}(v_O - \mu_O), \qquad
         \Sigma_c = \Sigma_{LL} - \Sigma_{LO}\Sigma_{OO}^{-1}\Sigma_{OL},
 
-    and its denoiser is that of :class:`~sbi_diffusion.gaussian.GaussianDenoiser`,
+    and its denoiser is that of :class:`~sbi_diffusion.path.gaussian.GaussianDenoiser`,
     ``x_hat = mu_c + alpha Sigma_c (alpha^2 Sigma_c + sigma^2 I)^{-1}
     (z_L - alpha mu_c)``. Missing variables are simply left out of ``O``
     (Gaussian marginalisation). Works in standardised space: ``mean`` and ``cov``
@@ -792,7 +792,7 @@ class ConditionalView(nn.Module):
     r"""One conditional of a joint model seen as a conditional denoiser.
 
     Presents ``p(v_L | v_O)`` with the interface of the core
-    :class:`~sbi_diffusion.denoiser.Denoiser` (``schedule``, ``theta_dim``,
+    :class:`~sbi_diffusion.model.Denoiser` (``schedule``, ``theta_dim``,
     ``input_shape``, ``condition_shape``, ``to_z``/``from_z``/``log_abs_det`` and
     the z-scoring ``_theta_shift``/``_theta_scale`` of the latent block,
     ``embed_condition``, ``null_condition``, ``denoise_embedded``, ``bind``), so

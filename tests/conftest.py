@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from sbi_diffusion.gaussian import linear_gaussian_posterior
+from sbi_diffusion.path.gaussian import linear_gaussian_posterior
 
 
 def pytest_collection_modifyitems(config, items):

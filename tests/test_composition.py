@@ -23,14 +23,14 @@ from sbi_diffusion.composition import (
     unbiased_precision_factor,
 )
 from sbi_diffusion.density import ode_log_prob
+from sbi_diffusion.path.schedules import get_schedule
+from sbi_diffusion.path.vector_field import as_time
 from sbi_diffusion.samplers import (
     get_sampler,
     initial_noise,
     runs_deterministically,
     sampler_takes_option,
 )
-from sbi_diffusion.schedules import get_schedule
-from sbi_diffusion.vector_field import as_time
 
 torch.set_num_threads(1)
 
@@ -620,7 +620,7 @@ def _untrained_estimator(net: str, parameterization: str):
     [("mlp", "F"), ("mlp", "eps"), ("adaln_mlp", "velocity"), ("adaln_mlp", "F")],
 )
 def test_denoise_trials_broadcast_matches_flat_rows(net, parameterization):
-    from sbi_diffusion.denoiser import denoise_trials_flat
+    from sbi_diffusion.model import denoise_trials_flat
 
     estimator, theta = _untrained_estimator(net, parameterization)
     assert estimator.net.broadcasts_inputs
@@ -646,7 +646,7 @@ def test_denoise_trials_broadcast_matches_flat_rows(net, parameterization):
 
 
 def test_conditioned_denoiser_in_pieces_matches_one_call():
-    from sbi_diffusion.denoiser import ConditionedDenoiser
+    from sbi_diffusion.model import ConditionedDenoiser
 
     estimator, theta = _untrained_estimator("mlp", "F")
     z, t = torch.randn(40, 3), torch.rand(40)
@@ -667,7 +667,7 @@ def test_conditioned_denoiser_in_pieces_matches_one_call():
     "net,parameterization", [("mlp", "F"), ("adaln_mlp", "velocity")]
 )
 def test_denoise_grouped_matches_rows_with_their_own_condition(net, parameterization):
-    from sbi_diffusion.denoiser import ConditionedDenoiser
+    from sbi_diffusion.model import ConditionedDenoiser
 
     estimator, theta = _untrained_estimator(net, parameterization)
     n, s = 6, 9
@@ -698,7 +698,7 @@ def test_denoise_grouped_matches_rows_with_their_own_condition(net, parameteriza
 
 @pytest.mark.parametrize("method", ["gauss", "factorized", "jac"])
 def test_composition_does_not_depend_on_network_rows(trained, linear_gaussian, method):
-    from sbi_diffusion.denoiser import CPU_NETWORK_ROWS, default_network_rows
+    from sbi_diffusion.model import CPU_NETWORK_ROWS, default_network_rows
 
     assert default_network_rows("cpu") == CPU_NETWORK_ROWS
     assert default_network_rows("cuda") is None

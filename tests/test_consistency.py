@@ -17,11 +17,11 @@ from sbi_diffusion.consistency import (
     pseudo_huber,
     time_for_scaled_sigma,
 )
-from sbi_diffusion.gaussian import GaussianDenoiser
 from sbi_diffusion.inference.consistency import ConsistencyPosterior
 from sbi_diffusion.nets import ResidualMLP
+from sbi_diffusion.path.gaussian import GaussianDenoiser
+from sbi_diffusion.path.schedules import EDMSchedule, EDMVPSchedule, get_schedule
 from sbi_diffusion.samplers import get_sampler
-from sbi_diffusion.schedules import EDMSchedule, EDMVPSchedule, get_schedule
 
 NUM_SIMULATIONS = 3000
 NET_KWARGS = dict(width=64, depth=2)

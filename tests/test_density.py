@@ -7,8 +7,8 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from sbi_diffusion.density import ode_log_prob
-from sbi_diffusion.gaussian import GaussianDenoiser
-from sbi_diffusion.schedules import get_schedule
+from sbi_diffusion.path.gaussian import GaussianDenoiser
+from sbi_diffusion.path.schedules import get_schedule
 
 MEAN = torch.tensor([0.4, -0.3])
 COV = torch.tensor([[0.5, 0.2], [0.2, 0.3]])

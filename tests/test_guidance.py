@@ -17,7 +17,6 @@ from test_composition import (
 from torch.distributions import MultivariateNormal
 
 from sbi_diffusion import DiffusionNPE
-from sbi_diffusion.gaussian import linear_gaussian_posterior
 from sbi_diffusion.guidance import (
     ClassifierFreeGuidance,
     ConstraintGuidance,
@@ -30,8 +29,9 @@ from sbi_diffusion.guidance import (
     linear_constraint,
     soft_indicator_moments,
 )
+from sbi_diffusion.path.gaussian import linear_gaussian_posterior
+from sbi_diffusion.path.schedules import get_schedule
 from sbi_diffusion.samplers import SAMPLERS, get_sampler, initial_noise
-from sbi_diffusion.schedules import get_schedule
 
 torch.set_num_threads(1)
 

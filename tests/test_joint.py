@@ -16,7 +16,6 @@ from sbi.inference.posteriors import MCMCPosterior
 from torch.distributions import MultivariateNormal
 
 from sbi_diffusion import JointDiffusion
-from sbi_diffusion.gaussian import linear_gaussian_posterior
 from sbi_diffusion.guidance import ClassifierFreeGuidance
 from sbi_diffusion.inference.joint import (
     JointConditional,
@@ -33,8 +32,9 @@ from sbi_diffusion.joint import (
     check_condition_mask,
 )
 from sbi_diffusion.nets.transformer import TokenTransformer
-from sbi_diffusion.parameterizations import get_parameterization
-from sbi_diffusion.schedules import get_schedule
+from sbi_diffusion.path.gaussian import linear_gaussian_posterior
+from sbi_diffusion.path.parameterizations import get_parameterization
+from sbi_diffusion.path.schedules import get_schedule
 
 X_O = torch.tensor([[0.3, -0.4]])
 

@@ -1,7 +1,7 @@
 """Samplers against the exact denoiser of a Gaussian target.
 
 For data ``N(m, S)`` the denoiser ``x_hat(z, t)`` is known in closed form
-(:class:`~sbi_diffusion.gaussian.GaussianDenoiser`), so every sampler should
+(:class:`~sbi_diffusion.path.gaussian.GaussianDenoiser`), so every sampler should
 return samples of ``N(m, S)`` up to its discretisation error. Errors are measured
 in whitened units ``L^{-1}(x - m)`` (``S = L L^T``): the norm of the sample mean
 and the Frobenius norm of ``cov - I``. Their standard errors for ``n`` samples
@@ -23,7 +23,8 @@ import math
 import pytest
 import torch
 
-from sbi_diffusion.gaussian import GaussianDenoiser
+from sbi_diffusion.path.gaussian import GaussianDenoiser
+from sbi_diffusion.path.schedules import get_schedule, shift_times
 from sbi_diffusion.samplers import (
     dopri5_integrate,
     get_sampler,
@@ -31,7 +32,6 @@ from sbi_diffusion.samplers import (
     langevin_correct,
     sampling_end_time,
 )
-from sbi_diffusion.schedules import get_schedule, shift_times
 
 SCHEDULES = ["vp", "cosine", "edm", "edm_vp", "rectified_flow"]
 DIM = 3

@@ -20,10 +20,10 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from sbi_diffusion.gaussian import GaussianDenoiser
-from sbi_diffusion.parameterizations import PathPoint, get_parameterization
-from sbi_diffusion.schedules import get_schedule
-from sbi_diffusion.vector_field import ode_drift, score_from_x_hat
+from sbi_diffusion.path.gaussian import GaussianDenoiser
+from sbi_diffusion.path.parameterizations import PathPoint, get_parameterization
+from sbi_diffusion.path.schedules import get_schedule
+from sbi_diffusion.path.vector_field import ode_drift, score_from_x_hat
 
 SCHEDULES = ["vp", "cosine", "edm", "edm_vp", "rectified_flow"]
 PARAMETERIZATIONS = ["eps", "x0", "velocity", "F", "score"]

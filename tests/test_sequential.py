@@ -8,12 +8,12 @@ from sbi.utils import RestrictedPrior, get_density_thresholder
 from torch.distributions import MultivariateNormal
 
 from sbi_diffusion import DiffusionNPE, FlowMatchingNPE
-from sbi_diffusion.gaussian import linear_gaussian_posterior
 from sbi_diffusion.inference.proposals import (
     PRIOR,
     TRUNCATED_PRIOR,
     proposal_kind,
 )
+from sbi_diffusion.path.gaussian import linear_gaussian_posterior
 
 
 def test_proposal_kinds(linear_gaussian):

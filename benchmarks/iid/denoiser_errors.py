@@ -36,10 +36,10 @@ import torch
 from run_iid import GaussianLinear, train
 from sbi.utils.metrics import c2st
 
-from sbi_diffusion.gaussian import GaussianDenoiser
+from sbi_diffusion.path.gaussian import GaussianDenoiser
+from sbi_diffusion.path.vector_field import ode_drift
 from sbi_diffusion.samplers.adaptive import dopri5_integrate
 from sbi_diffusion.samplers.base import initial_noise
-from sbi_diffusion.vector_field import ode_drift
 
 TIMES = (0.001, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 END_TIMES = (0.0, 0.03, 0.1)

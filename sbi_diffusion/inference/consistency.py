@@ -40,7 +40,6 @@ from sbi_diffusion.consistency import (
     DenoiserTeacher,
     check_consistency_schedule,
 )
-from sbi_diffusion.denoiser import Denoiser
 from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.inference.trainer import (
     VectorFieldInference,
@@ -48,8 +47,9 @@ from sbi_diffusion.inference.trainer import (
     steps_per_epoch,
     validation_size,
 )
+from sbi_diffusion.model import Denoiser
+from sbi_diffusion.path.schedules import get_schedule
 from sbi_diffusion.samplers import consistency as _consistency_sampler  # noqa: F401
-from sbi_diffusion.schedules import get_schedule
 
 __all__ = ["ConsistencyNPE", "ConsistencyPosterior"]
 

@@ -43,7 +43,6 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from sbi_diffusion.denoiser import ConditionedDenoiser
 from sbi_diffusion.density import ode_log_prob
 from sbi_diffusion.guidance import (
     GuidanceContext,
@@ -62,6 +61,8 @@ from sbi_diffusion.joint import (
     check_edge_mask,
     join_flat,
 )
+from sbi_diffusion.model import ConditionedDenoiser
+from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.nets.transformer import TokenTransformer
 from sbi_diffusion.samplers import (
     get_sampler,
@@ -69,7 +70,6 @@ from sbi_diffusion.samplers import (
     sample_from_noise,
     sampling_call_options,
 )
-from sbi_diffusion.vector_field import DenoiseFn
 
 __all__ = [
     "JointDiffusion",

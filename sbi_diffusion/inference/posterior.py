@@ -67,7 +67,7 @@ class DiffusionPotential(BasePotential):
 
 
 class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
-    r"""Posterior ``p(theta | x)`` of a :class:`~sbi_diffusion.denoiser.Denoiser`.
+    r"""Posterior ``p(theta | x)`` of a :class:`~sbi_diffusion.model.Denoiser`.
 
     Args:
         estimator: the trained denoiser.

@@ -12,7 +12,7 @@ r"""sbi trainers for diffusion and flow-matching posterior estimation.
     samples = posterior.sample((10_000,), x=x_o)
 
 Training minimises the weighted denoising loss of
-:meth:`sbi_diffusion.denoiser.Denoiser.loss` with Adam, a learning-rate
+:meth:`sbi_diffusion.model.Denoiser.loss` with Adam, a learning-rate
 warm-up (and cosine decay when ``max_num_epochs`` is given), gradient clipping,
 an exponential moving average (EMA) of the weights used for sampling, and early
 stopping on a validation loss evaluated at fixed times and noise.
@@ -36,15 +36,16 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from sbi_diffusion.denoiser import Denoiser
 from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.inference.proposals import proposal_kind
+from sbi_diffusion.model import Denoiser
 from sbi_diffusion.nets import build_net
 from sbi_diffusion.nets.noise_bands import NoiseBandSelection
 from sbi_diffusion.nets.sizing import AUTO_SIZED_NETS, mlp_size
-from sbi_diffusion.parameterizations import get_parameterization
+from sbi_diffusion.path.parameterizations import get_parameterization
+from sbi_diffusion.path.schedules import get_schedule
+from sbi_diffusion.path.weightings import check_weighting
 from sbi_diffusion.samplers import get_sampler
-from sbi_diffusion.schedules import get_schedule
 from sbi_diffusion.training import (
     ExponentialMovingAverage,
     TrainingDivergedError,
@@ -52,7 +53,6 @@ from sbi_diffusion.training import (
     learning_rate_factor,
     make_optimizer,
 )
-from sbi_diffusion.weightings import check_weighting
 
 __all__ = ["VectorFieldInference", "DiffusionNPE", "FlowMatchingNPE"]
 
@@ -170,7 +170,7 @@ class VectorFieldInference(NeuralInference):
     Args:
         prior: prior over ``theta`` (any distribution sbi accepts); if None, an
             improper empirical prior is built from ``theta`` as in sbi.
-        schedule: name of the path (see ``sbi_diffusion.schedules.SCHEDULES``) or
+        schedule: name of the path (see ``sbi_diffusion.path.schedules.SCHEDULES``) or
             a ``Schedule``.
         parameterization: what the network predicts (``eps``, ``x0``,
             ``velocity``, ``F``, ``score``) or a ``Parameterization``.
@@ -541,7 +541,7 @@ class VectorFieldInference(NeuralInference):
             seed: seed of the data split, training noise and validation noise.
 
         Returns:
-            The trained (EMA) :class:`~sbi_diffusion.denoiser.Denoiser`.
+            The trained (EMA) :class:`~sbi_diffusion.model.Denoiser`.
 
         Raises:
             TrainingDivergedError: if the loss becomes NaN or infinite.

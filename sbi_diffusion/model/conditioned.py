@@ -24,7 +24,7 @@ __all__ = ["ConditionedDenoiser"]
 class ConditionedDenoiser(nn.Module):
     """A :class:`Denoiser` with its condition fixed: ``(z, t) -> x_hat``.
 
-    Implements :class:`sbi_diffusion.vector_field.DenoiseFn`; the condition is
+    Implements :class:`sbi_diffusion.path.vector_field.DenoiseFn`; the condition is
     embedded once. ``embedding`` has one row (broadcast over ``z``) or as many
     rows as ``z``; with ``rows_per_condition = s`` it has ``n`` rows and ``z``
     has ``n * s``, ``s`` consecutive rows per condition

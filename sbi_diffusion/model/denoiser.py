@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from sbi_diffusion.model.conditioned import ConditionedDenoiser
 from sbi_diffusion.model.rows import denoise_rows_in_pieces, denoise_trials_flat
 from sbi_diffusion.model.sbi_estimator import SbiVectorFieldEstimator
-from sbi_diffusion.parameterizations import Parameterization, PathPoint
-from sbi_diffusion.schedules import Schedule
-from sbi_diffusion.vector_field import as_time
-from sbi_diffusion.weightings import check_weighting, loss_weight
+from sbi_diffusion.path.parameterizations import Parameterization, PathPoint
+from sbi_diffusion.path.schedules import Schedule
+from sbi_diffusion.path.vector_field import as_time
+from sbi_diffusion.path.weightings import check_weighting, loss_weight
 
 __all__ = ["Denoiser"]
 
@@ -48,7 +48,7 @@ class Denoiser(SbiVectorFieldEstimator):
         input_shape: event shape of ``theta``.
         condition_shape: event shape of ``x``.
         embedding_net: network embedding (z-scored) ``x``; identity if None.
-        weighting: loss weighting (see :mod:`sbi_diffusion.weightings`).
+        weighting: loss weighting (see :mod:`sbi_diffusion.path.weightings`).
         theta_shift, theta_scale: z-scoring of ``theta``.
         x_shift, x_scale: z-scoring of ``x``.
         condition_dropout: probability of replacing the condition by a learned

@@ -9,7 +9,8 @@ of a Gaussian path ``z_t = alpha(t) theta + sigma(t) eps`` (Karras et al. 2022,
     \hat\theta(z_t, t \mid x) = E[\theta \mid z_t, x],
 
 from which the score ``(alpha theta_hat - z) / sigma^2``, the noise and the
-probability-flow drift follow (Tweedie's formula; :mod:`sbi_diffusion.vector_field`).
+probability-flow drift follow (Tweedie's formula;
+:mod:`sbi_diffusion.path.vector_field`).
 
 Two protocols name what each consumer may rely on:
 
@@ -20,7 +21,7 @@ Two protocols name what each consumer may rely on:
   batched evaluation for many conditions at once. Posteriors, composition and
   guidance see only this. :class:`~sbi_diffusion.model.Denoiser` implements it,
   as do the joint model's conditional views and the exact
-  :class:`~sbi_diffusion.gaussian.GaussianDenoiser` used in tests.
+  :class:`~sbi_diffusion.path.gaussian.GaussianDenoiser` used in tests.
 
 Both are ``typing.Protocol`` classes, checked structurally: a new model needs
 no base class, only these attributes.
@@ -33,7 +34,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from sbi_diffusion.schedules import Schedule
+from sbi_diffusion.path.schedules import Schedule
 
 __all__ = ["DenoiseFn", "ConditionalDenoiser"]
 

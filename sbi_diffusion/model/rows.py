@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sbi_diffusion.vector_field import as_time
+from sbi_diffusion.path.vector_field import as_time
 
 __all__ = [
     "CPU_NETWORK_ROWS",

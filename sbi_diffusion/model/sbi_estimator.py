@@ -23,8 +23,8 @@ import torch
 from sbi.neural_nets.estimators.base import ConditionalVectorFieldEstimator
 from torch import Tensor, nn
 
-from sbi_diffusion.schedules import Schedule
-from sbi_diffusion.vector_field import ode_drift, score_from_x_hat
+from sbi_diffusion.path.schedules import Schedule
+from sbi_diffusion.path.vector_field import ode_drift, score_from_x_hat
 
 __all__ = ["SbiVectorFieldEstimator"]
 

@@ -69,7 +69,7 @@ class ResidualMLP(nn.Module):
     that broadcast against each other (``broadcasts_inputs``). The context is
     then computed once per distinct condition and time, e.g. for one ``z``
     against many conditions (:meth:`Denoiser.denoise_trials
-    <sbi_diffusion.denoiser.Denoiser.denoise_trials>`).
+    <sbi_diffusion.model.Denoiser.denoise_trials>`).
 
     Args:
         input_dim: dimension of ``z`` (the flattened parameters).

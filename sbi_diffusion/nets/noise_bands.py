@@ -29,7 +29,7 @@ from copy import deepcopy
 import torch
 from torch import Tensor, nn
 
-from sbi_diffusion.parameterizations import PathPoint
+from sbi_diffusion.path.parameterizations import PathPoint
 
 __all__ = ["NoiseBandNet", "NoiseBandSelection"]
 

@@ -15,6 +15,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sbi_diffusion.model.interface import DenoiseFn
+from sbi_diffusion.path.schedules import Schedule
+from sbi_diffusion.path.vector_field import ode_drift, score_from_x_hat
 from sbi_diffusion.samplers.base import (
     CountingDenoiser,
     SamplerResult,
@@ -23,8 +25,6 @@ from sbi_diffusion.samplers.base import (
     register_sampler,
 )
 from sbi_diffusion.samplers.sde import ancestral_step
-from sbi_diffusion.schedules import Schedule
-from sbi_diffusion.vector_field import ode_drift, score_from_x_hat
 
 __all__ = [
     "dopri5_integrate",

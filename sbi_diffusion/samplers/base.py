@@ -27,10 +27,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sbi_diffusion.model.interface import DenoiseFn
+from sbi_diffusion.path.schedules import shift_times
+from sbi_diffusion.path.vector_field import as_time
 from sbi_diffusion.samplers.langevin import langevin_correct
 from sbi_diffusion.samplers.noise import gaussian_like, initial_noise
-from sbi_diffusion.schedules import shift_times
-from sbi_diffusion.vector_field import as_time
 
 __all__ = [
     "SamplerResult",

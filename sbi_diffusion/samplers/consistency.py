@@ -24,13 +24,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sbi_diffusion.model.interface import DenoiseFn
+from sbi_diffusion.path.schedules import Schedule
 from sbi_diffusion.samplers.base import (
     CountingDenoiser,
     SamplerResult,
     gaussian_like,
     register_sampler,
 )
-from sbi_diffusion.schedules import Schedule
 
 __all__ = ["consistency_times", "multistep_consistency"]
 

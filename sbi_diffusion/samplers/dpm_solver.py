@@ -115,7 +115,7 @@ def dpm_solver_pp_2m(
             (:meth:`Schedule.log_snr_grid`), falling back to the schedule grid
             where the
             log-SNR is infinite at an end point; ``"schedule"``: the schedule's
-            :meth:`~sbi_diffusion.schedules.Schedule.sampling_grid`. An explicit
+            :meth:`~sbi_diffusion.path.schedules.Schedule.sampling_grid`. An explicit
             ``time_grid`` option overrides both.
         options: passed to :func:`run_fixed_grid`.
 

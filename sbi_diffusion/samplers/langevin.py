@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from sbi_diffusion.model.interface import DenoiseFn
+from sbi_diffusion.path.vector_field import as_time, score_from_x_hat
 from sbi_diffusion.samplers.noise import gaussian_like
-from sbi_diffusion.vector_field import as_time, score_from_x_hat
 
 __all__ = ["langevin_correct"]
 

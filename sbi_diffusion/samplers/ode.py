@@ -1,8 +1,8 @@
 r"""Fixed-step solvers of the probability-flow ODE ``dz/dt = v(z, t)``.
 
-``v = alpha' x_hat + sigma' eps_hat`` (see :mod:`sbi_diffusion.vector_field`).
+``v = alpha' x_hat + sigma' eps_hat`` (see :mod:`sbi_diffusion.path.vector_field`).
 The solvers step in the schedule's ODE variable ``u(t)``
-(:meth:`~sbi_diffusion.schedules.Schedule.ode_variable`: ``t`` for most paths,
+(:meth:`~sbi_diffusion.path.schedules.Schedule.ode_variable`: ``t`` for most paths,
 EDM's ``sigma`` on the variance-exploding EDM path), with the drift
 ``dz/du = v / u'(t)``.
 """
@@ -13,13 +13,13 @@ import torch
 from torch import Tensor
 
 from sbi_diffusion.model.interface import DenoiseFn
+from sbi_diffusion.path.vector_field import ode_drift
 from sbi_diffusion.samplers.base import (
     CountingDenoiser,
     SamplerResult,
     register_sampler,
     run_fixed_grid,
 )
-from sbi_diffusion.vector_field import ode_drift
 
 
 def _ode_variable_and_rate(schedule, t: Tensor) -> tuple[Tensor, Tensor]:
