@@ -65,6 +65,25 @@ DEFAULT_PRIOR_PRECISION = {"gauss": "gaussian", "jac": "exact"}
 ``prior_precision`` is given (see :class:`IIDComposedDenoiser`)."""
 
 
+def _checked_prior_precision(method: str, prior_precision: str | None) -> str:
+    """``prior_precision``, or the default of ``method`` if None.
+
+    Raises:
+        ValueError: for a ``method`` not in ``IID_METHODS`` or a
+            ``prior_precision`` not in ``PRIOR_PRECISIONS``.
+    """
+    if method not in IID_METHODS:
+        raise ValueError(f"Unknown iid_method {method!r}. Pass one of {IID_METHODS}.")
+    if prior_precision is None:
+        prior_precision = DEFAULT_PRIOR_PRECISION.get(method, "gaussian")
+    if prior_precision not in PRIOR_PRECISIONS:
+        raise ValueError(
+            f"Unknown prior_precision {prior_precision!r}. Pass one of "
+            f"{PRIOR_PRECISIONS}."
+        )
+    return prior_precision
+
+
 class IIDComposedDenoiser:
     r"""The ``N``-trial posterior ``p(theta | x_1, ..., x_N)`` as a ``DenoiseFn``.
 
@@ -134,17 +153,7 @@ class IIDComposedDenoiser:
         generator: torch.Generator | None = None,
         show_progress_bars: bool = False,
     ):
-        if method not in IID_METHODS:
-            raise ValueError(
-                f"Unknown iid_method {method!r}. Pass one of {IID_METHODS}."
-            )
-        if prior_precision is None:
-            prior_precision = DEFAULT_PRIOR_PRECISION.get(method, "gaussian")
-        if prior_precision not in PRIOR_PRECISIONS:
-            raise ValueError(
-                f"Unknown prior_precision {prior_precision!r}. Pass one of "
-                f"{PRIOR_PRECISIONS}."
-            )
+        prior_precision = _checked_prior_precision(method, prior_precision)
         self.estimator = estimator
         self.schedule = estimator.schedule
         self.prior_precision = prior_precision

@@ -14,10 +14,7 @@ from sbi_diffusion.guidance.base import (
     ScoreTransform,
     z_dim_evals,
 )
-from sbi_diffusion.guidance.gaussian_fit import (
-    check_covariance_samples,
-    gaussian_fit_for,
-)
+from sbi_diffusion.guidance.gaussian_fit import check_covariance_samples, shared_fit
 from sbi_diffusion.guidance.tilt import check_covariance, denoising_covariance
 from sbi_diffusion.samplers import network_evaluations_per_call
 from sbi_diffusion.vector_field import DenoiseFn
@@ -187,7 +184,7 @@ class ConstraintGuidance(ScoreTransform):
     def apply(self, denoise: DenoiseFn, context: GuidanceContext) -> DenoiseFn:
         jacobian = self.covariance == "jacobian"
         max_variance = context.prior_max_variance() if jacobian else None
-        fit = gaussian_fit_for(
+        fit = shared_fit(
             self.covariance, denoise, context, self.covariance_samples, self
         )
 

@@ -22,7 +22,7 @@ from sbi_diffusion.denoiser import ConditionedDenoiser
 from sbi_diffusion.guidance.base import GuidanceContext, ScoreTransform
 from sbi_diffusion.vector_field import DenoiseFn
 
-__all__ = ["GaussianFit", "gaussian_fit_for", "check_covariance_samples"]
+__all__ = ["GaussianFit", "shared_fit", "check_covariance_samples"]
 
 _MAX_FIT_PASSES = 100
 
@@ -191,13 +191,20 @@ def _chain_depth(denoise: Any) -> int:
     return depth
 
 
-def gaussian_fit_for(
+def shared_fit(
     covariance: str,
     denoise: DenoiseFn,
     context: GuidanceContext,
     num_samples: int,
     owner: ScoreTransform,
 ) -> GaussianFit | None:
+    """The :class:`GaussianFit` of ``owner`` for ``denoise`` if ``covariance`` is
+    ``"gaussian"``, else None.
+
+    The fit's key in ``context.fits`` is the transform and its place in the chain
+    of transforms, so that the chunks and rejection rounds of one sampling call
+    share one fit per condition.
+    """
     if covariance != "gaussian":
         return None
     # the same transform at the same place in the chain: one fit per call

@@ -9,10 +9,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from sbi_diffusion.guidance.base import GuidanceContext, ScoreTransform
-from sbi_diffusion.guidance.gaussian_fit import (
-    check_covariance_samples,
-    gaussian_fit_for,
-)
+from sbi_diffusion.guidance.gaussian_fit import check_covariance_samples, shared_fit
 from sbi_diffusion.guidance.tilt import check_covariance, tilted_denoiser
 from sbi_diffusion.vector_field import DenoiseFn
 
@@ -85,7 +82,7 @@ class PriorSwap(ScoreTransform):
             value = new_log_prob(theta) - train_log_prob(theta)
             return torch.where(torch.isfinite(value), value, torch.zeros_like(value))
 
-        fit = gaussian_fit_for(
+        fit = shared_fit(
             self.covariance, denoise, context, self.covariance_samples, self
         )
         return tilted_denoiser(

@@ -5,10 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sbi_diffusion.composition import (
-    denoiser_jacobian,
-    precision_from_jacobian,
-)
+from sbi_diffusion.composition import denoiser_jacobian, precision_from_jacobian
 from sbi_diffusion.composition.linalg import inverse_clamped
 from sbi_diffusion.guidance.base import (
     GuidanceContext,
@@ -16,10 +13,7 @@ from sbi_diffusion.guidance.base import (
     ScoreTransform,
     z_dim_evals,
 )
-from sbi_diffusion.guidance.gaussian_fit import (
-    check_covariance_samples,
-    gaussian_fit_for,
-)
+from sbi_diffusion.guidance.gaussian_fit import check_covariance_samples, shared_fit
 from sbi_diffusion.samplers import network_evaluations_per_call
 from sbi_diffusion.vector_field import DenoiseFn
 
@@ -76,7 +70,7 @@ class LikelihoodTemperature(ScoreTransform):
         # composition): bounds the learned Jacobians' precisions from below
         max_variance = context.prior_max_variance()
         floor = 1e-3 if max_variance is None else 1.0 / max_variance
-        fit = gaussian_fit_for(mode, denoise, context, self.covariance_samples, self)
+        fit = shared_fit(mode, denoise, context, self.covariance_samples, self)
 
         def fn(z: Tensor, t: Tensor) -> Tensor:
             if mode == "identity":
