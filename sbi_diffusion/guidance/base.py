@@ -35,7 +35,8 @@ class GuidanceContext:
 
     Attributes:
         shift, scale: z-scoring of ``theta`` (``theta = shift + scale z``), ``(d,)``.
-        estimator: the trained denoiser (unconditional score, prior moments).
+        estimator: the trained denoiser (unconditional score, prior moments):
+            what :func:`~sbi_diffusion.composition.diffused_prior` uses.
         prior: the training prior.
         prior_score: which diffused prior score to use (see
             :func:`sbi_diffusion.composition.diffused_prior`).
@@ -58,6 +59,8 @@ class GuidanceContext:
     def from_estimator(
         cls, estimator: Any, prior: Any = None, prior_score: str = "auto"
     ) -> GuidanceContext:
+        """The context of ``estimator`` (its ``theta_dim`` and z-scoring
+        ``_theta_shift``/``_theta_scale``), with its training ``prior``."""
         d = int(estimator.theta_dim)
         shift = estimator._theta_shift.reshape(-1).detach().expand(d).clone()
         scale = estimator._theta_scale.reshape(-1).detach().expand(d).clone()

@@ -24,7 +24,9 @@ class ClassifierFreeGuidance(ScoreTransform):
 
     the diffused version of ``p(theta) p(x | theta)^w``. ``w = 1`` is the
     posterior, ``w = 0`` the prior. Needs a model trained with condition dropout
-    and must act on the conditional denoiser (first in a list of transforms).
+    and must act on the conditional denoiser (first in a list of transforms): a
+    ``DenoiseFn`` with the trained ``denoiser`` and the condition's ``embedding``
+    (as :class:`~sbi_diffusion.denoiser.ConditionedDenoiser` has).
 
     Args:
         scale: the guidance scale ``w``.
