@@ -591,6 +591,19 @@ def test_precision_from_jacobian_survives_non_finite_and_ill_conditioned() -> No
     assert float(prec[0, 1, 1]) == pytest.approx(1.0 / widest, rel=1e-4)
 
 
+def test_inverse_clamped_bounds_the_eigenvalues() -> None:
+    from sbi_diffusion.composition import clamp_eigenvalues, inverse_clamped
+
+    rotation = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
+    m = rotation @ torch.diag(torch.tensor([-1.0, 4.0])) @ rotation.T
+    vals, _, dtype = clamp_eigenvalues(m[None], torch.tensor([0.5]), 2.0)
+    assert dtype == torch.float32
+    torch.testing.assert_close(vals, torch.tensor([[0.5, 2.0]], dtype=torch.float64))
+    # eigenvalues -1 and 4 clamped to 0.5 and 2 before inversion
+    expected = rotation @ torch.diag(torch.tensor([2.0, 0.5])) @ rotation.T
+    torch.testing.assert_close(inverse_clamped(m, 0.5, 2.0), expected)
+
+
 # ------------------------------------------------- network calls of composition
 
 
