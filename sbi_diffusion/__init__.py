@@ -1,6 +1,7 @@
 """sbi-diffusion: diffusion, flow-matching and consistency models for
 simulation-based inference, as estimators for the ``sbi`` package."""
 
+from sbi_diffusion.consistency import ConsistencyNPE
 from sbi_diffusion.denoiser import Denoiser
 from sbi_diffusion.guidance import (
     ClassifierFreeGuidance,
@@ -13,7 +14,6 @@ from sbi_diffusion.inference import (
     DiffusionPosterior,
     FlowMatchingNPE,
 )
-from sbi_diffusion.inference.consistency import ConsistencyNPE
 from sbi_diffusion.inference.joint import JointDiffusion
 
 __version__ = "0.1.0"
