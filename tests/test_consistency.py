@@ -12,13 +12,13 @@ from torch.distributions import MultivariateNormal
 from sbi_diffusion import ConsistencyNPE, DiffusionNPE
 from sbi_diffusion.consistency import (
     ConsistencyModel,
+    ConsistencyPosterior,
     improved_num_scales,
     lognormal_interval_probabilities,
     pseudo_huber,
     time_for_scaled_sigma,
 )
 from sbi_diffusion.gaussian import GaussianDenoiser
-from sbi_diffusion.inference.consistency import ConsistencyPosterior
 from sbi_diffusion.nets import ResidualMLP
 from sbi_diffusion.samplers import get_sampler
 from sbi_diffusion.schedules import EDMSchedule, EDMVPSchedule, get_schedule
