@@ -11,10 +11,13 @@ of the learning-rate schedule.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from dataclasses import dataclass
 from typing import Any
+
+from sbi_diffusion.nets.sizing import mlp_size
 
 __all__ = [
     "AUTO_STEPS_PER_ROOT_SIMULATION",
@@ -28,6 +31,7 @@ __all__ = [
     "resolve_max_num_steps",
     "steps_per_epoch",
     "total_steps",
+    "training_recipe",
 ]
 
 VALIDATION_INTERVAL = 20
@@ -187,6 +191,34 @@ class TrainingBudget:
             max_epochs=max_epochs,
             total_steps=steps,
         )
+
+
+def training_recipe(trainer_class: type) -> dict[str, Any]:
+    """The defaults that decide what a training with no options builds: the
+    constructor's and ``train()``'s default arguments of ``trainer_class``, its
+    class defaults (``default_schedule``, ``default_parameterization``,
+    ``default_weighting``, ``sizes_net_by_budget``) and the budget rules
+    (:func:`auto_max_num_steps`, :func:`~sbi_diffusion.nets.sizing.mlp_size`)."""
+
+    def defaults(func: Any) -> dict[str, str]:
+        return {
+            name: repr(p.default)
+            for name, p in inspect.signature(func).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+
+    cls = trainer_class
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "init": defaults(cls.__init__),
+        "train": defaults(cls.train),
+        "schedule": repr(cls.default_schedule),
+        "parameterization": repr(cls.default_parameterization),
+        "weighting": repr(cls.default_weighting),
+        "sizes_net_by_budget": cls.sizes_net_by_budget,
+        "sizing": [mlp_size(10**k, 2) for k in range(2, 7)],
+        "steps": [auto_max_num_steps(10**k) for k in range(2, 7)],
+    }
 
 
 def check_train_arguments(

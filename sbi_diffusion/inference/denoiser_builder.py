@@ -16,10 +16,29 @@ from torch import Tensor, nn
 from sbi_diffusion.denoiser import Denoiser
 from sbi_diffusion.inference.simulations import zscore_statistics
 from sbi_diffusion.nets import build_net
+from sbi_diffusion.nets.sizing import AUTO_SIZED_NETS, mlp_size
 from sbi_diffusion.parameterizations import Parameterization
 from sbi_diffusion.schedules import Schedule
 
-__all__ = ["build_denoiser"]
+__all__ = ["build_denoiser", "resolved_net_kwargs"]
+
+
+def resolved_net_kwargs(
+    net: str | nn.Module,
+    net_kwargs: dict,
+    sizes_net_by_budget: bool,
+    num_simulations: int,
+    theta_dim: int,
+) -> dict:
+    """The options of a named net: ``net_kwargs``, with ``width`` and ``depth``
+    of the residual MLPs sized by the budget where not given
+    (:func:`~sbi_diffusion.nets.sizing.mlp_size`) if ``sizes_net_by_budget``."""
+    options = dict(net_kwargs)
+    named = isinstance(net, str) and net in AUTO_SIZED_NETS
+    if named and sizes_net_by_budget:
+        for key, value in mlp_size(num_simulations, theta_dim).items():
+            options.setdefault(key, value)
+    return options
 
 
 def build_denoiser(

@@ -20,7 +20,6 @@ stopping on a validation loss evaluated at fixed times and noise.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from copy import deepcopy
 from typing import Any
@@ -31,6 +30,7 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from sbi_diffusion.denoiser import Denoiser
+from sbi_diffusion.inference.base import InferenceBase
 from sbi_diffusion.inference.budget import (  # noqa: F401  (importable from here)
     AUTO_STEPS_PER_ROOT_SIMULATION,
     DEFAULT_MAX_NUM_STEPS,
@@ -42,14 +42,17 @@ from sbi_diffusion.inference.budget import (  # noqa: F401  (importable from her
     patience_steps,
     resolve_max_num_steps,
     steps_per_epoch,
+    training_recipe,
 )
-from sbi_diffusion.inference.denoiser_builder import build_denoiser
+from sbi_diffusion.inference.denoiser_builder import (
+    build_denoiser,
+    resolved_net_kwargs,
+)
 from sbi_diffusion.inference.optimization import (
     ExponentialMovingAverage,
     make_optimizer,
 )
 from sbi_diffusion.inference.posterior import DiffusionPosterior
-from sbi_diffusion.inference.rounds import SimulationRounds
 from sbi_diffusion.inference.simulations import (  # noqa: F401  (importable here)
     as_simulation_batch,
 )
@@ -59,6 +62,7 @@ from sbi_diffusion.inference.training_loop import (
     OptimizerStep,
     TrainingLoop,
     TrainingProgress,
+    end_of_training_message,
 )
 from sbi_diffusion.inference.validation import (
     ValidationSet,
@@ -66,7 +70,6 @@ from sbi_diffusion.inference.validation import (
     validation_size,
 )
 from sbi_diffusion.nets import build_net
-from sbi_diffusion.nets.sizing import AUTO_SIZED_NETS, mlp_size
 from sbi_diffusion.parameterizations import get_parameterization
 from sbi_diffusion.samplers import get_sampler
 from sbi_diffusion.schedules import get_schedule
@@ -77,7 +80,7 @@ __all__ = ["VectorFieldInference", "DiffusionNPE", "FlowMatchingNPE"]
 logger = logging.getLogger(__name__)
 
 
-class VectorFieldInference(SimulationRounds):
+class VectorFieldInference(InferenceBase):
     """Shared trainer of denoising (diffusion / flow-matching) posterior estimators.
 
     Args:
@@ -118,7 +121,7 @@ class VectorFieldInference(SimulationRounds):
     default_weighting = "edm"
     default_sampler = "heun"
     default_sampler_options: dict[str, Any] = {"steps": 18}
-    _posterior_class: type[DiffusionPosterior] = DiffusionPosterior
+    _posterior_class = DiffusionPosterior
     #: whether the residual MLPs' width and depth default to
     #: :func:`~sbi_diffusion.nets.sizing.mlp_size` (else to the nets' defaults)
     sizes_net_by_budget: bool = True
@@ -183,7 +186,6 @@ class VectorFieldInference(SimulationRounds):
         self._optimizer: torch.optim.Optimizer | None = None
         self._progress = TrainingProgress()
         self._stopping_rule: StoppingRule | None = None
-        self._trained_estimator: nn.Module | None = None
         self._resolved_training: dict[str, Any] = {}
         self.train_indices: Tensor | None = None
         self.val_indices: Tensor | None = None
@@ -211,12 +213,13 @@ class VectorFieldInference(SimulationRounds):
         """The options of a named net: those given, with ``width`` and ``depth``
         of the residual MLPs sized by the budget where not given
         (:func:`~sbi_diffusion.nets.sizing.mlp_size`)."""
-        options = dict(self._net_kwargs)
-        named = isinstance(self._net_spec, str) and self._net_spec in AUTO_SIZED_NETS
-        if named and self.sizes_net_by_budget:
-            for key, value in mlp_size(num_simulations, theta_dim).items():
-                options.setdefault(key, value)
-        return options
+        return resolved_net_kwargs(
+            self._net_spec,
+            self._net_kwargs,
+            self.sizes_net_by_budget,
+            num_simulations,
+            theta_dim,
+        )
 
     def _initialize_neural_network(self, retrain_from_scratch: bool, start_idx: int):
         theta, x, _ = self.get_simulations(start_idx)
@@ -225,10 +228,6 @@ class VectorFieldInference(SimulationRounds):
             self._ema = None
             self._optimizer = None
             self._progress.steps_done = 0
-
-    def _get_potential_function(self, prior, estimator):
-        posterior = self._posterior_class(estimator, prior, device=self._device)
-        return posterior.potential_fn, posterior.theta_transform
 
     # --------------------------------------------------------------- train
 
@@ -460,31 +459,11 @@ class VectorFieldInference(SimulationRounds):
 
     @classmethod
     def training_recipe(cls) -> dict[str, Any]:
-        """The defaults that decide what a training with no options builds: the
-        constructor's and ``train()``'s default arguments, the class defaults and
-        the budget rules (:func:`auto_max_num_steps`,
-        :func:`~sbi_diffusion.nets.sizing.mlp_size`). A model cache keys its
-        files on it, so a changed default never reuses a model trained under the
-        old one."""
-
-        def defaults(func: Any) -> dict[str, str]:
-            return {
-                name: repr(p.default)
-                for name, p in inspect.signature(func).parameters.items()
-                if p.default is not inspect.Parameter.empty
-            }
-
-        return {
-            "class": f"{cls.__module__}.{cls.__qualname__}",
-            "init": defaults(cls.__init__),
-            "train": defaults(cls.train),
-            "schedule": repr(cls.default_schedule),
-            "parameterization": repr(cls.default_parameterization),
-            "weighting": repr(cls.default_weighting),
-            "sizes_net_by_budget": cls.sizes_net_by_budget,
-            "sizing": [mlp_size(10**k, 2) for k in range(2, 7)],
-            "steps": [auto_max_num_steps(10**k) for k in range(2, 7)],
-        }
+        """The defaults that decide what a training with no options builds
+        (:func:`~sbi_diffusion.inference.budget.training_recipe`). A model cache
+        keys its files on it, so a changed default never reuses a model trained
+        under the old one."""
+        return training_recipe(cls)
 
     def _record_validation(
         self, train_loss: float, val_loss: float, duration: float
@@ -506,90 +485,17 @@ class VectorFieldInference(SimulationRounds):
         loss and, after early stopping, why it stopped. Always logged; printed
         with ``show_summary``, and after early stopping when progress bars are
         on (the bar then ends before its total)."""
-        message = (
-            f"{type(self).__name__}: trained {self._progress.epochs} epochs "
-            f"({self._progress.steps_done} steps), best validation loss "
-            f"{self._best_val_loss:.4f}"
+        message = end_of_training_message(
+            type(self).__name__,
+            self._progress,
+            self._best_val_loss,
+            patience if stopped_early else None,
         )
-        if stopped_early:
-            message += f"; stopped early: no improvement in the last {patience} steps"
         logger.info(message)
         if show_summary:
             print(message + ".")
         elif stopped_early and self._show_progress_bars:
             tqdm.write(message + ".")
-
-    # ----------------------------------------------------------- posterior
-
-    def build_posterior(
-        self,
-        estimator: Denoiser | None = None,
-        prior: Distribution | None = None,
-        sampler: str | None = None,
-        max_sampling_batch_size: int = 10_000,
-        **sampler_options,
-    ) -> DiffusionPosterior:
-        """Build the posterior from the trained (EMA) denoiser.
-
-        Args:
-            estimator: a trained denoiser; the one from the last ``train()`` if None.
-            prior: the prior; the constructor's (or the empirical one) if None.
-            sampler: default sampler name; the trainer's default if None.
-            max_sampling_batch_size: samples drawn per batch.
-            **sampler_options: default sampler options (e.g. ``steps=30``).
-
-        Returns:
-            A :class:`~sbi_diffusion.inference.posterior.DiffusionPosterior`.
-        """
-        estimator = self._estimator_or_trained(
-            estimator, "call train() before build_posterior()"
-        )
-        self._posterior = self._posterior_class(
-            deepcopy(estimator),
-            self._prior_or_default(prior),
-            **self._posterior_options(
-                sampler, max_sampling_batch_size, sampler_options
-            ),
-        )
-        return self._posterior
-
-    def _estimator_or_trained(self, estimator: Any, how_to_train: str) -> Any:
-        """``estimator``, or the one from the last training if None.
-
-        Raises:
-            ValueError: if both are None; the message asks to ``how_to_train``.
-        """
-        if estimator is not None:
-            return estimator
-        if self._trained_estimator is None:
-            raise ValueError(
-                f"No trained estimator: {how_to_train}, or pass estimator=."
-            )
-        return self._trained_estimator
-
-    def _prior_or_default(self, prior: Distribution | None) -> Distribution:
-        """``prior``, or the constructor's (or empirical) prior if None."""
-        prior = self._prior if prior is None else prior
-        if prior is None:
-            raise ValueError("No prior: pass prior= to the constructor or here.")
-        return prior
-
-    def _posterior_options(
-        self,
-        sampler: str | None,
-        max_sampling_batch_size: int,
-        sampler_options: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Keyword arguments of a posterior: the trainer's sampler and sampler
-        options, updated by those given, and its device."""
-        options = dict(self._sampler_options)
-        options.update(sampler_options)
-        return {
-            "sampler": self._sampler if sampler is None else sampler,
-            "sampler_options": options,
-            "max_sampling_batch_size": max_sampling_batch_size,
-            "device": self._device,
-        }
 
 
 class DiffusionNPE(VectorFieldInference):

@@ -43,6 +43,7 @@ __all__ = [
     "TrainingLoop",
     "TrainingProgress",
     "check_finite",
+    "end_of_training_message",
 ]
 
 
@@ -258,3 +259,22 @@ class TrainingLoop:
         row_losses = self.validation.losses(model)
         self.rule.update(row_losses, model, steps)
         return row_losses.mean().item()
+
+
+def end_of_training_message(
+    trainer_name: str,
+    progress: TrainingProgress,
+    best_loss: float,
+    stopped_after: int | None,
+) -> str:
+    """How training ended: the epochs and steps run, the best validation loss
+    and, if the stopping rule ended it (``stopped_after`` steps without
+    improvement; None otherwise), why."""
+    message = (
+        f"{trainer_name}: trained {progress.epochs} epochs "
+        f"({progress.steps_done} steps), best validation loss "
+        f"{best_loss:.4f}"
+    )
+    if stopped_after is not None:
+        message += f"; stopped early: no improvement in the last {stopped_after} steps"
+    return message
