@@ -198,14 +198,32 @@ class ConsistencyNPE(VectorFieldInference):
             num_train, training_batch_size, max_num_epochs, max_num_steps
         )
 
-    def _run_training(self, config: dict[str, Any], **train_kwargs) -> ConsistencyModel:
-        """Set the loss configuration on the model(s) and run the core loop."""
+    def _run_training(
+        self,
+        config: dict[str, Any],
+        epochs: int,
+        training_batch_size: int,
+        learning_rate: float,
+        validation_fraction: float,
+        stop_after_epochs: int | None,
+        train_kwargs: dict[str, Any],
+    ) -> ConsistencyModel:
+        """Set the loss configuration on the model(s) and run the core loop for
+        ``epochs`` epochs (early stopping after ``stop_after_epochs``, default
+        ``epochs``)."""
         self._loss_config = config
         for model in (self._neural_net, self._ema_model()):
             if model is not None and not train_kwargs.get("retrain_from_scratch"):
                 self._configure(model)
         try:
-            model = super().train(**train_kwargs)
+            model = super().train(
+                max_num_epochs=epochs,
+                training_batch_size=training_batch_size,
+                learning_rate=learning_rate,
+                validation_fraction=validation_fraction,
+                stop_after_epochs=stop_after_epochs or epochs,
+                **train_kwargs,
+            )
         finally:
             self._release_teacher()
         model.teacher = None
@@ -280,12 +298,12 @@ class ConsistencyNPE(VectorFieldInference):
         }
         return self._run_training(
             config,
-            max_num_epochs=epochs,
-            training_batch_size=training_batch_size,
-            learning_rate=learning_rate,
-            validation_fraction=validation_fraction,
-            stop_after_epochs=stop_after_epochs or epochs,
-            **kwargs,
+            epochs,
+            training_batch_size,
+            learning_rate,
+            validation_fraction,
+            stop_after_epochs,
+            kwargs,
         )
 
     def distill(
@@ -347,12 +365,12 @@ class ConsistencyNPE(VectorFieldInference):
         }
         self._run_training(
             config,
-            max_num_epochs=epochs,
-            training_batch_size=training_batch_size,
-            learning_rate=learning_rate,
-            validation_fraction=validation_fraction,
-            stop_after_epochs=stop_after_epochs or epochs,
-            **kwargs,
+            epochs,
+            training_batch_size,
+            learning_rate,
+            validation_fraction,
+            stop_after_epochs,
+            kwargs,
         )
         self._teacher = None
         return self

@@ -225,7 +225,6 @@ def check_train_arguments(
     trainer_name: str,
     has_simulations: bool,
     kwargs: dict[str, Any],
-    *,
     discard_prior_samples: bool,
     stop_after_epochs: int,
     stop_after_steps: int | str,

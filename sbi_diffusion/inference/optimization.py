@@ -60,7 +60,8 @@ class ExponentialMovingAverage:
         All parameters move in one multi-tensor ``lerp`` (one kernel launch per
         device and dtype instead of one per tensor). The tensor lists are
         gathered once per model: listing a module's parameters walks its whole
-        tree, which for a small network costs as much as the update itself.
+        tree, a large share of the update's cost for a small network
+        (``benchmarks/training_speed/README.md``, "Per-step costs").
         """
         self.num_updates += 1
         beta = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
@@ -114,8 +115,9 @@ def make_optimizer(
     ``w <- w - lr (m_hat / (sqrt(v_hat) + eps) + lambda w)``; the fused
     implementation does it for all parameters in one kernel (CPU and CUDA in
     PyTorch >= 2.4), the multi-tensor (``foreach``) one otherwise. Both avoid the
-    per-tensor Python loop of the default path, which costs as much as the
-    backward pass for the small networks of low-dimensional problems.
+    per-tensor Python loop of the default path, a large share of a step's cost
+    for the small networks of low-dimensional problems
+    (``benchmarks/training_speed/README.md``, "Per-step costs").
     """
     parameters = list(parameters)
     try:

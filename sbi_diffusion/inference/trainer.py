@@ -316,13 +316,13 @@ class VectorFieldInference(InferenceBase):
             type(self).__name__,
             bool(self._theta_roundwise),
             kwargs,
-            discard_prior_samples=discard_prior_samples,
-            stop_after_epochs=stop_after_epochs,
-            stop_after_steps=stop_after_steps,
-            training_batch_size=training_batch_size,
-            learning_rate=learning_rate,
-            validation_fraction=validation_fraction,
-            validation_interval=validation_interval,
+            discard_prior_samples,
+            stop_after_epochs,
+            stop_after_steps,
+            training_batch_size,
+            learning_rate,
+            validation_fraction,
+            validation_interval,
         )
         generator = torch.Generator(device="cpu")
         generator.manual_seed(

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sbi_diffusion.schedules import Schedule
-
 __all__ = ["ValidationSet", "split_indices", "validation_size"]
 
 
@@ -61,13 +59,14 @@ class ValidationSet:
         cls,
         theta: Tensor,
         x: Tensor,
-        schedule: Schedule,
+        schedule,
         reps: int,
         device: torch.device | str,
         seed: int = 12345,
     ) -> ValidationSet:
         """The validation rows of ``theta`` and ``x`` (``reps`` noise draws each,
-        at least 1), drawn with their own generator seeded by ``seed``."""
+        at least 1), drawn with their own generator seeded by ``seed``; the
+        times are ``schedule.validation_times``."""
         generator = torch.Generator(device="cpu").manual_seed(seed)
         reps = max(1, int(reps))
         theta = theta.repeat(reps, *([1] * (theta.dim() - 1)))
