@@ -19,6 +19,9 @@ where ``w_k`` are the weights with the lowest validation loss on band ``k``
 (``e_0 = -inf``, ``e_K = inf``). Separate denoisers for separate noise ranges
 are the "ensemble of expert denoisers" of Balaji et al. 2022 (eDiff-I); here the
 experts share one training run and differ only in where it is stopped.
+:class:`NoiseBandSelection` keeps those weights; the stopping rule
+:class:`~sbi_diffusion.inference.stopping.NoiseBandStopping` (``train(noise_bands=K)``)
+drives it.
 """
 
 from __future__ import annotations

@@ -15,7 +15,10 @@ Training minimises the weighted denoising loss of
 :meth:`sbi_diffusion.denoiser.Denoiser.loss` with Adam, a learning-rate
 warm-up (and cosine decay when ``max_num_epochs`` is given), gradient clipping,
 an exponential moving average (EMA) of the weights used for sampling, and early
-stopping on a validation loss evaluated at fixed times and noise.
+stopping on a validation loss evaluated at fixed times and noise. The parts of
+``train()`` live in :mod:`~sbi_diffusion.inference.budget` (how long),
+:mod:`~sbi_diffusion.inference.validation`, :mod:`~sbi_diffusion.inference.stopping`
+and :mod:`~sbi_diffusion.inference.training_loop`.
 """
 
 from __future__ import annotations
