@@ -1,6 +1,7 @@
 """sbi-diffusion: diffusion, flow-matching and consistency models for
 simulation-based inference, as estimators for the ``sbi`` package."""
 
+from sbi_diffusion.consistency import ConsistencyNPE
 from sbi_diffusion.guidance import (
     ClassifierFreeGuidance,
     ConstraintGuidance,
@@ -12,7 +13,6 @@ from sbi_diffusion.inference import (
     DiffusionPosterior,
     FlowMatchingNPE,
 )
-from sbi_diffusion.inference.consistency import ConsistencyNPE
 from sbi_diffusion.inference.joint import JointDiffusion
 from sbi_diffusion.model import Denoiser
 

@@ -1,19 +1,18 @@
-r"""Training utilities that diffusion models need and sbi's trainers lack.
+"""Deprecated: the training utilities moved to
+:mod:`sbi_diffusion.inference.optimization` (``ExponentialMovingAverage``,
+``learning_rate_factor``, ``make_optimizer``, ``TrainingDivergedError``) and
+:mod:`sbi_diffusion.inference.validation` (``ValidationSet``). This module
+re-exports them for one release."""
 
-- :class:`ExponentialMovingAverage` of the weights (Polyak averaging), used for
-  sampling (Song & Ermon 2020; Karras et al. 2022).
-- :func:`learning_rate_factor`: linear warm-up, then cosine decay (Loshchilov &
-  Hutter 2017) when the number of epochs is known.
-"""
+import warnings
 
-from __future__ import annotations
-
-import math
-from copy import deepcopy
-from dataclasses import dataclass
-
-import torch
-from torch import Tensor, nn
+from sbi_diffusion.inference.optimization import (
+    ExponentialMovingAverage,
+    TrainingDivergedError,
+    learning_rate_factor,
+    make_optimizer,
+)
+from sbi_diffusion.inference.validation import ValidationSet
 
 __all__ = [
     "ExponentialMovingAverage",
@@ -23,185 +22,11 @@ __all__ = [
     "ValidationSet",
 ]
 
-
-class TrainingDivergedError(RuntimeError):
-    """Raised when the training loss becomes NaN or infinite."""
-
-
-class ExponentialMovingAverage:
-    r"""Exponential moving average of a model's parameters.
-
-    .. math::
-        \bar w \leftarrow \beta_n \bar w + (1 - \beta_n) w, \qquad
-        \beta_n = \min\left(\beta, \frac{1 + n}{10 + n}\right),
-
-    where the warm-up of ``beta_n`` (Tensorflow's ``num_updates`` rule) keeps the
-    average from being dominated by the initial weights.
-
-    Args:
-        model: the trained model; a deep copy holds the average.
-        decay: ``beta``; 0 disables averaging (the copy follows the model).
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.999):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}.")
-        self.decay = decay
-        self.model = deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.num_updates = 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average towards the current weights of ``model``.
-
-        All parameters move in one multi-tensor ``lerp`` (one kernel launch per
-        device and dtype instead of one per tensor). The tensor lists are
-        gathered once per model: listing a module's parameters walks its whole
-        tree, which for a small network costs as much as the update itself.
-        """
-        self.num_updates += 1
-        beta = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        averages, current, average_buffers, buffers = self._tensors(model)
-        if averages:
-            torch._foreach_lerp_(averages, current, 1.0 - beta)
-        for avg, cur in zip(average_buffers, buffers, strict=True):
-            avg.copy_(cur)
-
-    def _tensors(
-        self, model: nn.Module
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        """The average's and ``model``'s parameters and buffers, cached for the
-        last model seen.
-
-        Raises:
-            ValueError: if the two models have different numbers of parameters.
-        """
-        cached = getattr(self, "_cached_tensors", None)
-        if cached is not None and cached[0] is model:
-            current = cached[1][1]
-            first = next(model.parameters(), None)
-            # a module moved with .to() may hold new parameter storage
-            if first is None or first.data_ptr() == current[0].data_ptr():
-                return cached[1]
-        averages = list(self.model.parameters())
-        current = [p.detach() for p in model.parameters()]
-        if len(averages) != len(current):
-            raise ValueError("The model's parameters do not match the average's.")
-        tensors = (
-            averages,
-            current,
-            list(self.model.buffers()),
-            list(model.buffers()),
-        )
-        self._cached_tensors = (model, tensors)
-        return tensors
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_cached_tensors", None)
-        return state
-
-
-@dataclass
-class ValidationSet:
-    r"""Held-out simulations with fixed times and noise, so that the validation
-    loss of a model is a deterministic function of its weights.
-
-    Each of the ``n`` held-out pairs is repeated ``reps`` times; row ``i`` is
-    noised at the fixed time ``t_i`` (quantiles of the training time
-    distribution, ``Schedule.validation_times``, in a fixed random order) with
-    the fixed noise ``eps_i``, and the loss is the training loss of those rows,
-    ``w(t_i) || x_hat(alpha_i theta_i + sigma_i eps_i, t_i | x_i) - theta_i ||^2``
-    (no condition dropout).
-
-    Attributes:
-        theta: ``(reps * n, *theta_shape)`` parameters.
-        x: ``(reps * n, *x_shape)`` simulations.
-        times: ``(reps * n,)`` fixed times.
-        noise: ``(reps * n, dim)`` fixed standard normal noise.
-    """
-
-    theta: Tensor
-    x: Tensor
-    times: Tensor
-    noise: Tensor
-
-    @classmethod
-    def build(
-        cls,
-        theta: Tensor,
-        x: Tensor,
-        schedule,
-        reps: int,
-        device: torch.device | str,
-        seed: int = 12345,
-    ) -> ValidationSet:
-        """The validation rows of ``theta`` and ``x`` (``reps`` noise draws each,
-        at least 1), drawn with their own generator seeded by ``seed``."""
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        reps = max(1, int(reps))
-        theta = theta.repeat(reps, *([1] * (theta.dim() - 1)))
-        x = x.repeat(reps, *([1] * (x.dim() - 1)))
-        times = schedule.validation_times(theta.shape[0])
-        times = times[torch.randperm(times.shape[0], generator=generator)]
-        noise = torch.randn(
-            theta.reshape(theta.shape[0], -1).shape, generator=generator
-        )
-        return cls(theta.to(device), x.to(device), times.to(device), noise.to(device))
-
-    @torch.no_grad()
-    def losses(self, model: nn.Module) -> Tensor:
-        """Per-row validation losses of ``model`` (a denoiser with
-        ``loss(theta, x, times=, noise=, drop_condition=)``)."""
-        drop = torch.zeros(
-            self.theta.shape[0], dtype=torch.bool, device=self.theta.device
-        )
-        return model.loss(
-            self.theta, self.x, times=self.times, noise=self.noise, drop_condition=drop
-        )
-
-
-def make_optimizer(
-    parameters: list[nn.Parameter], learning_rate: float, weight_decay: float = 0.0
-) -> torch.optim.AdamW:
-    r"""AdamW (Loshchilov & Hutter 2019) with its fused kernel where available.
-
-    The update is Adam's,
-    ``w <- w - lr (m_hat / (sqrt(v_hat) + eps) + lambda w)``; the fused
-    implementation does it for all parameters in one kernel (CPU and CUDA in
-    PyTorch >= 2.4), the multi-tensor (``foreach``) one otherwise. Both avoid the
-    per-tensor Python loop of the default path, which costs as much as the
-    backward pass for the small networks of low-dimensional problems.
-    """
-    parameters = list(parameters)
-    try:
-        return torch.optim.AdamW(
-            parameters, lr=learning_rate, weight_decay=weight_decay, fused=True
-        )
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(
-            parameters, lr=learning_rate, weight_decay=weight_decay, foreach=True
-        )
-
-
-def learning_rate_factor(
-    step: int,
-    warmup_steps: int,
-    total_steps: int | None,
-    final_factor: float = 0.05,
-) -> float:
-    r"""Multiplier of the base learning rate at optimiser step ``step``.
-
-    Linear warm-up over ``warmup_steps``; then, if ``total_steps`` is known,
-    cosine decay to ``final_factor``:
-    ``f + (1 - f) (1 + cos(pi s)) / 2`` with ``s`` the fraction of decay steps
-    done. Constant 1 after warm-up when ``total_steps`` is None.
-    """
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if total_steps is None or total_steps <= warmup_steps:
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-    return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+warnings.warn(
+    "sbi_diffusion.training is deprecated; import from "
+    "sbi_diffusion.inference.optimization (ExponentialMovingAverage, "
+    "learning_rate_factor, make_optimizer, TrainingDivergedError) and "
+    "sbi_diffusion.inference.validation (ValidationSet).",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -52,7 +52,7 @@ class ExactSingleTrialEstimator:
         self.condition_dropout = condition_dropout
         self.shift = problem.prior_mean.clone() + 0.1
         self.scale = problem.prior_cov.diagonal().sqrt() * 1.1
-        self._theta_shift, self._theta_scale = self.shift[None], self.scale[None]
+        self.theta_shift, self.theta_scale = self.shift[None], self.scale[None]
         s0_inv = torch.linalg.inv(problem.prior_cov.to(f64))
         a = problem.matrix.to(f64)
         l_inv = torch.linalg.inv(problem.noise_cov.to(f64))
@@ -293,8 +293,8 @@ def test_box_prior_denoiser_matches_quadrature():
     schedule = get_schedule("edm_vp")
     est = ExactSingleTrialEstimator.__new__(ExactSingleTrialEstimator)
     est.schedule, est.theta_dim = schedule, 2
-    est._theta_shift = torch.tensor([[0.5, 0.0]])
-    est._theta_scale = torch.tensor([[0.3, 2.0]])
+    est.theta_shift = torch.tensor([[0.5, 0.0]])
+    est.theta_scale = torch.tensor([[0.3, 2.0]])
     prior = diffused_prior(est, BoxUniform(torch.zeros(2), torch.ones(2)))
     assert isinstance(prior, BoxDiffusedPrior)
     grid = torch.linspace(0, 1, 20001, dtype=torch.float64)
@@ -305,7 +305,7 @@ def test_box_prior_denoiser_matches_quadrature():
         x_hat = prior(z, torch.full((2,), t)).double()
         precision = prior.precision(z, torch.full((2,), t)).double()
         for j in range(2):
-            theta_z = (grid - est._theta_shift[0, j]) / est._theta_scale[0, j]
+            theta_z = (grid - est.theta_shift[0, j]) / est.theta_scale[0, j]
             log_w = -0.5 * ((z[:, j : j + 1] - alpha * theta_z) / sigma) ** 2
             w = torch.softmax(log_w, dim=1)
             m = (w * theta_z).sum(1)
@@ -806,7 +806,7 @@ class BoxGaussianTrials:
     def __init__(self, schedule, noise_std: float):
         self.schedule = schedule
         self.noise_var = noise_std**2
-        self._theta_shift, self._theta_scale = torch.zeros(1, 2), torch.ones(1, 2)
+        self.theta_shift, self.theta_scale = torch.zeros(1, 2), torch.ones(1, 2)
 
     def embed_condition(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], -1).float()

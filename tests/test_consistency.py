@@ -12,12 +12,12 @@ from torch.distributions import MultivariateNormal
 from sbi_diffusion import ConsistencyNPE, DiffusionNPE
 from sbi_diffusion.consistency import (
     ConsistencyModel,
+    ConsistencyPosterior,
     improved_num_scales,
     lognormal_interval_probabilities,
     pseudo_huber,
     time_for_scaled_sigma,
 )
-from sbi_diffusion.inference.consistency import ConsistencyPosterior
 from sbi_diffusion.nets import ResidualMLP
 from sbi_diffusion.path.gaussian import GaussianDenoiser
 from sbi_diffusion.path.schedules import EDMSchedule, EDMVPSchedule, get_schedule
@@ -208,8 +208,8 @@ class AnalyticTeacher(nn.Module):
         super().__init__()
         self.problem = problem
         self.schedule = schedule
-        self.register_buffer("_theta_shift", torch.zeros(1, 2))
-        self.register_buffer("_theta_scale", torch.ones(1, 2))
+        self.register_buffer("theta_shift", torch.zeros(1, 2))
+        self.register_buffer("theta_scale", torch.ones(1, 2))
 
     def bind(self, x: Tensor):
         problem, schedule = self.problem, self.schedule
@@ -307,7 +307,7 @@ def test_distill_from_diffusion_npe_runs(linear_gaussian, data):
     )
     inference.distill(diffusion, max_num_epochs=1, num_scales=4, seed=0)
     model = inference._trained_estimator
-    assert torch.equal(model._theta_shift, diffusion._trained_estimator._theta_shift)
+    assert torch.equal(model.theta_shift, diffusion._trained_estimator.theta_shift)
     samples = inference.build_posterior().sample(
         (10,), x=data[1][:1], show_progress_bars=False
     )

@@ -12,13 +12,13 @@ from sbi.utils.metrics import c2st
 from torch.distributions import MultivariateNormal
 
 from sbi_diffusion import DiffusionNPE, DiffusionPosterior, FlowMatchingNPE
-from sbi_diffusion.inference.trainer import (
+from sbi_diffusion.inference.budget import (
     auto_max_num_steps,
     patience_steps,
     resolve_max_num_steps,
 )
+from sbi_diffusion.inference.optimization import TrainingDivergedError
 from sbi_diffusion.nets.sizing import mlp_size
-from sbi_diffusion.training import TrainingDivergedError
 
 matplotlib.use("Agg")
 

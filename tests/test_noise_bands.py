@@ -1,4 +1,5 @@
-"""Noise-band experts (per-band early stopping) and their network."""
+"""Stopping rules: plain patience, and noise-band experts (per-band early
+stopping) with their network."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from torch import nn
 
 from sbi_diffusion import JointDiffusion
 from sbi_diffusion.inference import DiffusionNPE, FlowMatchingNPE
-from sbi_diffusion.nets.noise_bands import NoiseBandNet, NoiseBandSelection
+from sbi_diffusion.inference.noise_bands import NoiseBandNet, NoiseBandSelection
+from sbi_diffusion.inference.stopping import (
+    NoiseBandStopping,
+    PatienceStopping,
+    stopping_rule_for_call,
+)
+from sbi_diffusion.inference.validation import ValidationSet
 
 THETA = torch.tensor([[0.2, 1.0]])
 
@@ -89,13 +96,20 @@ def _trained(linear_gaussian, cls=DiffusionNPE, bands=3, **train_kwargs):
     return inference, estimator
 
 
+def _validation_set(inference, estimator) -> ValidationSet:
+    """The validation rows the trainer scored (same split, times and noise)."""
+    theta, x, _ = inference.get_simulations(0)
+    idx = inference.val_indices
+    return ValidationSet.build(theta[idx], x[idx], estimator.schedule, 4, "cpu")
+
+
 @pytest.mark.parametrize("cls", [DiffusionNPE, FlowMatchingNPE])
 def test_each_band_keeps_its_best_weights(linear_gaussian, cls):
     inference, estimator = _trained(linear_gaussian, cls)
     assert isinstance(estimator.net, NoiseBandNet)
     assert len(estimator.net.experts) == 3
-    selection = inference._band_selection
-    validation = inference._validation_set
+    selection = inference._stopping_rule.selection
+    validation = _validation_set(inference, estimator)
     theta, x = validation.theta, validation.x
     times, noise = validation.times, validation.noise
     with torch.no_grad():
@@ -135,12 +149,12 @@ def test_one_band_is_ordinary_early_stopping(linear_gaussian):
 
 def test_training_resumes_with_its_bands(linear_gaussian):
     inference, _ = _trained(linear_gaussian, max_num_epochs=10)
-    selection = inference._band_selection
+    selection = inference._stopping_rule.selection
     best = list(selection.best_losses)
     estimator = inference.train(
         max_num_epochs=10, noise_bands=3, resume_training=True, seed=0
     )
-    assert inference._band_selection is selection
+    assert inference._stopping_rule.selection is selection
     assert all(b <= a for a, b in zip(best, selection.best_losses, strict=True))
     assert isinstance(estimator.net, NoiseBandNet)
 
@@ -191,8 +205,8 @@ def test_joint_model_trains_with_noise_bands(linear_gaussian):
     inference.append_simulations(theta, x)
     estimator = inference.train(max_num_epochs=8, noise_bands=2, seed=0)
     assert isinstance(estimator.net, NoiseBandNet)
-    selection = inference._band_selection
-    validation = inference._validation_set
+    selection = inference._stopping_rule.selection
+    validation = _validation_set(inference, estimator)
     val_theta, val_x = validation.theta, validation.x
     times, noise = validation.times, validation.noise
     torch.manual_seed(3)
@@ -209,3 +223,69 @@ def test_joint_model_trains_with_noise_bands(linear_gaussian):
     )
     assert torch.isfinite(log_lik).all()
     assert len(selection.best_losses) == 2
+
+
+def test_patience_keeps_the_best_weights_and_counts_steps():
+    model = nn.Linear(1, 1)
+    rule = PatienceStopping()
+    rule.begin(model, patience=10)
+    assert rule.update(torch.tensor([2.0, 4.0]), model, steps=3)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert not rule.update(torch.tensor([3.0, 5.0]), model, steps=4)
+    assert not rule.update(torch.tensor([3.0, 3.0]), model, steps=5)
+    assert rule.best_loss == 3.0 and rule.steps_since_improvement == 9
+    assert not rule.should_stop()
+    assert not rule.update(torch.tensor([9.0]), model, steps=1)
+    assert rule.should_stop()
+    returned = rule.estimator(model)
+    assert returned is model
+    assert all(torch.equal(best[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_resumed_call_keeps_its_rule_and_a_new_one_its_count():
+    model = nn.Module()
+    model.net = nn.Linear(1, 1)
+    times = torch.linspace(0.01, 1.0, 40)
+    first = stopping_rule_for_call(None, 2, model, times, False, restarted=True)
+    assert isinstance(first, NoiseBandStopping) and first.num_bands == 2
+    first.best_loss, first.steps_since_improvement = 1.5, 7
+    same = stopping_rule_for_call(first, 2, model, times, True, restarted=False)
+    assert same is first and same.steps_since_improvement == 7
+    other = stopping_rule_for_call(first, 1, model, times, True, restarted=False)
+    assert isinstance(other, PatienceStopping) and other is not first
+    assert (other.best_loss, other.steps_since_improvement) == (1.5, 7)
+    fresh = stopping_rule_for_call(other, 1, model, times, False, restarted=True)
+    assert (fresh.best_loss, fresh.steps_since_improvement) == (float("inf"), 0)
+
+
+@pytest.mark.parametrize(
+    "old, new, names",
+    [
+        (
+            "sbi_diffusion.nets.noise_bands",
+            "sbi_diffusion.inference.noise_bands",
+            ["NoiseBandNet", "NoiseBandSelection"],
+        ),
+        (
+            "sbi_diffusion.training",
+            "sbi_diffusion.inference.optimization",
+            ["ExponentialMovingAverage", "TrainingDivergedError", "make_optimizer"],
+        ),
+        (
+            "sbi_diffusion.inference.consistency",
+            "sbi_diffusion.consistency",
+            ["ConsistencyNPE", "ConsistencyPosterior"],
+        ),
+    ],
+)
+def test_old_module_paths_warn_and_reexport(old, new, names):
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        module = importlib.import_module(old)
+    current = importlib.import_module(new)
+    assert all(getattr(module, name) is getattr(current, name) for name in names)

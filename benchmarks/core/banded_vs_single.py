@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = method_registry.parse(args.method)
     trained = train_or_load(args.task, task, spec, args.budget, 0, "cpu", None)
     inference = trained.inference
-    selection = inference._band_selection
+    selection = inference._stopping_rule.selection
     epochs = len(inference._summary["validation_loss"])
     print(f"{epochs} epochs; epoch kept per band: {selection.best_updates}")
     estimators = {

@@ -23,7 +23,10 @@ import torch
 from sbi_diffusion import DiffusionNPE
 from sbi_diffusion.benchmark.results import append_row
 from sbi_diffusion.benchmark.runner import device_name, package_versions
-from sbi_diffusion.training import ExponentialMovingAverage, make_optimizer
+from sbi_diffusion.inference.optimization import (
+    ExponentialMovingAverage,
+    make_optimizer,
+)
 
 
 def step_timer(denoiser, theta, x, device):

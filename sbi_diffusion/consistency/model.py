@@ -1,85 +1,41 @@
-r"""Consistency models: the consistency function, its losses and curricula.
+r"""The consistency function ``f(z_t, t | x)`` and its loss.
 
-A consistency model learns the map ``f(z_t, t)`` from any point of a
-probability-flow ODE trajectory to the trajectory's end at ``t_min``
-(Song et al. 2023, "Consistency Models"). On the EDM variance-exploding path
-``z_t = x + s(t) eps`` (:class:`~sbi_diffusion.path.schedules.EDMSchedule`) it is
-parameterised as
+On the EDM variance-exploding path ``z_t = theta + s(t) eps`` the consistency
+function (Song et al. 2023, "Consistency Models") is parameterised as
 
 .. math::
     f(z, t) = c_{skip}(s) z + c_{out}(s) F(c_{in}(s) z, e(x), c_{noise}(s)),
-    \qquad
-    c_{skip} = \frac{\sigma_d^2}{(s - s_{min})^2 + \sigma_d^2}, \quad
-    c_{out} = \frac{\sigma_d (s - s_{min})}{\sqrt{\sigma_d^2 + s^2}},
 
-with ``s = s(t)`` the EDM noise level, so the boundary condition
-``f(z, t_min) = z`` holds by construction (Song et al. 2023, Eq. 7 with the
-EDM scalings). Since ``f`` has the interface of a
-:class:`~sbi_diffusion.path.vector_field.DenoiseFn`, the model is a
-:class:`~sbi_diffusion.model.Denoiser` whose parameterisation is
-:class:`ConsistencyParameterization` and whose loss is one of
-
-- **consistency training** (CT) from simulations alone, in the improved recipe
-  of Song & Dhariwal 2023 ("Improved Techniques for Training Consistency
-  Models"): the Karras grid ``s_1 < ... < s_N``, the exponential discretisation
-  curriculum :func:`improved_num_scales`, discrete log-normal sampling of the
-  grid interval (:func:`lognormal_interval_probabilities`), the pseudo-Huber
-  distance :func:`pseudo_huber`, the weight ``1 / (s_{i+1} - s_i)`` and the
-  student itself (with a stopped gradient, no EMA) as the teacher:
-
-  .. math::
-      \mathcal L_{CT} = \frac{1}{s_{i+1} - s_i}\,
-      d\big(f_\phi(\theta + s_{i+1}\epsilon, t_{i+1}),\,
-      \mathrm{sg}[f_\phi(\theta + s_i \epsilon, t_i)]\big);
-
-- **consistency distillation** (CD) from a trained diffusion model (Song et al.
-  2023, Algorithm 2): the point ``z_{t_i}`` is one step of the core Heun
-  sampler (:func:`sbi_diffusion.samplers.ode.heun_step`) of the teacher's
-  probability-flow ODE from ``z_{t_{i+1}} = \theta + s_{i+1} \epsilon``,
-
-  .. math::
-      \mathcal L_{CD} = \frac{1}{s_{i+1} - s_i}\,
-      d\big(f_\phi(z_{t_{i+1}}, t_{i+1}),\,
-      \mathrm{sg}[f_\phi(\hat z^{\,Heun}_{t_i}, t_i)]\big).
-
-The distillation teacher may live on any Gaussian path: the probability-flow
-ODE in the scaled variable ``z / alpha`` and noise level ``sigma / alpha`` is the
-same for all of them (Karras et al. 2022), see :class:`ScaledTeacher`.
-
-Schmitt et al. 2024 ("Consistency Models for Scalable and Fast Simulation-Based
-Inference", CMPE) apply consistency models to posterior estimation.
+with the scalings of :class:`ConsistencyParameterization`, so the boundary
+condition ``f(z, t_min) = z`` holds by construction. :class:`ConsistencyModel`
+is a :class:`~sbi_diffusion.model.Denoiser` with that parameterisation and
+the consistency-training or distillation loss.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from sbi_diffusion.consistency.curriculum import (
+    default_huber_constant,
+    improved_num_scales,
+    lognormal_interval_probabilities,
+    pseudo_huber,
+)
+from sbi_diffusion.consistency.teacher import ScaledTeacher
 from sbi_diffusion.model import Denoiser
-from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.path.parameterizations import SIGMA_DATA, Parameterization, PathPoint
-from sbi_diffusion.path.schedules import EDMSchedule, EDMVPSchedule, Schedule
-from sbi_diffusion.path.vector_field import as_time
+from sbi_diffusion.path.schedules import EDMSchedule, Schedule
 from sbi_diffusion.samplers.ode import heun_step
 
 __all__ = [
-    "ConsistencyParameterization",
     "ConsistencyModel",
-    "ScaledTeacher",
-    "DenoiserTeacher",
+    "ConsistencyParameterization",
     "check_consistency_schedule",
-    "improved_num_scales",
-    "lognormal_interval_probabilities",
-    "pseudo_huber",
-    "default_huber_constant",
-    "time_for_scaled_sigma",
 ]
-
-
-# ----------------------------------------------------------------- building blocks
 
 
 def check_consistency_schedule(schedule: Schedule) -> EDMSchedule:
@@ -102,102 +58,6 @@ def check_consistency_schedule(schedule: Schedule) -> EDMSchedule:
             "p_mean, p_std via schedule_kwargs) or an EDMSchedule instance."
         )
     return schedule
-
-
-def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
-    r"""Pseudo-Huber distance per row (Song & Dhariwal 2023, Eq. 10):
-
-    .. math::
-        d(a, b) = \sqrt{\|a - b\|_2^2 + c^2} - c.
-
-    Args:
-        a, b: ``(batch, dim)``.
-        c: the constant ``c > 0``; quadratic below ``c``, linear above.
-
-    Returns:
-        Distances of shape ``(batch,)``.
-    """
-    if c <= 0:
-        raise ValueError(f"The pseudo-Huber constant must be positive, got {c}.")
-    return torch.sqrt(((a - b) ** 2).sum(dim=-1) + c**2) - c
-
-
-def default_huber_constant(dim: int) -> float:
-    r"""``c = 0.00054 sqrt(d)``, the choice of Song & Dhariwal 2023 (Sec. 3.3)."""
-    return 0.00054 * math.sqrt(dim)
-
-
-def improved_num_scales(
-    step: int, total_steps: int, initial: int = 10, final: int = 1280
-) -> int:
-    r"""Number of grid points ``N(k)`` of the exponential curriculum
-    (Song & Dhariwal 2023, Eq. 11):
-
-    .. math::
-        N(k) = \min\left(s_0\, 2^{\lfloor k / K' \rfloor}, s_1\right) + 1, \qquad
-        K' = \left\lfloor \frac{K}{\log_2 \lfloor s_1 / s_0 \rfloor + 1}
-        \right\rfloor,
-
-    for training step ``k`` of ``K`` total steps.
-
-    Args:
-        step: current step ``k``.
-        total_steps: total steps ``K``.
-        initial: ``s_0``.
-        final: ``s_1``.
-    """
-    if not 1 <= initial <= final:
-        raise ValueError(
-            f"Need 1 <= initial_num_scales <= final_num_scales, got {initial} and "
-            f"{final}."
-        )
-    stages = math.log2(max(1, final // initial)) + 1
-    per_stage = max(1, math.floor(max(1, total_steps) / stages))
-    return min(initial * 2 ** (step // per_stage), final) + 1
-
-
-def lognormal_interval_probabilities(
-    sigmas: Tensor, p_mean: float, p_std: float
-) -> Tensor:
-    r"""Probabilities of the grid intervals ``[s_i, s_{i+1}]`` under the discrete
-    log-normal of Song & Dhariwal 2023 (Eq. 12):
-
-    .. math::
-        p(i) \propto \mathrm{erf}\left(\frac{\log s_{i+1} - P_{mean}}
-        {\sqrt 2 P_{std}}\right) - \mathrm{erf}\left(\frac{\log s_i - P_{mean}}
-        {\sqrt 2 P_{std}}\right).
-
-    Args:
-        sigmas: increasing noise levels ``(N,)``.
-        p_mean, p_std: mean and standard deviation of ``log s``.
-
-    Returns:
-        Probabilities ``(N - 1,)`` summing to one.
-    """
-    cdf = torch.erf((torch.log(sigmas.double()) - p_mean) / (math.sqrt(2) * p_std))
-    mass = torch.clamp(cdf[1:] - cdf[:-1], min=0.0)
-    if float(mass.sum()) <= 0:
-        mass = torch.ones_like(mass)
-    return (mass / mass.sum()).to(sigmas.dtype)
-
-
-def time_for_scaled_sigma(schedule: Schedule, scaled_sigma: Tensor) -> Tensor:
-    r"""The time ``t`` at which ``sigma(t) / alpha(t)`` equals ``scaled_sigma``.
-
-    Closed form for the EDM schedules (``t_from_edm_sigma``); otherwise bisection
-    on ``[t_min, t_max]`` (``sigma / alpha`` increases with ``t`` on every path).
-    Values outside the schedule's range are clamped to its ends.
-    """
-    if type(schedule) in (EDMSchedule, EDMVPSchedule):
-        return schedule.t_from_edm_sigma(scaled_sigma)
-    lo = torch.full_like(scaled_sigma, float(schedule.t_min))
-    hi = torch.full_like(scaled_sigma, float(schedule.t_max))
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        below = schedule.scaled_sigma(mid) < scaled_sigma
-        lo = torch.where(below, mid, lo)
-        hi = torch.where(below, hi, mid)
-    return 0.5 * (lo + hi)
 
 
 class ConsistencyParameterization(Parameterization):
@@ -247,51 +107,6 @@ class ConsistencyParameterization(Parameterization):
         return f"ConsistencyParameterization(sigma_data={self.sigma_data})"
 
 
-class DenoiserTeacher(Protocol):
-    """What :meth:`ConsistencyModel.loss` needs of a distillation teacher.
-
-    A trained :class:`~sbi_diffusion.model.Denoiser` qualifies; so does any
-    object with a ``schedule``, ``bind(x)`` returning a ``DenoiseFn`` whose rows
-    follow the rows of ``x`` (raw simulations), and the z-scoring buffers
-    ``_theta_shift`` and ``_theta_scale`` of its standardised parameter space.
-    """
-
-    schedule: Schedule
-    _theta_shift: Tensor
-    _theta_scale: Tensor
-
-    def bind(self, x: Tensor) -> DenoiseFn: ...
-
-
-class ScaledTeacher:
-    r"""A teacher's ``DenoiseFn`` seen on the consistency model's EDM VE path.
-
-    For ``y`` at EDM noise level ``s = s(t)`` the teacher is evaluated at its own
-    time ``tau`` with ``sigma_T(tau) / alpha_T(tau) = s`` and at
-    ``z = alpha_T(tau) y``; ``x_hat = E[theta | z]`` is the same for both paths
-    (Karras et al. 2022, Sec. 2), so the teacher's probability-flow ODE is solved
-    on the consistency model's path.
-
-    Args:
-        teacher: the teacher's ``DenoiseFn``.
-        schedule: the consistency model's (VE) schedule.
-    """
-
-    def __init__(self, teacher: DenoiseFn, schedule: Schedule):
-        self.teacher = teacher
-        self.schedule = schedule
-
-    def __call__(self, y: Tensor, t: Tensor) -> Tensor:
-        t = as_time(t, y)
-        level = self.schedule.scaled_sigma(t)
-        tau = time_for_scaled_sigma(self.teacher.schedule, level)
-        alpha = self.teacher.schedule.alpha(tau)
-        return self.teacher(alpha[:, None] * y, tau)
-
-
-# --------------------------------------------------------------------- the model
-
-
 class ConsistencyModel(Denoiser):
     r"""Conditional consistency function ``f(z_t, t | x)`` for parameters ``theta``.
 
@@ -311,7 +126,8 @@ class ConsistencyModel(Denoiser):
         sigma_data: ``sigma_d`` of the parameterisation.
 
     Attributes:
-        teacher: ``None`` (consistency training) or a :class:`DenoiserTeacher`
+        teacher: ``None`` (consistency training) or a
+            :class:`~sbi_diffusion.consistency.teacher.DenoiserTeacher`
             (distillation). Held outside the module tree: it is neither trained
             nor saved in the state dict.
         initial_num_scales, final_num_scales: ``s_0``, ``s_1`` of the curriculum
@@ -361,6 +177,26 @@ class ConsistencyModel(Denoiser):
         self.total_steps = 1
         self.training_step = 0
         self.huber_constant: float | None = None
+
+    @classmethod
+    def from_denoiser(
+        cls, denoiser: Denoiser, schedule: Schedule, sigma_data: float = SIGMA_DATA
+    ) -> ConsistencyModel:
+        """A consistency model on ``schedule`` with the network, embedding net,
+        z-scoring and condition size of ``denoiser``."""
+        return cls(
+            denoiser.net,
+            schedule,
+            denoiser.input_shape,
+            denoiser.condition_shape,
+            denoiser.embedding_net,
+            denoiser.theta_shift,
+            denoiser.theta_scale,
+            denoiser.x_shift,
+            denoiser.x_scale,
+            denoiser.null_embedding.shape[0],
+            sigma_data,
+        )
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "teacher":  # keep the teacher out of parameters and state dict

@@ -1,0 +1,90 @@
+r"""The validation set of the vector-field trainers.
+
+Training holds out ``max(1, floor(f n))`` of the ``n`` simulations
+(:func:`validation_size`) and scores the model on them at fixed times and noise
+(:class:`ValidationSet`), so that the validation loss depends on the weights
+alone and early stopping compares like with like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ValidationSet", "split_indices", "validation_size"]
+
+
+def validation_size(num_simulations: int, validation_fraction: float) -> int:
+    """Simulations held out for validation: ``max(1, floor(f n))``."""
+    return max(1, int(validation_fraction * num_simulations))
+
+
+def split_indices(
+    num_simulations: int, num_validation: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Training and validation indices: the last ``n - num_validation`` and the
+    first ``num_validation`` entries of a permutation drawn from ``generator``."""
+    permutation = torch.randperm(num_simulations, generator=generator)
+    return permutation[num_validation:], permutation[:num_validation]
+
+
+@dataclass
+class ValidationSet:
+    r"""Held-out simulations with fixed times and noise, so that the validation
+    loss of a model is a deterministic function of its weights.
+
+    Each of the ``n`` held-out pairs is repeated ``reps`` times; row ``i`` is
+    noised at the fixed time ``t_i`` (quantiles of the training time
+    distribution, ``Schedule.validation_times``, in a fixed random order) with
+    the fixed noise ``eps_i``, and the loss is the training loss of those rows,
+    ``w(t_i) || x_hat(alpha_i theta_i + sigma_i eps_i, t_i | x_i) - theta_i ||^2``
+    (no condition dropout).
+
+    Attributes:
+        theta: ``(reps * n, *theta_shape)`` parameters.
+        x: ``(reps * n, *x_shape)`` simulations.
+        times: ``(reps * n,)`` fixed times.
+        noise: ``(reps * n, dim)`` fixed standard normal noise.
+    """
+
+    theta: Tensor
+    x: Tensor
+    times: Tensor
+    noise: Tensor
+
+    @classmethod
+    def build(
+        cls,
+        theta: Tensor,
+        x: Tensor,
+        schedule,
+        reps: int,
+        device: torch.device | str,
+        seed: int = 12345,
+    ) -> ValidationSet:
+        """The validation rows of ``theta`` and ``x`` (``reps`` noise draws each,
+        at least 1), drawn with their own generator seeded by ``seed``; the
+        times are ``schedule.validation_times``."""
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        reps = max(1, int(reps))
+        theta = theta.repeat(reps, *([1] * (theta.dim() - 1)))
+        x = x.repeat(reps, *([1] * (x.dim() - 1)))
+        times = schedule.validation_times(theta.shape[0])
+        times = times[torch.randperm(times.shape[0], generator=generator)]
+        noise = torch.randn(
+            theta.reshape(theta.shape[0], -1).shape, generator=generator
+        )
+        return cls(theta.to(device), x.to(device), times.to(device), noise.to(device))
+
+    @torch.no_grad()
+    def losses(self, model: nn.Module) -> Tensor:
+        """Per-row validation losses of ``model`` (a denoiser with
+        ``loss(theta, x, times=, noise=, drop_condition=)``)."""
+        drop = torch.zeros(
+            self.theta.shape[0], dtype=torch.bool, device=self.theta.device
+        )
+        return model.loss(
+            self.theta, self.x, times=self.times, noise=self.noise, drop_condition=drop
+        )
