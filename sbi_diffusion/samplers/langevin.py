@@ -39,7 +39,6 @@ def langevin_correct(
     n_steps: int = 1,
     snr: float = 0.1,
     generator: torch.Generator | None = None,
-    step_norm: str = "batch",
 ) -> Tensor:
     r"""Run ``n_steps`` Langevin corrector steps at time ``t``.
 
@@ -53,11 +52,10 @@ def langevin_correct(
     (Song et al. 2021, Algorithm 4, the variance-exploding form). Two choices
     differ from a literal reading of the paper and are deliberate:
 
-    * The norms are root-mean-square norms over the batch
-      (``step_norm="batch"``, as in the authors' reference implementation),
-      giving one step size per call. With per-row norms (``step_norm="row"``)
-      a row near a mode has ``||s|| ~ 0`` and gets a huge step, which in the
-      low dimensions of simulation-based inference happens often.
+    * The norms are root-mean-square norms over the batch (as in the authors'
+      reference implementation), giving one step size per call. With per-row
+      norms a row near a mode has ``||s|| ~ 0`` and gets a huge step, which in
+      the low dimensions of simulation-based inference happens often.
     * The factor ``alpha_i = 1 - beta_i`` of the variance-preserving version
       (Algorithm 5) is the one-step signal decay of the discrete DDPM chain; it
       is within ``beta_max / N`` of 1 and depends on the grid, so it is omitted
@@ -71,21 +69,17 @@ def langevin_correct(
         snr: the signal-to-noise ratio ``r`` (0.16 for the VE models and 0.01
             for VP models in Song et al. 2021; 0.1 is a moderate default).
         generator: random generator.
-        step_norm: ``"batch"`` or ``"row"``, see above.
 
     Returns:
         The corrected samples.
 
     Raises:
-        ValueError: for negative ``n_steps``, non-positive ``snr`` or an unknown
-            ``step_norm``.
+        ValueError: for negative ``n_steps`` or non-positive ``snr``.
     """
     if int(n_steps) < 0:
         raise ValueError(f"n_steps must be non-negative, got {n_steps!r}.")
     if snr <= 0:
         raise ValueError(f"snr must be positive, got {snr!r}.")
-    if step_norm not in ("batch", "row"):
-        raise ValueError(f"step_norm must be 'batch' or 'row', got {step_norm!r}.")
     schedule = denoise.schedule
     t = as_time(t, z)
     tiny = torch.finfo(z.dtype).tiny
@@ -93,10 +87,7 @@ def langevin_correct(
         score = score_from_x_hat(schedule, z, t, denoise(z, t))
         noise = gaussian_like(z, generator)
         noise_sq, score_sq = _squared_row_norms(noise), _squared_row_norms(score)
-        if step_norm == "batch":
-            ratio = noise_sq.mean() / score_sq.mean().clamp_min(tiny)
-        else:
-            ratio = noise_sq / score_sq.clamp_min(tiny)
+        ratio = noise_sq.mean() / score_sq.mean().clamp_min(tiny)
         step = 2.0 * snr**2 * ratio
         step = step.reshape(step.shape + (1,) * (z.dim() - step.dim()))
         z = z + step * score + torch.sqrt(2.0 * step) * noise
