@@ -15,6 +15,7 @@ from sbi_diffusion.inference import (
 )
 from sbi_diffusion.inference.joint import JointDiffusion
 from sbi_diffusion.model import Denoiser
+from sbi_diffusion.samplers import Solver
 
 __version__ = "0.1.0"
 
@@ -29,5 +30,6 @@ __all__ = [
     "JointDiffusion",
     "DiffusionPosterior",
     "Denoiser",
+    "Solver",
     "__version__",
 ]

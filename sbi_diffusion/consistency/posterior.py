@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from sbi_diffusion.consistency.model import ConsistencyModel
 from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.samplers import consistency as _consistency_sampler  # noqa: F401
+from sbi_diffusion.samplers import solver_call
 
 __all__ = ["CONSISTENCY_SAMPLER", "ConsistencyPosterior"]
 
@@ -84,6 +85,7 @@ class ConsistencyPosterior(DiffusionPosterior):
         iid: bool = False,
         **kwargs: Any,
     ) -> tuple[str, dict]:
+        sampler, options = solver_call(sampler, options)
         if iid:
             raise ValueError(
                 "A consistency model cannot compose i.i.d. trials: composition "

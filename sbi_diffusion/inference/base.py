@@ -30,6 +30,7 @@ from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.inference.proposals import proposal_kind
 from sbi_diffusion.inference.simulations import checked_round
 from sbi_diffusion.model import Denoiser
+from sbi_diffusion.samplers import Solver, solver_call
 
 __all__ = ["InferenceBase"]
 
@@ -137,7 +138,7 @@ class InferenceBase(NeuralInference):
         self,
         estimator: Denoiser | None = None,
         prior: Distribution | None = None,
-        sampler: str | None = None,
+        sampler: str | Solver | None = None,
         max_sampling_batch_size: int = 10_000,
         **sampler_options,
     ) -> DiffusionPosterior:
@@ -146,7 +147,9 @@ class InferenceBase(NeuralInference):
         Args:
             estimator: a trained denoiser; the one from the last ``train()`` if None.
             prior: the prior; the constructor's (or the empirical one) if None.
-            sampler: default sampler name; the trainer's default if None.
+            sampler: default sampler name, or a
+                :class:`~sbi_diffusion.samplers.Solver` with its options; the
+                trainer's default if None.
             max_sampling_batch_size: samples drawn per batch.
             **sampler_options: default sampler options (e.g. ``steps=30``).
 
@@ -194,6 +197,7 @@ class InferenceBase(NeuralInference):
     ) -> dict[str, Any]:
         """Keyword arguments of a posterior: the trainer's sampler and sampler
         options, updated by those given, and its device."""
+        sampler, sampler_options = solver_call(sampler, sampler_options)
         options = dict(self._sampler_options)
         options.update(sampler_options)
         return {

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from sbi.inference.posteriors.base_posterior import NeuralPosterior
-from sbi.inference.potentials.base_potential import BasePotential
 from sbi.utils.sbiutils import within_support
 from torch import Tensor
 from torch.distributions import Distribution
@@ -37,33 +36,19 @@ from sbi_diffusion.guidance import (
 from sbi_diffusion.inference.guided_sampling import GuidedSampling
 from sbi_diffusion.inference.iid_trials import IIDTrials
 from sbi_diffusion.inference.map_estimate import score_ascent_map
+from sbi_diffusion.inference.potential import DiffusionPotential
 from sbi_diffusion.model import ConditionedDenoiser, Denoiser
 from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers import (
+    Solver,
     get_sampler,
     network_evaluations_per_call,
     sample_from_noise,
     sampling_call_options,
+    solver_call,
 )
 
 __all__ = ["DiffusionPosterior", "DiffusionPotential"]
-
-
-class DiffusionPotential(BasePotential):
-    """Posterior log density (probability-flow ODE) as an sbi potential."""
-
-    def __init__(self, posterior: DiffusionPosterior, prior, x_o=None, device="cpu"):
-        super().__init__(prior, x_o, device=device)
-        self._posterior = posterior
-
-    def __call__(self, theta: Tensor, track_gradients: bool = True) -> Tensor:
-        return self._posterior.log_prob(
-            theta, x=self.x_o, track_gradients=track_gradients
-        )
-
-    def set_x(self, x_o, x_is_iid: bool | None = False, **kwargs):
-        """Set the observation (extra options are accepted for sbi compatibility)."""
-        super().set_x(x_o, x_is_iid=x_is_iid)
 
 
 class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
@@ -76,17 +61,32 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
         sampler_options: default sampler options (e.g. ``{"steps": 18}``).
         max_sampling_batch_size: rows integrated at once.
         device: device of the posterior.
+
+    Attributes:
+        last_nfe: network evaluations per sample of the last ``sample`` or
+            ``sample_batched`` call: sampler steps times evaluations per step
+            (guided denoisers count each network they call; for i.i.d. trials
+            every trial counts), plus one-time setup evaluations (GAUSS's
+            single-trial samples, Gaussian fits of guidance) spread over the
+            samples; averaged over every draw, including those that rejection
+            outside the prior support discarded.
+        last_iid_info: for the last ``sample`` call with i.i.d. trials, the
+            composition ``method``, the ``sampler``, the ``num_trials`` and the
+            ``prior_score`` used; None before such a call.
     """
 
     def __init__(
         self,
         estimator: Denoiser,
         prior: Distribution,
-        sampler: str = "heun",
+        sampler: str | Solver = "heun",
         sampler_options: dict | None = None,
         max_sampling_batch_size: int = 10_000,
         device: str | torch.device | None = None,
     ):
+        if isinstance(sampler, Solver):
+            sampler_options = {**sampler.options, **(sampler_options or {})}
+            sampler = sampler.name
         get_sampler(sampler)
         device = str(next(estimator.parameters()).device) if device is None else device
         potential = DiffusionPotential(self, prior, device=device)
@@ -266,6 +266,7 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
         iid: bool = False,
         iid_method: str | None = None,
     ) -> tuple[str, dict]:
+        sampler, options = solver_call(sampler, options)
         if sampler is None and iid:
             method = self.iid_method if iid_method is None else iid_method
             sampler, defaults = self.iid_sampler_for(method)
@@ -284,7 +285,7 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
         self,
         sample_shape: torch.Size | tuple = (),
         x: Tensor | None = None,
-        sampler: str | None = None,
+        sampler: str | Solver | None = None,
         steps: int | None = None,
         show_progress_bars: bool = True,
         reject_outside_prior: bool = True,
@@ -302,8 +303,10 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
                 i.i.d. trials ``(N, *x_shape)`` (the posterior given all of them,
                 composed from the single-trial model); the default x if None.
             sampler: sampler name (``heun``, ``euler``, ``euler_maruyama``, ``ddim``,
-                ``dpm++2m``, ``dopri5``, ``adaptive_sde``, ...); the default if
-                None (for i.i.d. trials the one of ``iid_samplers`` for the
+                ``dpm++2m``, ``dopri5``, ``adaptive_sde``, ...) or a
+                :class:`~sbi_diffusion.samplers.Solver` with its options, e.g.
+                ``Solver("euler_maruyama", steps=500)``; the default if None
+                (for i.i.d. trials the one of ``iid_samplers`` for the
                 ``iid_method``).
             steps: number of steps of a fixed-grid sampler.
             show_progress_bars: show progress.
@@ -319,7 +322,7 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
                 ``covariance_samples``, ``max_rows``, ...; see
                 :meth:`iid_denoiser`).
             **sampler_options: further sampler options (``eta``, ``rtol``,
-                ``corrector``, ...).
+                ``corrector``, ...), added to those of a ``Solver``.
 
         Returns:
             Samples of shape ``(*sample_shape, *theta_shape)``. ``self.last_nfe``
@@ -382,7 +385,7 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
         self,
         sample_shape: torch.Size | tuple,
         x: Tensor,
-        sampler: str | None = None,
+        sampler: str | Solver | None = None,
         steps: int | None = None,
         show_progress_bars: bool = True,
         reject_outside_prior: bool = True,
@@ -434,7 +437,7 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
         generator: torch.Generator | None = None,
         iid_method: str | None = None,
         iid_options: dict | None = None,
-        solver: str = "auto",
+        solver: str | Solver = "auto",
         steps: int | None = None,
     ) -> Tensor:
         r"""``log p(theta | x)`` through the probability-flow ODE.
@@ -463,7 +466,11 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
             solver: ``"dopri5"`` (adaptive, to ``rtol``/``atol``), ``"heun"``
                 (``steps`` fixed steps, ``2 * steps`` network evaluations) or
                 ``"auto"`` (default; see
-                :func:`~sbi_diffusion.density.ode_log_prob_in_pieces`).
+                :func:`~sbi_diffusion.density.ode_log_prob_in_pieces`); or a
+                :class:`~sbi_diffusion.samplers.Solver` with the name and any of
+                ``divergence``, ``num_probes``, ``rtol``, ``atol``, ``steps``,
+                e.g. ``Solver("heun", steps=16)``, which override the keyword
+                arguments.
             steps: Heun steps (default 32, or 16 when ``"auto"`` picks Heun).
 
         The rows are integrated in pieces of ``max_sampling_batch_size``, so
@@ -478,6 +485,24 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
                 derivatives of the network; the bridge is not a probability-flow
                 ODE of one distribution).
         """
+        if isinstance(solver, Solver):
+            settings = {
+                "divergence": divergence,
+                "num_probes": num_probes,
+                "rtol": rtol,
+                "atol": atol,
+                "steps": steps,
+            }
+            unknown = set(solver.options) - set(settings)
+            if unknown:
+                raise ValueError(
+                    f"log_prob's solver takes the options {sorted(settings)}, "
+                    f"not {sorted(unknown)}."
+                )
+            settings.update(solver.options)
+            divergence, num_probes = settings["divergence"], settings["num_probes"]
+            rtol, atol, steps = settings["rtol"], settings["atol"], settings["steps"]
+            solver = solver.name
         x = self._check_x(self._resolve_x(x), allow_batch=True)
         theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
         if tuple(theta.shape) == tuple(self.theta_shape):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Solver", "as_solver"]
+__all__ = ["Solver", "as_solver", "solver_call"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,14 @@ def as_solver(value: str | Solver | None, default: Solver) -> Solver:
     raise TypeError(
         f"Expected a sampler name or Solver('name', **options), got {value!r}."
     )
+
+
+def solver_call(
+    sampler: str | Solver | None, options: dict[str, Any]
+) -> tuple[str | None, dict[str, Any]]:
+    """The sampler name and options of one call: those of ``sampler`` (a name,
+    a :class:`Solver`, or None for the default), updated by the keyword
+    ``options`` given beside it."""
+    if isinstance(sampler, Solver):
+        return sampler.name, {**sampler.options, **options}
+    return sampler, dict(options)
