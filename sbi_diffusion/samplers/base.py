@@ -40,6 +40,7 @@ __all__ = [
     "SAMPLERS",
     "FixedGridStep",
     "run_fixed_grid",
+    "fixed_grid_sampler",
     "initial_noise",
     "sample_from_noise",
     "sampling_call_options",
@@ -317,3 +318,34 @@ def run_fixed_grid(
     if final_denoise:
         z = final_denoising(counter, z, grid[-1])
     return SamplerResult(z, counter.nfe)
+
+
+def fixed_grid_sampler(
+    step: FixedGridStep, default_steps: int, doc: str, **default_options
+) -> Callable[..., SamplerResult]:
+    """A sampler ``(denoise, noise, steps, generator, show_progress_bars,
+    **options)`` that runs ``step`` on a fixed grid (:func:`run_fixed_grid`),
+    with ``default_steps`` steps and ``default_options`` unless the call sets
+    them; ``doc`` is its docstring. Register it with :func:`register_sampler`."""
+
+    def sampler(
+        denoise: DenoiseFn,
+        noise: Tensor,
+        steps: int = default_steps,
+        generator: torch.Generator | None = None,
+        show_progress_bars: bool = False,
+        **options,
+    ) -> SamplerResult:
+        return run_fixed_grid(
+            step,
+            denoise,
+            noise,
+            steps,
+            generator,
+            show_progress_bars,
+            **{**default_options, **options},
+        )
+
+    sampler.__doc__ = doc
+    sampler.__name__ = sampler.__qualname__ = step.__name__.removesuffix("_step")
+    return sampler

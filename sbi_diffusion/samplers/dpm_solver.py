@@ -22,12 +22,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers.base import (
     CountingDenoiser,
-    SamplerResult,
+    fixed_grid_sampler,
     register_sampler,
-    run_fixed_grid,
     schedule_value,
 )
 
@@ -94,18 +92,12 @@ def dpm_solver_pp_2m_step(
     return ratio * z + (alpha_t - alpha_s * ratio) * d
 
 
-@register_sampler("dpm++2m", deterministic=True)  # outermost: sampler_name is "dpm++2m"
-@register_sampler("dpm_solver++", deterministic=True)
-def dpm_solver_pp_2m(
-    denoise: DenoiseFn,
-    noise: Tensor,
-    steps: int = 25,
-    generator: torch.Generator | None = None,
-    show_progress_bars: bool = False,
-    spacing: str = "logsnr",
-    **options,
-) -> SamplerResult:
-    """DPM-Solver++(2M) (Lu et al. 2022b) on the probability-flow ODE.
+dpm_solver_pp_2m = register_sampler("dpm++2m", deterministic=True)(
+    register_sampler("dpm_solver++", deterministic=True)(
+        fixed_grid_sampler(
+            dpm_solver_pp_2m_step,
+            25,
+            """DPM-Solver++(2M) (Lu et al. 2022b) on the probability-flow ODE.
 
     Deterministic; ``steps`` network evaluations plus one for the final
     denoising where ``sigma(t_min) > 0``. See :func:`dpm_solver_pp_2m_step`.
@@ -121,15 +113,9 @@ def dpm_solver_pp_2m(
 
     Raises:
         ValueError: for an unknown ``spacing``.
-    """
-    return run_fixed_grid(
-        dpm_solver_pp_2m_step,
-        denoise,
-        noise,
-        steps,
-        generator,
-        show_progress_bars,
-        description="DPM-Solver++(2M)",
-        spacing=spacing,
-        **options,
+    """,
+            description="DPM-Solver++(2M)",
+            spacing="logsnr",
+        )
     )
+)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.path.vector_field import ode_drift
 from sbi_diffusion.samplers.base import (
     CountingDenoiser,
-    SamplerResult,
+    fixed_grid_sampler,
     register_sampler,
-    run_fixed_grid,
 )
 
 
@@ -78,36 +76,24 @@ def heun_step(denoise: CountingDenoiser, z, t_cur, t_next, state, generator):
     return z_heun
 
 
-@register_sampler("euler", deterministic=True)
-def euler(
-    denoise: DenoiseFn,
-    noise: Tensor,
-    steps: int = 100,
-    generator: torch.Generator | None = None,
-    show_progress_bars: bool = False,
-    **options,
-) -> SamplerResult:
-    """First-order Euler solver of the probability-flow ODE; ``steps`` network
-    evaluations (+1 for the final denoising where ``sigma(t_min) > 0``)."""
-    return run_fixed_grid(
-        euler_step, denoise, noise, steps, generator, show_progress_bars, **options
+euler = register_sampler("euler", deterministic=True)(
+    fixed_grid_sampler(
+        euler_step,
+        100,
+        """First-order Euler solver of the probability-flow ODE; ``steps``
+    network evaluations (+1 for the final denoising where ``sigma(t_min) >
+    0``).""",
     )
+)
 
-
-@register_sampler("heun", deterministic=True)
-def heun(
-    denoise: DenoiseFn,
-    noise: Tensor,
-    steps: int = 18,
-    generator: torch.Generator | None = None,
-    show_progress_bars: bool = False,
-    **options,
-) -> SamplerResult:
-    """EDM's deterministic Heun sampler (Karras et al. 2022, Algorithm 1) on the
-    probability-flow ODE; ``2 steps`` network evaluations (one fewer where the
-    last step ends at ``sigma = 0``, one more for the final denoising where it
-    does not). ``spacing="logsnr"`` steps uniformly in log-SNR (better on the
-    linear VP path) instead of on the schedule's grid."""
-    return run_fixed_grid(
-        heun_step, denoise, noise, steps, generator, show_progress_bars, **options
+heun = register_sampler("heun", deterministic=True)(
+    fixed_grid_sampler(
+        heun_step,
+        18,
+        """EDM's deterministic Heun sampler (Karras et al. 2022, Algorithm 1) on
+    the probability-flow ODE; ``2 steps`` network evaluations (one fewer where
+    the last step ends at ``sigma = 0``, one more for the final denoising where
+    it does not). ``spacing="logsnr"`` steps uniformly in log-SNR (better on the
+    linear VP path) instead of on the schedule's grid.""",
     )
+)

@@ -22,6 +22,7 @@ from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers.base import (
     CountingDenoiser,
     SamplerResult,
+    fixed_grid_sampler,
     gaussian_like,
     register_sampler,
     run_fixed_grid,
@@ -151,32 +152,20 @@ def euler_maruyama_step(
     return z - h * drift + g * torch.sqrt(h) * gaussian_like(z, generator)
 
 
-@register_sampler("euler_maruyama")
-def euler_maruyama(
-    denoise: DenoiseFn,
-    noise: Tensor,
-    steps: int = 500,
-    generator: torch.Generator | None = None,
-    show_progress_bars: bool = False,
-    **options,
-) -> SamplerResult:
-    """Euler-Maruyama on the reverse SDE (see :func:`euler_maruyama_step`).
+euler_maruyama = register_sampler("euler_maruyama")(
+    fixed_grid_sampler(
+        euler_maruyama_step,
+        500,
+        """Euler-Maruyama on the reverse SDE (see :func:`euler_maruyama_step`).
 
     ``steps`` network evaluations plus one for the final denoising where
     ``sigma(t_min) > 0``. The default of 500 steps follows sbi's score
     estimators. ``options`` go to :func:`run_fixed_grid` (``corrector``,
     ``time_grid``, ...).
-    """
-    return run_fixed_grid(
-        euler_maruyama_step,
-        denoise,
-        noise,
-        steps,
-        generator,
-        show_progress_bars,
+    """,
         description="Euler-Maruyama",
-        **options,
     )
+)
 
 
 @register_sampler("ddim", deterministic=True)
