@@ -1071,7 +1071,7 @@ JOINT_MODEL = [
         resampling from the prior, which costs 10,000 likelihood evaluations per
         chain), so a short warm-up suffices. Asserted: means within 0.35 sd and
         standard deviations within 20% of the exact posterior's (the full run,
-        with 1,000 samples from 10 short chains: 0.05 sd and 11%).
+        with 1,000 samples from 10 short chains: 0.05 sd and 7%).
         """
     ),
     _code(
