@@ -1201,7 +1201,7 @@ DESIGN_CHOICES = [
         Each is sampled with its own default sampler (DPM-Solver++(2M), 20
         steps, for all three). Asserted: C2ST below 0.6 for the default and
         below 0.75 for the others (0.7 and 0.85 at the test budget); the full
-        run gives 0.53, 0.62 and 0.68.
+        run gives 0.535, 0.619 and 0.679.
         """
     ),
     _code(
@@ -1240,8 +1240,8 @@ DESIGN_CHOICES = [
         accurate on harder sbibm posteriors, at more evaluations); the adaptive
         solvers pick their own steps from a tolerance. Asserted: C2ST below 0.6
         for the default sampler and below 0.75 for every other (0.7 and 0.85 at
-        the test budget; the full run gives 0.54 for the default, 0.71 for
-        DPM-Solver++(2M) with 10 steps and 0.53 to 0.57 for the others), and
+        the test budget; the full run gives 0.542 for the default, 0.712 for
+        DPM-Solver++(2M) with 10 steps and 0.530 to 0.564 for the others), and
         each fixed-step ODE solver costs fewer evaluations than each SDE
         sampler.
         """
@@ -1311,8 +1311,8 @@ DESIGN_CHOICES = [
         (consistency training; Schmitt et al. 2024 for SBI). Asserted: $k$ steps
         cost $k$ network evaluations per sample; C2ST stays below 0.8 (0.95 at
         the test budget, where 1.0 would mean nothing was learned) but above
-        the teacher's: the full run gives 0.69, 0.60 and 0.74 for 1, 2 and 4
-        steps, against 0.54 for the teacher.
+        the teacher's: the full run gives 0.738, 0.596 and 0.724 for 1, 2 and
+        4 steps, against 0.542 for the teacher.
         """
     ),
     _code(
