@@ -14,7 +14,7 @@ from sbi_diffusion.inference import (
     FlowMatchingNPE,
 )
 from sbi_diffusion.inference.consistency import ConsistencyNPE
-from sbi_diffusion.inference.joint import JointDiffusion
+from sbi_diffusion.joint import JointDiffusion
 
 __version__ = "0.1.0"
 

@@ -18,16 +18,14 @@ from torch.distributions import MultivariateNormal
 from sbi_diffusion import JointDiffusion
 from sbi_diffusion.gaussian import linear_gaussian_posterior
 from sbi_diffusion.guidance import ClassifierFreeGuidance
-from sbi_diffusion.inference.joint import (
+from sbi_diffusion.joint import (
+    GaussianJointDenoiser,
     JointConditional,
+    JointDenoiser,
     JointLikelihood,
     JointLikelihoodPotential,
     JointPosterior,
     JointPosteriorProposal,
-)
-from sbi_diffusion.joint import (
-    GaussianJointDenoiser,
-    JointDenoiser,
     MaskDistribution,
     attention_mask,
     check_condition_mask,

@@ -687,25 +687,53 @@ class DiffusionPosterior(NeuralPosterior):
             )
         else:
             denoise = self.denoiser_for(x)
-        log_p = torch.cat(
-            [
-                ode_log_prob(
-                    denoise,
-                    piece,
-                    divergence=divergence,
-                    num_probes=num_probes,
-                    rtol=rtol,
-                    atol=atol,
-                    generator=generator,
-                    solver=solver,
-                    steps=steps,
-                )
-                for piece in z.split(self.max_sampling_batch_size)
-            ]
+        log_p = self.standardized_log_prob(
+            lambda rows: denoise,
+            z,
+            divergence=divergence,
+            num_probes=num_probes,
+            rtol=rtol,
+            atol=atol,
+            generator=generator,
+            solver=solver,
+            steps=steps,
         )
-        log_p = log_p - self.estimator.log_abs_det()
         inside = within_support(self.prior, theta).reshape(-1)
         return torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
+
+    def standardized_log_prob(
+        self,
+        make_denoise: Callable[[Tensor], DenoiseFn],
+        z: Tensor,
+        **ode_options: Any,
+    ) -> Tensor:
+        r"""``log p(theta)`` of standardised points ``z`` ``(batch, theta_dim)``
+        through the probability-flow ODE, mapped back to the original space
+        (``- sum log scale``), with no prior-support check.
+
+        The rows are integrated in pieces of ``max_sampling_batch_size``; the
+        piece of batch rows ``rows`` uses the denoiser ``make_denoise(rows)``, so
+        each row may have its own condition (as in :meth:`_draw`).
+
+        Args:
+            make_denoise: the ``DenoiseFn`` of a piece of rows.
+            z: standardised points.
+            **ode_options: options of :func:`~sbi_diffusion.density.ode_log_prob`
+                (``divergence``, ``num_probes``, ``rtol``, ``atol``,
+                ``generator``, ``solver``, ``steps``).
+
+        Returns:
+            Log densities of shape ``(batch,)``.
+        """
+        size = self.max_sampling_batch_size
+        rows = torch.arange(z.shape[0], device=z.device).split(size)
+        log_p = torch.cat(
+            [
+                ode_log_prob(make_denoise(piece_rows), piece, **ode_options)
+                for piece_rows, piece in zip(rows, z.split(size), strict=True)
+            ]
+        )
+        return log_p - self.estimator.log_abs_det()
 
     # ------------------------------------------------------------------- MAP
 
