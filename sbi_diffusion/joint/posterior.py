@@ -159,6 +159,23 @@ class JointConditional:
         self.show_progress_bars = show_progress_bars
         self.default_condition: Tensor | None = None
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickle; one written before the conditional sampled through
+        :attr:`posterior` holds the sampler defaults instead, from which the
+        posterior is rebuilt."""
+        if "posterior" not in state:
+            state = dict(state)
+            state["posterior"] = ConditionalPosterior(
+                state["view"],
+                None,
+                sampler=state.pop("sampler"),
+                sampler_options=state.pop("sampler_options"),
+                max_sampling_batch_size=state.pop("max_sampling_batch_size"),
+                device=state["device"],
+            )
+            state["posterior"].last_nfe = state.pop("last_nfe", None)
+        self.__dict__.update(state)
+
     @property
     def sampler(self) -> str:
         """Default sampler."""
