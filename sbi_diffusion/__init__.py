@@ -13,7 +13,7 @@ from sbi_diffusion.inference import (
     DiffusionPosterior,
     FlowMatchingNPE,
 )
-from sbi_diffusion.inference.joint import JointDiffusion
+from sbi_diffusion.joint import JointDiffusion
 from sbi_diffusion.model import Denoiser
 from sbi_diffusion.samplers import Solver
 

@@ -37,7 +37,7 @@ __all__ = [
     "LARGE_BATCH_HEUN_STEPS",
     "ODE_LOG_PROB_SOLVERS",
     "ode_log_prob",
-    "ode_log_prob_in_pieces",
+    "resolve_log_prob_solver",
 ]
 
 ODE_LOG_PROB_SOLVERS = ("dopri5", "heun")
@@ -178,33 +178,21 @@ def ode_log_prob(
     return log_base + integral
 
 
-def ode_log_prob_in_pieces(
-    denoise: DenoiseFn,
-    theta: Tensor,
-    max_rows: int,
-    solver: str = "auto",
-    steps: int | None = None,
-    **options,
-) -> Tensor:
-    r""":func:`ode_log_prob` on ``theta`` ``(batch, dim)`` in pieces of at most
-    ``max_rows`` rows, so that memory stays bounded for any batch.
+def resolve_log_prob_solver(
+    num_rows: int, solver: str = "auto", steps: int | None = None
+) -> tuple[str, int]:
+    r"""The solver and Heun steps of a density evaluation on ``num_rows`` rows.
 
     ``solver="auto"`` takes the adaptive ``"dopri5"`` for up to
     :data:`ADAPTIVE_LOG_PROB_ROWS` rows and ``"heun"`` with
     :data:`LARGE_BATCH_HEUN_STEPS` steps above, where the cost of many densities
     matters more than the last digits of each (e.g. sbi's
     ``get_density_thresholder`` evaluates 10^6 of them). ``steps`` defaults to
-    :data:`DEFAULT_HEUN_STEPS` otherwise. ``options`` go to :func:`ode_log_prob`.
+    :data:`DEFAULT_HEUN_STEPS` otherwise.
     """
     if solver == "auto":
-        large = theta.shape[0] > ADAPTIVE_LOG_PROB_ROWS
+        large = num_rows > ADAPTIVE_LOG_PROB_ROWS
         solver = "heun" if large else "dopri5"
         if steps is None and large:
             steps = LARGE_BATCH_HEUN_STEPS
-    steps = DEFAULT_HEUN_STEPS if steps is None else steps
-    return torch.cat(
-        [
-            ode_log_prob(denoise, piece, solver=solver, steps=steps, **options)
-            for piece in theta.split(max_rows)
-        ]
-    )
+    return solver, DEFAULT_HEUN_STEPS if steps is None else steps

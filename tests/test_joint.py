@@ -8,7 +8,9 @@ is checked with looser tolerances.
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 
 import pytest
 import torch
@@ -17,16 +19,14 @@ from torch.distributions import MultivariateNormal
 
 from sbi_diffusion import JointDiffusion
 from sbi_diffusion.guidance import ClassifierFreeGuidance
-from sbi_diffusion.inference.joint import (
+from sbi_diffusion.joint import (
+    GaussianJointDenoiser,
     JointConditional,
+    JointDenoiser,
     JointLikelihood,
     JointLikelihoodPotential,
     JointPosterior,
     JointPosteriorProposal,
-)
-from sbi_diffusion.joint import (
-    GaussianJointDenoiser,
-    JointDenoiser,
     MaskDistribution,
     attention_mask,
     check_condition_mask,
@@ -529,3 +529,15 @@ def test_trained_posterior_likelihood_conditional(trained, linear_gaussian):
     m, v = conditional_of_posterior(linear_gaussian, X_O, 0.7)
     assert abs(float(drawn.mean()) - m) < 0.2
     assert abs(float(drawn.var()) - v) < 0.1
+
+
+def test_old_module_path_warns_and_reexports():
+    """``sbi_diffusion.inference.joint`` still works for one release (old
+    imports and pickles), with a DeprecationWarning."""
+    sys.modules.pop("sbi_diffusion.inference.joint", None)
+    with pytest.warns(DeprecationWarning, match="sbi_diffusion.joint"):
+        old = importlib.import_module("sbi_diffusion.inference.joint")
+    assert old.JointDiffusion is JointDiffusion
+    assert old.JointPosterior is JointPosterior
+    assert old.JointConditional is JointConditional
+    assert old.JointLikelihoodPotential is JointLikelihoodPotential

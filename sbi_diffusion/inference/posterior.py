@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from sbi_diffusion.composition import (
     warn_if_bridge_without_noise,
 )
-from sbi_diffusion.density import ode_log_prob_in_pieces
+from sbi_diffusion.density import ode_log_prob, resolve_log_prob_solver
 from sbi_diffusion.guidance import (
     ScoreTransform,
     apply_guidance,
@@ -466,7 +466,7 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
             solver: ``"dopri5"`` (adaptive, to ``rtol``/``atol``), ``"heun"``
                 (``steps`` fixed steps, ``2 * steps`` network evaluations) or
                 ``"auto"`` (default; see
-                :func:`~sbi_diffusion.density.ode_log_prob_in_pieces`); or a
+                :func:`~sbi_diffusion.density.resolve_log_prob_solver`); or a
                 :class:`~sbi_diffusion.samplers.Solver` with the name and any of
                 ``divergence``, ``num_probes``, ``rtol``, ``atol``, ``steps``,
                 e.g. ``Solver("heun", steps=16)``, which override the keyword
@@ -527,10 +527,9 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
             )
         else:
             denoise = self.denoiser_for(x)
-        log_p = ode_log_prob_in_pieces(
-            denoise,
+        log_p = self.standardized_log_prob(
+            lambda rows: denoise,
             z,
-            self.max_sampling_batch_size,
             solver=solver,
             steps=steps,
             divergence=divergence,
@@ -539,9 +538,53 @@ class DiffusionPosterior(IIDTrials, GuidedSampling, NeuralPosterior):
             atol=atol,
             generator=generator,
         )
-        log_p = log_p - self.estimator.log_abs_det()
         inside = within_support(self.prior, theta).reshape(-1)
         return torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
+
+    def standardized_log_prob(
+        self,
+        make_denoise: Callable[[Tensor], DenoiseFn],
+        z: Tensor,
+        solver: str = "auto",
+        steps: int | None = None,
+        **ode_options: Any,
+    ) -> Tensor:
+        r"""``log p(theta)`` of standardised points ``z`` ``(batch, theta_dim)``
+        through the probability-flow ODE, mapped back to the original space
+        (``- sum log scale``), with no prior-support check.
+
+        The rows are integrated in pieces of ``max_sampling_batch_size``; the
+        piece of batch rows ``rows`` uses the denoiser ``make_denoise(rows)``, so
+        each row may have its own condition (as in :meth:`_draw`).
+
+        Args:
+            make_denoise: the ``DenoiseFn`` of a piece of rows.
+            z: standardised points.
+            solver, steps: the ODE solver and its steps; ``"auto"`` as in
+                :func:`~sbi_diffusion.density.resolve_log_prob_solver`.
+            **ode_options: further options of
+                :func:`~sbi_diffusion.density.ode_log_prob` (``divergence``,
+                ``num_probes``, ``rtol``, ``atol``, ``generator``).
+
+        Returns:
+            Log densities of shape ``(batch,)``.
+        """
+        solver, steps = resolve_log_prob_solver(z.shape[0], solver, steps)
+        size = self.max_sampling_batch_size
+        rows = torch.arange(z.shape[0], device=z.device).split(size)
+        log_p = torch.cat(
+            [
+                ode_log_prob(
+                    make_denoise(piece_rows),
+                    piece,
+                    solver=solver,
+                    steps=steps,
+                    **ode_options,
+                )
+                for piece_rows, piece in zip(rows, z.split(size), strict=True)
+            ]
+        )
+        return log_p - self.estimator.log_abs_det()
 
     # ------------------------------------------------------------------- MAP
 
