@@ -149,9 +149,7 @@ class ConditionalView(nn.Module):
         """Standardise latent values ``(*batch, *input_shape)``."""
         batch = theta.shape[: theta.dim() - len(self.input_shape)]
         flat = theta.reshape(*batch, self.theta_dim)
-        return ((flat - self.theta_shift[0]) / self.theta_scale[0]).reshape(
-            theta.shape
-        )
+        return ((flat - self.theta_shift[0]) / self.theta_scale[0]).reshape(theta.shape)
 
     def from_z(self, z: Tensor) -> Tensor:
         """Latent values ``(B, num_latent)`` from standardised ``z``."""

@@ -1,0 +1,203 @@
+r"""The posterior density through the probability-flow ODE.
+
+The probability-flow ODE ``dz/dt = v(z, t)`` of the trained denoiser carries
+the posterior into ``p_{t_max}``; by the instantaneous change of variables
+(Chen et al. 2018; Song et al. 2021, Eq. 39)
+
+.. math::
+    \log p(\theta \mid x) = \log p_{t_{max}}(z_{t_{max}})
+    + \int_{t_{min}}^{t_{max}} \nabla_z \cdot v(z_t, t \mid x)\, dt
+    - \sum_j \log s_j,
+
+where ``z = (theta - shift) / s`` is the standardised parameter
+(:func:`~sbi_diffusion.density.ode_log_prob`). :class:`ProbabilityFlowDensity`
+gives a posterior ``log_prob`` for one observation or i.i.d. trials, and the
+piecewise evaluation the joint model's conditionals share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from sbi.utils.sbiutils import within_support
+from torch import Tensor
+
+from sbi_diffusion.density import ode_log_prob, resolve_log_prob_solver
+from sbi_diffusion.model.interface import DenoiseFn
+from sbi_diffusion.samplers import Solver
+
+__all__ = ["ProbabilityFlowDensity"]
+
+
+class ProbabilityFlowDensity:
+    """Mixin of :class:`~sbi_diffusion.inference.posterior.DiffusionPosterior`:
+    ``log_prob`` through the probability-flow ODE.
+
+    Uses the posterior's ``estimator``, ``prior``, ``max_sampling_batch_size``,
+    ``theta_shape``, ``_check_x``, ``_resolve_x``, ``denoiser_for``,
+    ``iid_method``, ``iid_denoiser`` and ``_device``.
+    """
+
+    def log_prob(
+        self,
+        theta: Tensor,
+        x: Tensor | None = None,
+        track_gradients: bool = False,
+        divergence: str = "exact",
+        num_probes: int = 1,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        generator: torch.Generator | None = None,
+        iid_method: str | None = None,
+        iid_options: dict | None = None,
+        solver: str | Solver = "auto",
+        steps: int | None = None,
+    ) -> Tensor:
+        r"""``log p(theta | x)`` through the probability-flow ODE.
+
+        The density is that of the model on ``R^d`` mapped back from standardised
+        space (``- sum log scale``); it is ``-inf`` outside the prior support. It
+        is not renormalised for the mass the model puts outside the support.
+
+        For i.i.d. trials ``x`` ``(N, *x_shape)`` it is the density of the
+        probability-flow ODE of the composed denoiser (``iid_method`` ``gauss``
+        or ``factorized``: their drift is differentiable in ``z`` without
+        differentiating a Jacobian); a normalised density of what the ODE
+        samplers draw, not the exact ``N``-trial posterior.
+
+        Args:
+            theta: ``(batch, *theta_shape)`` or ``theta_shape``.
+            x: one observation or ``N`` i.i.d. trials; the default x if None.
+            track_gradients: keep the autograd graph (not supported by the ODE
+                solve; the result is detached).
+            divergence: ``"exact"`` (Jacobian trace) or ``"hutchinson"``.
+            num_probes: probes of the Hutchinson estimator.
+            rtol, atol: ODE solver tolerances.
+            generator: random generator of the Hutchinson probes.
+            iid_method, iid_options: composition for i.i.d. trials (as in
+                :meth:`sample`).
+            solver: ``"dopri5"`` (adaptive, to ``rtol``/``atol``), ``"heun"``
+                (``steps`` fixed steps, ``2 * steps`` network evaluations) or
+                ``"auto"`` (default; see
+                :func:`~sbi_diffusion.density.resolve_log_prob_solver`); or a
+                :class:`~sbi_diffusion.samplers.Solver` with the name and any of
+                ``divergence``, ``num_probes``, ``rtol``, ``atol``, ``steps``,
+                e.g. ``Solver("heun", steps=16)``, which override the keyword
+                arguments.
+            steps: Heun steps (default 32, or 16 when ``"auto"`` picks Heun).
+
+        The rows are integrated in pieces of ``max_sampling_batch_size``, so
+        memory stays bounded for any batch.
+
+        Returns:
+            Log densities of shape ``(batch,)``.
+
+        Raises:
+            ValueError: for ``iid_method`` ``jac`` or ``factorized_bridge``, whose
+                ODE density is not available (``jac`` would need second
+                derivatives of the network; the bridge is not a probability-flow
+                ODE of one distribution).
+        """
+        if isinstance(solver, Solver):
+            settings = {
+                "divergence": divergence,
+                "num_probes": num_probes,
+                "rtol": rtol,
+                "atol": atol,
+                "steps": steps,
+            }
+            unknown = set(solver.options) - set(settings)
+            if unknown:
+                raise ValueError(
+                    f"log_prob's solver takes the options {sorted(settings)}, "
+                    f"not {sorted(unknown)}."
+                )
+            settings.update(solver.options)
+            divergence, num_probes = settings["divergence"], settings["num_probes"]
+            rtol, atol, steps = settings["rtol"], settings["atol"], settings["steps"]
+            solver = solver.name
+        x = self._check_x(self._resolve_x(x), allow_batch=True)
+        theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
+        if tuple(theta.shape) == tuple(self.theta_shape):
+            theta = theta.unsqueeze(0)
+        if tuple(theta.shape[1:]) != tuple(self.theta_shape):
+            raise ValueError(
+                f"theta has shape {tuple(theta.shape)}; expected (batch, "
+                f"*{tuple(self.theta_shape)})."
+            )
+        z = self.estimator.to_z(theta).reshape(theta.shape[0], -1)
+        if x.shape[0] > 1:
+            method = self.iid_method if iid_method is None else iid_method
+            if method not in ("gauss", "factorized"):
+                raise ValueError(
+                    f"log_prob for i.i.d. trials is not available with "
+                    f"iid_method={method!r}: 'jac' would need second derivatives "
+                    "of the network and 'factorized_bridge' is not the ODE of one "
+                    "distribution. Pass iid_method='gauss' or 'factorized'."
+                )
+            denoise = self.iid_denoiser(
+                x, method, generator=generator, **(iid_options or {})
+            )
+        else:
+            denoise = self.denoiser_for(x)
+        log_p = self.standardized_log_prob(
+            lambda rows: denoise,
+            z,
+            solver=solver,
+            steps=steps,
+            divergence=divergence,
+            num_probes=num_probes,
+            rtol=rtol,
+            atol=atol,
+            generator=generator,
+        )
+        inside = within_support(self.prior, theta).reshape(-1)
+        return torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
+
+    def standardized_log_prob(
+        self,
+        make_denoise: Callable[[Tensor], DenoiseFn],
+        z: Tensor,
+        solver: str = "auto",
+        steps: int | None = None,
+        **ode_options: Any,
+    ) -> Tensor:
+        r"""``log p(theta)`` of standardised points ``z`` ``(batch, theta_dim)``
+        through the probability-flow ODE, mapped back to the original space
+        (``- sum log scale``), with no prior-support check.
+
+        The rows are integrated in pieces of ``max_sampling_batch_size``; the
+        piece of batch rows ``rows`` uses the denoiser ``make_denoise(rows)``, so
+        each row may have its own condition (as in :meth:`_draw`).
+
+        Args:
+            make_denoise: the ``DenoiseFn`` of a piece of rows.
+            z: standardised points.
+            solver, steps: the ODE solver and its steps; ``"auto"`` as in
+                :func:`~sbi_diffusion.density.resolve_log_prob_solver`.
+            **ode_options: further options of
+                :func:`~sbi_diffusion.density.ode_log_prob` (``divergence``,
+                ``num_probes``, ``rtol``, ``atol``, ``generator``).
+
+        Returns:
+            Log densities of shape ``(batch,)``.
+        """
+        solver, steps = resolve_log_prob_solver(z.shape[0], solver, steps)
+        size = self.max_sampling_batch_size
+        rows = torch.arange(z.shape[0], device=z.device).split(size)
+        log_p = torch.cat(
+            [
+                ode_log_prob(
+                    make_denoise(piece_rows),
+                    piece,
+                    solver=solver,
+                    steps=steps,
+                    **ode_options,
+                )
+                for piece_rows, piece in zip(rows, z.split(size), strict=True)
+            ]
+        )
+        return log_p - self.estimator.log_abs_det()
