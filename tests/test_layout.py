@@ -114,3 +114,17 @@ def test_the_package_does_not_import_its_deprecated_paths():
             continue
         used = _imports(path, modules) & set(DEPRECATED_MODULES)
         assert not used, f"{name} imports deprecated {sorted(used)}"
+
+
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("sbi_diffusion.inference.posterior", "LARGE_BATCH_HEUN_STEPS"),
+        ("sbi_diffusion.inference.posterior", "ADAPTIVE_LOG_PROB_ROWS"),
+        ("sbi_diffusion.benchmark.runner", "plan"),
+    ],
+)
+def test_moved_names_warn_and_still_work(module, name):
+    with pytest.warns(DeprecationWarning, match=name):
+        value = getattr(importlib.import_module(module), name)
+    assert value is not None

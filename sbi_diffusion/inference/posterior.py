@@ -479,3 +479,18 @@ class DiffusionPosterior(
         if self._x is not None:
             self._x = self._x.to(self._device)
         return self
+
+
+def __getattr__(name: str):
+    """Constants that moved to :mod:`sbi_diffusion.density`."""
+    if name in ("ADAPTIVE_LOG_PROB_ROWS", "LARGE_BATCH_HEUN_STEPS"):
+        from sbi_diffusion import density
+
+        warnings.warn(
+            f"sbi_diffusion.inference.posterior.{name} is deprecated; import it "
+            "from sbi_diffusion.density.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(density, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
