@@ -480,20 +480,3 @@ def device_name(device: str) -> str:
         index = torch.device(device).index or 0
         return f"{device} ({torch.cuda.get_device_name(index)})"
     return f"{device} ({platform.processor() or platform.machine()})"
-
-
-def __getattr__(name: str):
-    """``plan`` and ``Plan`` moved to :mod:`sbi_diffusion.benchmark.plan`."""
-    if name in ("plan", "Plan"):
-        import warnings
-
-        from sbi_diffusion.benchmark import plan as planning
-
-        warnings.warn(
-            f"sbi_diffusion.benchmark.runner.{name} is deprecated; import it from "
-            "sbi_diffusion.benchmark.plan.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(planning, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
