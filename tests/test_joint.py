@@ -12,6 +12,7 @@ import importlib
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from sbi.inference.posteriors import MCMCPosterior
@@ -245,7 +246,7 @@ def test_likelihood_mcmc_starts_from_the_joint_posterior(exact_model, linear_gau
     posterior = inference.build_posterior(
         estimator=exact_model,
         posterior_method="likelihood_mcmc",
-        mcmc_parameters={"num_chains": 10, "warmup_steps": 5, "thin": 1},
+        mcmc_parameters={"num_chains": 10, "warmup_steps": 20, "thin": 1},
         log_prob_options={"solver": "heun", "steps": 4},
     )
     proposal = posterior.proposal
@@ -267,7 +268,8 @@ def test_likelihood_mcmc_starts_from_the_joint_posterior(exact_model, linear_gau
 
     likelihood.log_prob = counting
     torch.manual_seed(1)
-    samples = posterior.sample((50,), x=X_O, show_progress_bars=False)
+    np.random.seed(1)  # sbi's vectorised slice sampler draws from numpy
+    samples = posterior.sample((300,), x=X_O, show_progress_bars=False)
     # no evaluation batch of the size of sbi's resampling candidates (10,000)
     assert max(evaluated) <= 10
     mean, cov = linear_gaussian.posterior(X_O)
