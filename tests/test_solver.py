@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sbi_diffusion import DiffusionNPE
-from sbi_diffusion.samplers import Solver, as_solver, solver_call
+from sbi_diffusion.samplers import Solver, solver_call
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +33,7 @@ def test_solver_holds_name_and_options():
         solver.options["steps"] = 3  # read-only
 
 
-def test_as_solver_and_solver_call():
-    default = Solver("dpm++2m")
-    assert as_solver(None, default) is default
-    assert as_solver("heun", default) == Solver("heun")
-    with pytest.raises(TypeError, match="Solver"):
-        as_solver(3, default)
+def test_solver_call():
     with pytest.raises(ValueError, match="name"):
         Solver("")
     assert solver_call(Solver("ddim", eta=1.0), {"steps": 5}) == (

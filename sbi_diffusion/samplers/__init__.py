@@ -32,14 +32,13 @@ from sbi_diffusion.samplers.base import (
     sampling_call_options,
 )
 from sbi_diffusion.samplers.langevin import langevin_correct
-from sbi_diffusion.samplers.solver import Solver, as_solver, solver_call
+from sbi_diffusion.samplers.solver import Solver, solver_call
 
 __all__ = [
     "SAMPLERS",
     "CountingDenoiser",
     "SamplerResult",
     "Solver",
-    "as_solver",
     "solver_call",
     "dopri5_integrate",
     "get_sampler",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Solver", "as_solver", "solver_call"]
+__all__ = ["Solver", "solver_call"]
 
 
 @dataclass(frozen=True)
@@ -60,24 +60,6 @@ class Solver:
 
 def _rebuild(name: str, options: dict[str, Any]) -> Solver:
     return Solver(name, **options)
-
-
-def as_solver(value: str | Solver | None, default: Solver) -> Solver:
-    """``value`` as a :class:`Solver`: ``default`` if None, a name without
-    options if a string.
-
-    Raises:
-        TypeError: for anything else.
-    """
-    if value is None:
-        return default
-    if isinstance(value, Solver):
-        return value
-    if isinstance(value, str):
-        return Solver(value)
-    raise TypeError(
-        f"Expected a sampler name or Solver('name', **options), got {value!r}."
-    )
 
 
 def solver_call(
