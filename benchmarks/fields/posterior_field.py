@@ -1,0 +1,238 @@
+"""A posterior over an ``N x N`` Gaussian random field, scored against the exact one.
+
+Problem (a) of :mod:`sbi_diffusion.benchmark.fields`: ``theta`` is a stationary
+Gaussian random field (power-law spectrum), ``x`` a blurred, noisy image of it.
+Each method trains once on ``--num-simulations`` prior simulations and draws
+1,000 posterior fields for each of ``--observations`` observations; the samples
+are scored by :func:`~sbi_diffusion.benchmark.fields.field_posterior_metrics`
+against the exact Gaussian posterior (mean error in posterior sd, sd ratio,
+variance ratio along leading/trailing eigen-directions, radial power spectrum,
+per-pixel coverage).
+
+Methods:
+
+- ``diffusion_unet``, ``flow_matching_unet``: ``DiffusionNPE`` /
+  ``FlowMatchingNPE`` with ``net="unet"``; the image ``x`` enters the U-Net as an
+  extra input channel on the parameter grid.
+- ``npe_maf``, ``npe_nsf``, ``npse``, ``fmpe``: sbi's ``NPE`` (MAF, NSF),
+  ``NPSE`` and ``FMPE`` with their defaults, on the flattened image.
+
+Every (size, method) runs in its own process (its peak resident memory is the
+row's ``peak_rss_mb``) under a wall-clock limit; a run that fails or runs out
+of time is recorded as such. Rows are appended as they finish, and a rerun
+skips the (size, method, simulations, seed) already in the output.
+
+Usage:
+    OMP_NUM_THREADS=2 python benchmarks/fields/posterior_field.py \\
+        --sizes 16 32 --methods diffusion_unet npe_maf \\
+        --output benchmarks/fields/results.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sbi_diffusion.benchmark.fields import (
+    GaussianRandomFieldProblem,
+    field_posterior_metrics,
+)
+from sbi_diffusion.benchmark.results import append_row, iter_json_lines
+from sbi_diffusion.benchmark.runner import device_name, package_versions
+
+OURS = ("diffusion_unet", "flow_matching_unet")
+SBI_METHODS = ("npe_maf", "npe_nsf", "npse", "fmpe")
+METHODS = OURS + SBI_METHODS
+
+NUM_SAMPLES = 1000
+"""Posterior fields drawn (and timed) per observation."""
+
+SCALARS = (
+    "mean_error_rms",
+    "mean_error_max",
+    "sd_ratio_mean",
+    "sd_ratio_min",
+    "sd_ratio_max",
+    "leading_variance_ratio",
+    "trailing_variance_ratio",
+    "spectrum_max_abs_log_ratio",
+    "coverage_50",
+    "coverage_90",
+)
+
+
+def unet_kwargs(size: int) -> dict[str, Any]:
+    """The U-Net options for an ``size x size`` field."""
+    return {"shape": (1, size, size), "channels": (32, 64), "attention": size <= 32}
+
+
+def build(method: str, problem: GaussianRandomFieldProblem, size: int):
+    """The untrained inference object of ``method`` and whether it takes images."""
+    from sbi.inference import FMPE, NPE, NPSE
+
+    from sbi_diffusion import DiffusionNPE, FlowMatchingNPE
+
+    prior = problem.prior
+    if method in OURS:
+        cls = DiffusionNPE if method == "diffusion_unet" else FlowMatchingNPE
+        return cls(
+            prior, net="unet", net_kwargs=unet_kwargs(size), show_progress_bars=False
+        ), True
+    if method.startswith("npe_"):
+        estimator = method.removeprefix("npe_")
+        return NPE(prior, density_estimator=estimator, show_progress_bars=False), False
+    if method == "npse":
+        return NPSE(prior, show_progress_bars=False), False
+    if method == "fmpe":
+        return FMPE(prior, show_progress_bars=False), False
+    raise ValueError(f"Unknown method {method!r}; pass one of {METHODS}.")
+
+
+def sampler_record(posterior: Any) -> dict[str, Any]:
+    """The resolved sampler of a posterior (ours), or its class (sbi's)."""
+    record: dict[str, Any] = {"posterior": type(posterior).__name__}
+    if hasattr(posterior, "sampler_options"):
+        record.update(name=posterior.sampler, **posterior.sampler_options)
+    return record
+
+
+def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
+    """Train ``method`` at ``size`` and score it on every observation."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    problem = GaussianRandomFieldProblem(size)
+    generator = torch.Generator().manual_seed(args.seed)
+    theta = problem.sample_prior(args.num_simulations, generator=generator)
+    x = problem.simulate(theta, generator=generator)
+    inference, takes_images = build(method, problem, size)
+    data = x if takes_images else x.reshape(len(x), -1)
+    start = time.perf_counter()
+    inference.append_simulations(theta, data)
+    train_kwargs = {"seed": args.seed} if method in OURS else {}
+    inference.train(**train_kwargs)
+    train_s = time.perf_counter() - start
+    posterior = inference.build_posterior()
+    per_observation = []
+    for seed in args.observations:
+        _, x_o = problem.observation(seed)
+        condition = x_o if takes_images else x_o.reshape(1, -1)
+        start = time.perf_counter()
+        samples = posterior.sample(
+            (NUM_SAMPLES,), x=condition[0], show_progress_bars=False
+        )
+        sample_s = time.perf_counter() - start
+        flat = samples.reshape(NUM_SAMPLES, -1)
+        metrics = field_posterior_metrics(flat, problem, x_o)
+        entry = {"observation_seed": seed, "sample_s": round(sample_s, 3)}
+        entry.update({key: round(float(metrics[key]), 4) for key in SCALARS})
+        entry["spectrum_ratio"] = [
+            round(float(r), 4)
+            for r in metrics["spectrum_samples"] / metrics["spectrum_exact"]
+        ]
+        per_observation.append(entry)
+    row: dict[str, Any] = {
+        "size": size,
+        "method": method,
+        "num_simulations": args.num_simulations,
+        "seed": args.seed,
+        "status": "ok",
+        "train_s": round(train_s, 2),
+        "exact_pixel_sd": round(float(problem.exact_posterior(x_o).pixel_sd), 4),
+        "observations": per_observation,
+        "sampler": sampler_record(posterior),
+    }
+    for key in SCALARS + ("sample_s",):
+        values = [entry[key] for entry in per_observation]
+        row[key] = round(sum(values) / len(values), 4)
+    if method in OURS:
+        row["resolved_training"] = inference.resolved_training
+    return row
+
+
+def child(args: argparse.Namespace, size: int, method: str, queue) -> None:
+    """Run one row in a child process and report it (or the failure)."""
+    try:
+        row = run_one(args, size, method)
+    except Exception:  # noqa: BLE001 - recorded in the row
+        row = {"status": "failed", "error": traceback.format_exc(limit=3)[-2000:]}
+    row["peak_rss_mb"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+    )
+    queue.put(row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--num-simulations", type=int, default=10_000)
+    parser.add_argument("--observations", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--timeout-minutes", type=float, default=45.0, help="per (size, method)"
+    )
+    parser.add_argument("--output", default="benchmarks/fields/results.jsonl")
+    args = parser.parse_args()
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    done = {
+        (r["size"], r["method"], r["num_simulations"], r["seed"])
+        for _, r in iter_json_lines(output)
+    }
+    context = multiprocessing.get_context("spawn")
+    for size in args.sizes:
+        for method in args.methods:
+            key = (size, method, args.num_simulations, args.seed)
+            if key in done:
+                print(f"skip {key}: in {output}", flush=True)
+                continue
+            queue = context.Queue()
+            process = context.Process(target=child, args=(args, size, method, queue))
+            start = time.perf_counter()
+            process.start()
+            process.join(args.timeout_minutes * 60)
+            if process.is_alive():
+                process.kill()
+                process.join()
+                row = {
+                    "status": "timeout",
+                    "error": f"no result within {args.timeout_minutes} minutes",
+                }
+            else:
+                row = (
+                    queue.get()
+                    if not queue.empty()
+                    else {"status": "failed", "error": "no result"}
+                )
+            row.update(
+                size=size,
+                method=method,
+                num_simulations=args.num_simulations,
+                seed=args.seed,
+                wall_s=round(time.perf_counter() - start, 1),
+                threads=args.threads,
+                device=device_name("cpu"),
+                versions=package_versions(),
+                command="python " + " ".join(sys.argv),
+            )
+            append_row(output, row)
+            summary = {k: row.get(k) for k in ("status", "train_s", "sample_s")}
+            summary.update({k: row.get(k) for k in SCALARS[:3] + SCALARS[-2:]})
+            print(f"N={size} {method}: {json.dumps(summary)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
