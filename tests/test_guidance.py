@@ -387,3 +387,16 @@ def test_trained_model_likelihood_temperature(
         low, high = (0.5, 2.0) if power > 1 else (0.3, 6.0)
     assert mean_err < 0.5
     assert ((var_ratio > low) & (var_ratio < high)).all(), var_ratio
+
+
+def test_guidance_by_name_is_refused_with_a_clear_error():
+    """A string is not split into characters: it is refused as a whole."""
+    from sbi_diffusion.guidance import as_transform_list
+
+    transform = ClassifierFreeGuidance(2.0)
+    assert as_transform_list([transform, [transform]]) == [transform, transform]
+    assert as_transform_list(None) == []
+    with pytest.raises(ValueError, match="got 'cfg'"):
+        as_transform_list("cfg")
+    with pytest.raises(ValueError, match="got str"):
+        as_transform_list(["cfg"])

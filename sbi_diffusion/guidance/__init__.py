@@ -45,6 +45,7 @@ from sbi_diffusion.guidance.base import (
     GuidedDenoiser,
     ScoreTransform,
     apply_guidance,
+    as_transform_list,
     check_sampler_accepts_guidance,
     z_dim_evals,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "linear_constraint",
     "soft_indicator_moments",
     "apply_guidance",
+    "as_transform_list",
     "check_sampler_accepts_guidance",
     "z_dim_evals",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "GuidedDenoiser",
     "ScoreTransform",
     "apply_guidance",
+    "as_transform_list",
     "check_sampler_accepts_guidance",
     "z_dim_evals",
 ]
@@ -135,13 +136,21 @@ def z_dim_evals(context: GuidanceContext) -> int:
     return int(context.shift.numel())
 
 
-def _as_list(guidance) -> list[ScoreTransform]:
+def as_transform_list(guidance: Any) -> list[ScoreTransform]:
+    """``guidance`` (None, a score transform or a sequence of them) as a list.
+
+    Raises:
+        ValueError: for anything else, e.g. a name such as ``"cfg"``.
+    """
     if guidance is None:
         return []
     if isinstance(guidance, ScoreTransform):
         return [guidance]
     if isinstance(guidance, Sequence) and not isinstance(guidance, str):
-        items = list(guidance)
+        items = []
+        for item in guidance:
+            nested = isinstance(item, Sequence) and not isinstance(item, str)
+            items.extend(as_transform_list(item) if nested else [item])
         for item in items:
             if not isinstance(item, ScoreTransform):
                 raise ValueError(
@@ -151,8 +160,8 @@ def _as_list(guidance) -> list[ScoreTransform]:
                 )
         return items
     raise ValueError(
-        "guidance must be a ScoreTransform or a list of them, got "
-        f"{type(guidance).__name__}."
+        "guidance must be a ScoreTransform or a list of them (e.g. "
+        f"ClassifierFreeGuidance(2.0)), got {guidance!r}."
     )
 
 
@@ -162,7 +171,7 @@ def apply_guidance(
     context: GuidanceContext,
 ) -> DenoiseFn:
     """Apply transforms in order: ``guidance[-1](...guidance[0](denoise))``."""
-    for transform in _as_list(guidance):
+    for transform in as_transform_list(guidance):
         denoise = transform.apply(denoise, context)
     return denoise
 

@@ -23,6 +23,7 @@ from sbi_diffusion.guidance import (
     GuidanceContext,
     ScoreTransform,
     apply_guidance,
+    as_transform_list,
     check_sampler_accepts_guidance,
 )
 from sbi_diffusion.model import ConditionedDenoiser
@@ -49,20 +50,13 @@ class GuidedSampling:
     ) -> GuidedSampling:
         """A copy of this posterior that applies ``transforms`` (after any it
         already has) in every ``sample`` call; chain calls to compose."""
-        items: list[ScoreTransform] = []
-        for item in transforms:
-            items.extend(item if isinstance(item, Sequence) else [item])
         new = copy.copy(self)
-        new.guidance = list(self.guidance) + items
+        new.guidance = list(self.guidance) + as_transform_list(list(transforms))
         new.sampler_options = dict(self.sampler_options)
         return new
 
     def _guidance_list(self, guidance) -> list[ScoreTransform]:
-        if guidance is None:
-            return list(self.guidance)
-        if isinstance(guidance, ScoreTransform):
-            guidance = [guidance]
-        return list(self.guidance) + list(guidance)
+        return list(self.guidance) + as_transform_list(guidance)
 
     def _guidance_for(
         self,
