@@ -68,8 +68,9 @@ class ConsistencyNPE(VectorFieldInference):
     Args:
         prior: prior over ``theta``; if None, an improper empirical prior.
         schedule: ``"edm"`` (the EDM VE path) or an ``EDMSchedule``.
-        net: ``"mlp"``, ``"adaln_mlp"`` or an ``nn.Module`` with signature
-            ``net(z, condition_embedding, time)``.
+        net: ``"mlp"``, ``"adaln_mlp"``, ``"unet"`` (parameter fields; needs
+            ``net_kwargs={"shape": (C, H, W)}``) or an ``nn.Module`` with
+            signature ``net(z, condition_embedding, time)``.
         net_kwargs: width/depth/dropout of a named net (default width 256,
             depth 4 at every budget: the one-step map is harder to learn than
             a denoiser, so the net is not sized down with the budget).
