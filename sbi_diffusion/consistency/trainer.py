@@ -416,7 +416,7 @@ class ConsistencyNPE(VectorFieldInference):
         estimator: ConsistencyModel | None = None,
         prior: Distribution | None = None,
         sampler: str | None = None,
-        max_sampling_batch_size: int = 10_000,
+        max_sampling_batch_size: int | None = None,
         steps: int | None = None,
         times: list[float] | Tensor | None = None,
         **sampler_options,
@@ -427,7 +427,8 @@ class ConsistencyNPE(VectorFieldInference):
             estimator: a trained consistency model; the last trained one if None.
             prior: the prior; the constructor's (or the empirical one) if None.
             sampler: must be None or ``"consistency"``.
-            max_sampling_batch_size: samples drawn per batch.
+            max_sampling_batch_size: samples drawn per batch (None: bounded
+                by the parameter dimension).
             steps: default number of steps; the constructor's if None.
             times: default intermediate times (overrides ``steps``).
 

@@ -341,19 +341,20 @@ class VectorFieldInference(InferenceBase):
         )
         net = self._neural_net
         device = self._device
-        train_theta = theta[self.train_indices].to(device)
-        train_x = x[self.train_indices].to(device)
+        # the simulations stay where append_simulations keeps them (its
+        # data_device, by default the training device); batches move to device
+        train_theta = theta[self.train_indices.to(theta.device)]
+        train_x = x[self.train_indices.to(x.device)]
         self._prepare_optimizer(
             self._ema_decay if ema_decay is None else ema_decay,
             learning_rate,
             weight_decay,
         )
         validation = ValidationSet.build(
-            theta[self.val_indices],
-            x[self.val_indices],
+            theta[self.val_indices.to(theta.device)],
+            x[self.val_indices.to(x.device)],
             self._schedule,
             num_validation_noise,
-            device,
         )
         rule = stopping_rule_for_call(
             self._stopping_rule,
