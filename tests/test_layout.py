@@ -121,6 +121,8 @@ def test_the_package_does_not_import_its_deprecated_paths():
     [
         ("sbi_diffusion.inference.posterior", "LARGE_BATCH_HEUN_STEPS"),
         ("sbi_diffusion.inference.posterior", "ADAPTIVE_LOG_PROB_ROWS"),
+        ("sbi_diffusion.nets.mlp", "build_net"),
+        ("sbi_diffusion.nets.mlp", "NETS"),
     ],
 )
 def test_moved_names_warn_and_still_work(module, name):

@@ -42,7 +42,8 @@ class ConsistencyPosterior(DiffusionPosterior):
         prior: the prior; samples outside its support are rejected.
         steps: default number of steps (network evaluations per sample).
         times: default intermediate times (overrides ``steps``).
-        max_sampling_batch_size: rows sampled at once.
+        max_sampling_batch_size: rows sampled at once (None: bounded by the
+            parameter dimension, as in :class:`DiffusionPosterior`).
         device: device of the posterior.
     """
 
@@ -52,7 +53,7 @@ class ConsistencyPosterior(DiffusionPosterior):
         prior: Distribution,
         steps: int = 2,
         times: list[float] | Tensor | None = None,
-        max_sampling_batch_size: int = 10_000,
+        max_sampling_batch_size: int | None = None,
         device: str | torch.device | None = None,
     ):
         if not isinstance(estimator, ConsistencyModel):

@@ -68,8 +68,9 @@ class ConsistencyNPE(VectorFieldInference):
     Args:
         prior: prior over ``theta``; if None, an improper empirical prior.
         schedule: ``"edm"`` (the EDM VE path) or an ``EDMSchedule``.
-        net: ``"mlp"``, ``"adaln_mlp"`` or an ``nn.Module`` with signature
-            ``net(z, condition_embedding, time)``.
+        net: ``"mlp"``, ``"adaln_mlp"``, ``"unet"`` (parameter fields; needs
+            ``net_kwargs={"shape": (C, H, W)}``) or an ``nn.Module`` with
+            signature ``net(z, condition_embedding, time)``.
         net_kwargs: width/depth/dropout of a named net (default width 256,
             depth 4 at every budget: the one-step map is harder to learn than
             a denoiser, so the net is not sized down with the budget).
@@ -415,7 +416,7 @@ class ConsistencyNPE(VectorFieldInference):
         estimator: ConsistencyModel | None = None,
         prior: Distribution | None = None,
         sampler: str | None = None,
-        max_sampling_batch_size: int = 10_000,
+        max_sampling_batch_size: int | None = None,
         steps: int | None = None,
         times: list[float] | Tensor | None = None,
         **sampler_options,
@@ -426,7 +427,8 @@ class ConsistencyNPE(VectorFieldInference):
             estimator: a trained consistency model; the last trained one if None.
             prior: the prior; the constructor's (or the empirical one) if None.
             sampler: must be None or ``"consistency"``.
-            max_sampling_batch_size: samples drawn per batch.
+            max_sampling_batch_size: samples drawn per batch (None: bounded
+                by the parameter dimension).
             steps: default number of steps; the constructor's if None.
             times: default intermediate times (overrides ``steps``).
 

@@ -88,7 +88,10 @@ class InferenceBase(NeuralInference):
             exclude_invalid_x: drop (True) or reject (False) invalid simulations.
             from_round: round index, as in sbi.
             algorithm: unused, for sbi compatibility.
-            data_device: where to keep the data (default: the training device).
+            data_device: where to keep the data (default: the training
+                device). Training moves each batch to the training device, so
+                ``data_device="cpu"`` keeps a large training set (e.g. fields)
+                in host memory while the network trains on a GPU.
             proposal: the distribution ``theta`` was drawn from: None or the
                 prior, or a truncated prior.
 
@@ -139,7 +142,7 @@ class InferenceBase(NeuralInference):
         estimator: Denoiser | None = None,
         prior: Distribution | None = None,
         sampler: str | Solver | None = None,
-        max_sampling_batch_size: int = 10_000,
+        max_sampling_batch_size: int | None = None,
         **sampler_options,
     ) -> DiffusionPosterior:
         """Build the posterior from the trained (EMA) denoiser.
@@ -150,7 +153,9 @@ class InferenceBase(NeuralInference):
             sampler: default sampler name, or a
                 :class:`~sbi_diffusion.samplers.Solver` with its options; the
                 trainer's default if None.
-            max_sampling_batch_size: samples drawn per batch.
+            max_sampling_batch_size: samples drawn per batch; if None, bounded
+                by the parameter dimension
+                (:func:`~sbi_diffusion.inference.batching.sampling_batch_size`).
             **sampler_options: default sampler options (e.g. ``steps=30``).
 
         Returns:
@@ -192,7 +197,7 @@ class InferenceBase(NeuralInference):
     def _posterior_options(
         self,
         sampler: str | None,
-        max_sampling_batch_size: int,
+        max_sampling_batch_size: int | None,
         sampler_options: dict[str, Any],
     ) -> dict[str, Any]:
         """Keyword arguments of a posterior: the trainer's sampler and sampler

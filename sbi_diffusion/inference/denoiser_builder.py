@@ -1,9 +1,16 @@
 """The denoiser a vector-field trainer builds for its simulations.
 
 :func:`build_denoiser` z-scores ``theta`` and ``x`` with the statistics of the
-simulations, runs the embedding net once to learn the condition's size, builds
-the network (a named one from :func:`~sbi_diffusion.nets.build_net`, or a copy
-of a given module) and wraps it in a :class:`~sbi_diffusion.model.Denoiser`.
+simulations, runs the embedding net once to learn the condition's size and
+shape, builds the network (a named one from
+:func:`~sbi_diffusion.nets.build_net`, or a copy of a given module) and wraps it
+in a :class:`~sbi_diffusion.model.Denoiser`.
+
+The network gets the embedded condition flat, ``(batch, e)`` (plus the null
+flag with condition dropout); a named network that declares
+``accepts_condition_shape`` (the U-Net) also gets its shape before flattening,
+``embedding_net(x).shape[1:]``, as ``condition_shape``, so that an embedded
+``x`` on the parameters' grid can enter as image channels.
 """
 
 from __future__ import annotations
@@ -74,16 +81,19 @@ def build_denoiser(
     embedding_net = nn.Identity() if embedding_net is None else deepcopy(embedding_net)
     with torch.no_grad():
         try:
-            embedded = embedding_net(x[:2].cpu()).reshape(2, -1)
+            embedded = embedding_net(x[:2].cpu())
         except Exception as error:  # noqa: BLE001
             raise ValueError(
                 f"The embedding net failed on x of shape {tuple(x.shape[1:])}: {error}"
             ) from error
-    condition_dim = embedded.shape[-1]
+    condition_shape = embedded.shape[1:]
+    condition_dim = int(condition_shape.numel())
     theta_dim = int(theta_shape.numel())
     # models with condition dropout take a null-condition flag (Denoiser)
     net_condition_dim = condition_dim + (1 if condition_dropout > 0 else 0)
-    network = build_net(net, theta_dim, net_condition_dim, **net_kwargs)
+    network = build_net(
+        net, theta_dim, net_condition_dim, condition_shape=condition_shape, **net_kwargs
+    )
     if isinstance(net, nn.Module):
         network = deepcopy(network)
     return Denoiser(

@@ -46,7 +46,7 @@ class ProbabilityFlowDensity:
         theta: Tensor,
         x: Tensor | None = None,
         track_gradients: bool = False,
-        divergence: str = "exact",
+        divergence: str = "auto",
         num_probes: int = 1,
         rtol: float = 1e-5,
         atol: float = 1e-5,
@@ -73,7 +73,15 @@ class ProbabilityFlowDensity:
             x: one observation or ``N`` i.i.d. trials; the default x if None.
             track_gradients: keep the autograd graph (not supported by the ODE
                 solve; the result is detached).
-            divergence: ``"exact"`` (Jacobian trace) or ``"hutchinson"``.
+            divergence: ``"exact"`` (Jacobian trace), ``"hutchinson"``
+                (unbiased estimate, one vector-Jacobian product per probe) or
+                ``"auto"`` (default: exact up to
+                :data:`~sbi_diffusion.density.EXACT_DIVERGENCE_MAX_DIM` = 32
+                parameter dimensions, Hutchinson above, where the exact trace's
+                one backward pass per dimension is too costly;
+                :func:`~sbi_diffusion.density.resolve_divergence`). With
+                Hutchinson, ``log_prob`` is random: pass ``generator`` for
+                reproducible values.
             num_probes: probes of the Hutchinson estimator.
             rtol, atol: ODE solver tolerances.
             generator: random generator of the Hutchinson probes.

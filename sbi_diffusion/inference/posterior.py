@@ -32,6 +32,7 @@ from sbi_diffusion.guidance import (
     ScoreTransform,
     apply_guidance,
 )
+from sbi_diffusion.inference.batching import sampling_batch_size
 from sbi_diffusion.inference.guided_sampling import GuidedSampling
 from sbi_diffusion.inference.iid_trials import IIDTrials
 from sbi_diffusion.inference.log_density import ProbabilityFlowDensity
@@ -61,7 +62,10 @@ class DiffusionPosterior(
         prior: the prior; samples outside its support are rejected.
         sampler: default sampler name (see ``sbi_diffusion.samplers.SAMPLERS``).
         sampler_options: default sampler options (e.g. ``{"steps": 18}``).
-        max_sampling_batch_size: rows integrated at once.
+        max_sampling_batch_size: rows integrated at once; if None, as many as
+            keep ``rows * theta_dim`` within ``2**21``, at most 10,000
+            (:func:`~sbi_diffusion.inference.batching.sampling_batch_size`), so
+            that the memory of sampling large fields stays bounded.
         device: device of the posterior.
 
     Attributes:
@@ -83,7 +87,7 @@ class DiffusionPosterior(
         prior: Distribution,
         sampler: str | Solver = "heun",
         sampler_options: dict | None = None,
-        max_sampling_batch_size: int = 10_000,
+        max_sampling_batch_size: int | None = None,
         device: str | torch.device | None = None,
     ):
         if isinstance(sampler, Solver):
@@ -97,7 +101,9 @@ class DiffusionPosterior(
         self.prior = prior
         self.sampler = sampler
         self.sampler_options = dict(sampler_options or {})
-        self.max_sampling_batch_size = int(max_sampling_batch_size)
+        self.max_sampling_batch_size = sampling_batch_size(
+            max_sampling_batch_size, estimator.theta_dim
+        )
         self.last_nfe: float | None = None
         self.iid_method = "gauss"
         self.iid_options: dict = {}

@@ -72,7 +72,7 @@ from sbi_diffusion.inference.validation import (
     validation_size,
 )
 from sbi_diffusion.model import Denoiser
-from sbi_diffusion.nets import build_net
+from sbi_diffusion.nets import check_net_options
 from sbi_diffusion.path.parameterizations import get_parameterization
 from sbi_diffusion.path.schedules import get_schedule
 from sbi_diffusion.path.weightings import check_weighting
@@ -95,13 +95,17 @@ class VectorFieldInference(InferenceBase):
             ``velocity``, ``F``, ``score``) or a ``Parameterization``.
         weighting: loss weighting (``natural``, ``uniform``, ``edm``,
             ``sigmoid``, ``likelihood``).
-        net: ``"mlp"`` (residual MLP), ``"adaln_mlp"`` or an ``nn.Module`` with
+        net: ``"mlp"`` (residual MLP), ``"adaln_mlp"``, ``"unet"`` (for
+            parameters that are fields, :class:`~sbi_diffusion.nets.UNet`; needs
+            ``net_kwargs={"shape": (C, H, W)}``) or an ``nn.Module`` with
             signature ``net(z, condition_embedding, time)``.
-        net_kwargs: width/depth/dropout of a named net. The residual MLPs'
-            ``width`` and ``depth`` default to a size that grows with the
-            number of simulations (:func:`~sbi_diffusion.nets.sizing.mlp_size`:
-            width 128 and 2 blocks at 10^3, 128 and 3 at 10^4, 256 and 4 from
-            10^5).
+        net_kwargs: options of a named net (width/depth/dropout of the MLPs;
+            shape/channels/blocks_per_level/attention of the U-Net). The
+            residual MLPs' ``width`` and ``depth`` default to a size that grows
+            with the number of simulations
+            (:func:`~sbi_diffusion.nets.sizing.mlp_size`: width 128 and 2
+            blocks at 10^3, 128 and 3 at 10^4, 256 and 4 from 10^5); the U-Net
+            is not sized by the budget.
         embedding_net: network embedding ``x`` (e.g. from
             ``sbi.neural_nets.embedding_nets``); identity if None.
         condition_dropout: probability of dropping the condition in training
@@ -167,8 +171,7 @@ class VectorFieldInference(InferenceBase):
         self._weighting = check_weighting(
             self.default_weighting if weighting is None else weighting
         )
-        if isinstance(net, str):
-            build_net(net, 1, 1, **(net_kwargs or {}))  # validates name and kwargs
+        check_net_options(net, dict(net_kwargs or {}))
         self._net_spec = net
         self._net_kwargs = dict(net_kwargs or {})
         self._embedding_net = embedding_net
@@ -338,19 +341,20 @@ class VectorFieldInference(InferenceBase):
         )
         net = self._neural_net
         device = self._device
-        train_theta = theta[self.train_indices].to(device)
-        train_x = x[self.train_indices].to(device)
+        # the simulations stay where append_simulations keeps them (its
+        # data_device, by default the training device); batches move to device
+        train_theta = theta[self.train_indices.to(theta.device)]
+        train_x = x[self.train_indices.to(x.device)]
         self._prepare_optimizer(
             self._ema_decay if ema_decay is None else ema_decay,
             learning_rate,
             weight_decay,
         )
         validation = ValidationSet.build(
-            theta[self.val_indices],
-            x[self.val_indices],
+            theta[self.val_indices.to(theta.device)],
+            x[self.val_indices.to(x.device)],
             self._schedule,
             num_validation_noise,
-            device,
         )
         rule = stopping_rule_for_call(
             self._stopping_rule,

@@ -142,17 +142,23 @@ class OptimizerStep:
         order: Tensor,
         budget: TrainingBudget,
         progress: TrainingProgress,
+        device: torch.device | str | None = None,
     ) -> float:
         """One pass over the training set in the order ``order``:
-        ``budget.epoch_steps`` batches of ``budget.batch_size`` rows. Returns the
-        mean training loss (not checked: see :func:`check_finite`)."""
+        ``budget.epoch_steps`` batches of ``budget.batch_size`` rows, each moved
+        to ``device`` (where the network is; no move if None), so the training
+        set may stay on another device (e.g. the CPU). Returns the mean training
+        loss (not checked: see :func:`check_finite`)."""
         self.net.train()
         parameters = list(self.net.parameters())
         size = budget.batch_size
         losses = []
         for b in range(budget.epoch_steps):
             idx = order[b * size : (b + 1) * size]
-            losses.append(self(theta[idx], x[idx], parameters, progress))
+            theta_batch, x_batch = theta[idx], x[idx]
+            if device is not None:
+                theta_batch, x_batch = theta_batch.to(device), x_batch.to(device)
+            losses.append(self(theta_batch, x_batch, parameters, progress))
         return torch.stack(losses).mean().item()
 
 
@@ -181,14 +187,15 @@ class TrainingLoop:
 
     Attributes:
         step: the optimiser step.
-        theta, x: the training simulations (on ``device``).
+        theta, x: the training simulations, on the device they are kept on
+            (``data_device``); each batch is moved to ``device``.
         validation: the validation set.
         rule: the stopping rule; it keeps the weights training returns.
         budget: batch size, epoch length, patience and bounds.
         validation_interval: optimiser steps between validations, at least.
         progress: the trainer's counters (updated in place).
         record: called after each validation (:data:`ValidationRecorder`).
-        device: where the batch order is moved.
+        device: where the network trains; batches are moved there.
     """
 
     step: OptimizerStep
@@ -229,9 +236,14 @@ class TrainingLoop:
         train_losses: list[float] = []
         start = time.time()
         while epochs_this_call < self.budget.max_epochs:
-            order = torch.randperm(num_train, generator=generator).to(self.device)
+            order = torch.randperm(num_train, generator=generator)
             epoch_loss = self.step.run_epoch(
-                self.theta, self.x, order, self.budget, self.progress
+                self.theta,
+                self.x,
+                order.to(self.theta.device),
+                self.budget,
+                self.progress,
+                self.device,
             )
             check_finite(epoch_loss, self.progress.steps_done)
             train_losses.append(epoch_loss)

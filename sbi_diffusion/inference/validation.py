@@ -3,7 +3,10 @@ r"""The validation set of the vector-field trainers.
 Training holds out ``max(1, floor(f n))`` of the ``n`` simulations
 (:func:`validation_size`) and scores the model on them at fixed times and noise
 (:class:`ValidationSet`), so that the validation loss depends on the weights
-alone and early stopping compares like with like.
+alone and early stopping compares like with like. The rows stay where the
+simulations are kept (``data_device`` of ``append_simulations``) and are scored
+in pieces of bounded size (:func:`~sbi_diffusion.inference.batching.rows_per_call`)
+on the model's device.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from sbi_diffusion.inference.batching import rows_per_call
 
 __all__ = ["ValidationSet", "split_indices", "validation_size"]
 
@@ -61,12 +66,14 @@ class ValidationSet:
         x: Tensor,
         schedule,
         reps: int,
-        device: torch.device | str,
+        device: torch.device | str | None = None,
         seed: int = 12345,
     ) -> ValidationSet:
         """The validation rows of ``theta`` and ``x`` (``reps`` noise draws each,
         at least 1), drawn with their own generator seeded by ``seed``; the
-        times are ``schedule.validation_times``."""
+        times are ``schedule.validation_times``. The rows are kept on
+        ``device`` (the device of ``theta`` if None)."""
+        device = theta.device if device is None else device
         generator = torch.Generator(device="cpu").manual_seed(seed)
         reps = max(1, int(reps))
         theta = theta.repeat(reps, *([1] * (theta.dim() - 1)))
@@ -81,10 +88,23 @@ class ValidationSet:
     @torch.no_grad()
     def losses(self, model: nn.Module) -> Tensor:
         """Per-row validation losses of ``model`` (a denoiser with
-        ``loss(theta, x, times=, noise=, drop_condition=)``)."""
-        drop = torch.zeros(
-            self.theta.shape[0], dtype=torch.bool, device=self.theta.device
-        )
-        return model.loss(
-            self.theta, self.x, times=self.times, noise=self.noise, drop_condition=drop
-        )
+        ``loss(theta, x, times=, noise=, drop_condition=)``), on the model's
+        device; rows are moved there and scored in pieces of
+        :func:`~sbi_diffusion.inference.batching.rows_per_call` rows."""
+        device = next(model.parameters()).device
+        size = rows_per_call(self.noise.shape[1])
+        losses = []
+        for start in range(0, self.theta.shape[0], size):
+            rows = slice(start, start + size)
+            theta = self.theta[rows].to(device)
+            drop = torch.zeros(theta.shape[0], dtype=torch.bool, device=device)
+            losses.append(
+                model.loss(
+                    theta,
+                    self.x[rows].to(device),
+                    times=self.times[rows].to(device),
+                    noise=self.noise[rows].to(device),
+                    drop_condition=drop,
+                )
+            )
+        return torch.cat(losses)

@@ -104,9 +104,11 @@ class Denoiser(SbiVectorFieldEstimator):
         )
         if condition_embedding_dim is None:
             with torch.no_grad():
-                condition_embedding_dim = self.embedding_net(
-                    torch.zeros(2, *condition_shape)
-                ).shape[-1]
+                condition_embedding_dim = (
+                    self.embedding_net(torch.zeros(2, *condition_shape))
+                    .reshape(2, -1)
+                    .shape[-1]
+                )
         self.null_embedding = nn.Parameter(torch.zeros(condition_embedding_dim))
         # With condition dropout the network takes one more condition input: 0
         # with an observation, 1 for the null condition. Without it a null
@@ -128,9 +130,12 @@ class Denoiser(SbiVectorFieldEstimator):
         return PathPoint(*values)
 
     def embed_condition(self, x: Tensor) -> Tensor:
-        """z-score ``x`` of shape ``(batch, *condition_shape)`` and embed it (with
-        a trailing 0, the "observed" flag, for models with condition dropout)."""
+        """z-score ``x`` of shape ``(batch, *condition_shape)`` and embed it,
+        flattened to ``(batch, e)`` (with a trailing 0, the "observed" flag, for
+        models with condition dropout)."""
         embedding = self.embedding_net((x - self.x_shift) / self.x_scale)
+        batch_shape = x.shape[: x.dim() - len(self.condition_shape)]
+        embedding = embedding.reshape(*batch_shape, -1)
         if getattr(self, "null_flag", False):
             embedding = torch.cat(
                 [embedding, embedding.new_zeros(*embedding.shape[:-1], 1)], -1

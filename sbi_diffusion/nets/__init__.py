@@ -1,13 +1,18 @@
 """Vector-field networks ``net(z, condition_embedding, time) -> output``."""
 
-from sbi_diffusion.nets.mlp import AdaLNMLP, ResidualMLP, build_net
+from sbi_diffusion.nets.mlp import AdaLNMLP, ResidualMLP
+from sbi_diffusion.nets.registry import NETS, build_net, check_net_options
 from sbi_diffusion.nets.time_embedding import SinusoidalTimeEmbedding
 from sbi_diffusion.nets.transformer import TokenTransformer
+from sbi_diffusion.nets.unet import UNet
 
 __all__ = [
+    "NETS",
     "ResidualMLP",
     "AdaLNMLP",
     "SinusoidalTimeEmbedding",
     "TokenTransformer",
+    "UNet",
     "build_net",
+    "check_net_options",
 ]

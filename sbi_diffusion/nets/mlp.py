@@ -6,11 +6,13 @@ condition and the time input ``c_noise`` — to an output of the shape of ``z``.
 
 from __future__ import annotations
 
+import warnings
+
 from torch import Tensor, nn
 
 from sbi_diffusion.nets.time_embedding import SinusoidalTimeEmbedding
 
-__all__ = ["ResidualMLP", "AdaLNMLP", "build_net", "NETS"]
+__all__ = ["ResidualMLP", "AdaLNMLP"]
 
 
 class _ResidualBlock(nn.Module):
@@ -129,23 +131,16 @@ class AdaLNMLP(ResidualMLP):
     block = _AdaLNBlock
 
 
-NETS: dict[str, type[ResidualMLP]] = {"mlp": ResidualMLP, "adaln_mlp": AdaLNMLP}
+def __getattr__(name: str):
+    """``NETS`` and ``build_net``, moved to :mod:`sbi_diffusion.nets.registry`."""
+    if name in ("NETS", "build_net"):
+        from sbi_diffusion import nets
 
-
-def build_net(
-    net: str | nn.Module, input_dim: int, condition_dim: int, **kwargs
-) -> nn.Module:
-    """Build a network by name (``"mlp"`` or ``"adaln_mlp"``) or pass one through.
-
-    A user-given module must accept ``(z, condition, time)`` with shapes
-    ``(batch, input_dim)``, ``(batch, condition_dim)``, ``(batch,)`` and return
-    ``(batch, input_dim)``.
-    """
-    if isinstance(net, nn.Module):
-        return net
-    if net not in NETS:
-        raise ValueError(
-            f"Unknown net {net!r}. Pass one of {sorted(NETS)} or an nn.Module with "
-            "signature net(z, condition, time)."
+        warnings.warn(
+            f"sbi_diffusion.nets.mlp.{name} is deprecated; import it from "
+            "sbi_diffusion.nets.",
+            DeprecationWarning,
+            stacklevel=2,
         )
-    return NETS[net](input_dim, condition_dim, **kwargs)
+        return getattr(nets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
