@@ -67,5 +67,5 @@ class HierarchicalGaussian:
         n = (~torch.isnan(x).all(-1)).sum(-1).float()
         xbar = torch.nansum(x, -2) / n[:, None]
         q = 1 / self.s_l**2 + n / self.s_x**2
-        mean = (g[:, None, :] / self.s_l**2 + (n[:, None] * xbar)[None] / self.s_x**2)
+        mean = g[:, None, :] / self.s_l**2 + (n[:, None] * xbar)[None] / self.s_x**2
         return mean / q[None, :, None], 1 / q

@@ -84,6 +84,17 @@ def _checked_prior_precision(method: str, prior_precision: str | None) -> str:
     return prior_precision
 
 
+class _LinearBridgeWeight:
+    """``lambda(t) = (t_max - t) / (t_max - t_min)`` (a class, not a lambda, so
+    that a composed denoiser can be pickled with its posterior)."""
+
+    def __init__(self, t_min: float, t_max: float):
+        self.t_min, self.t_max = t_min, t_max
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return (self.t_max - t) / max(self.t_max - self.t_min, 1e-12)
+
+
 class IIDComposedDenoiser:
     r"""The ``N``-trial posterior ``p(theta | x_1, ..., x_N)`` as a ``DenoiseFn``.
 
@@ -196,9 +207,7 @@ class IIDComposedDenoiser:
         if self.trial_batch_size is not None:  # leaves the global RNG alone else
             self.reseed_trial_batches(int(torch.randint(0, 2**62, (1,))))
         t_min, t_max = float(self.schedule.t_min), float(self.schedule.t_max)
-        self.bridge_weight = bridge_weight or (
-            lambda t: (t_max - t) / max(t_max - t_min, 1e-12)
-        )
+        self.bridge_weight = bridge_weight or _LinearBridgeWeight(t_min, t_max)
         self.trial_precisions: Tensor | None = None
         self.setup_evaluations = 0.0
         self._surrogate: tuple[Tensor, Tensor, Tensor, Tensor] | None = None

@@ -20,7 +20,6 @@ local posterior ``p(l_j | g, x_j)`` given each global sample.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -90,6 +89,7 @@ class HierarchicalPosterior:
         self.max_rows = int(max_rows)
         self.sampler = sampler
         self.composition_options = dict(composition_options or {})
+        self.setup_seed = 0
         self.last_info: dict[str, Any] | None = None
 
     # -------------------------------------------------------------- global
@@ -119,7 +119,8 @@ class HierarchicalPosterior:
             generator: random generator (noise, GAUSS's moments and the
                 mini-batches of groups); the global torch RNG if None.
             show_progress_bars: show progress.
-            **sampler_options: options of the sampler (``steps``, ``rtol``, ...).
+            **sampler_options: ``sampler`` (overrides the posterior's) and the
+                sampler's options (``steps``, ``rtol``, ...).
 
         Returns:
             ``(*sample_shape, d_global)``.
@@ -128,10 +129,13 @@ class HierarchicalPosterior:
         gp = self.global_posterior
         options: dict[str, Any] = {}
         if encoded.shape[0] > 1:
+            # the composition's set-up (GAUSS's single-group samples) draws from
+            # its own seeded generator, so a call is reproducible whether or not
+            # the composition of these groups is cached
             composed = gp.iid_denoiser(
                 encoded,
                 self.composition,
-                generator=generator,
+                generator=torch.Generator().manual_seed(self.setup_seed),
                 show_progress_bars=show_progress_bars,
                 **self._composition_options(),
             )
@@ -144,7 +148,7 @@ class HierarchicalPosterior:
         samples = gp.sample(
             sample_shape,
             x=encoded,
-            sampler=self.sampler,
+            sampler=sampler_options.pop("sampler", self.sampler),
             generator=generator,
             show_progress_bars=show_progress_bars,
             **options,
@@ -232,18 +236,5 @@ class HierarchicalPosterior:
             sample_shape, x, generator, show_progress_bars, **sampler_options
         )
         num = int(math.prod(torch.Size(sample_shape)))
-        local = self.sample_local(
-            g.reshape(num, -1), x, generator, show_progress_bars
-        )
+        local = self.sample_local(g.reshape(num, -1), x, generator, show_progress_bars)
         return g, local.reshape(*torch.Size(sample_shape), *local.shape[1:])
-
-    # ---------------------------------------------------------------- pickle
-
-    def __getstate__(self) -> dict:
-        """The state without the global posterior's cached composition (a
-        function of the last ``x``, rebuilt on demand)."""
-        state = dict(self.__dict__)
-        gp = copy.copy(self.global_posterior)
-        gp.__dict__.pop("_iid_cache", None)
-        state["global_posterior"] = gp
-        return state
