@@ -31,7 +31,12 @@ from sbi_diffusion.hierarchical.groups import GroupLayout
 from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.samplers import Solver
 
-__all__ = ["HierarchicalPosterior"]
+__all__ = ["HierarchicalPosterior", "FULL_BATCH_SAMPLER", "MINI_BATCH_SAMPLER"]
+
+#: default sampler of the composition over all groups, and over mini-batches of
+#: groups (``benchmarks/hierarchical/README.md``)
+FULL_BATCH_SAMPLER = Solver("dopri5")
+MINI_BATCH_SAMPLER = Solver("euler_maruyama", steps=200)
 
 
 class HierarchicalPosterior:
@@ -55,10 +60,13 @@ class HierarchicalPosterior:
         max_rows: most ``(sample, group)`` pairs evaluated at once, by the
             composition (groups are chunked) and by the local model.
         sampler: sampler of the composed global posterior (a name or a
-            :class:`~sbi_diffusion.samplers.Solver`); None: the default of the
-            composition method (``iid_samplers`` of the global posterior: the
-            adaptive ``dopri5`` for ``factorized``, Euler-Maruyama for
-            ``gauss``).
+            :class:`~sbi_diffusion.samplers.Solver`). None: the adaptive
+            ``dopri5`` (Dormand-Prince step control on the probability-flow ODE,
+            whose composed field is stiff: its largest rate grows with ``G``)
+            over all groups; with ``group_batch_size`` the field is random (a
+            new subset per evaluation), which defeats an embedded error
+            estimate, so then Euler-Maruyama with 200 steps
+            (:data:`MINI_BATCH_SAMPLER`).
         composition_options: further options of
             :class:`~sbi_diffusion.composition.IIDComposedDenoiser` (e.g.
             ``covariance_samples``).
@@ -87,6 +95,10 @@ class HierarchicalPosterior:
         self.group_batch_size = group_batch_size
         self.damping = SNRDamping(global_posterior.estimator.schedule, float(damping))
         self.max_rows = int(max_rows)
+        if sampler is None:
+            sampler = (
+                FULL_BATCH_SAMPLER if group_batch_size is None else MINI_BATCH_SAMPLER
+            )
         self.sampler = sampler
         self.composition_options = dict(composition_options or {})
         self.setup_seed = 0
