@@ -8,6 +8,7 @@ from sbi_diffusion.guidance import (
     LikelihoodTemperature,
     PriorSwap,
 )
+from sbi_diffusion.hierarchical import HierarchicalNPE
 from sbi_diffusion.inference import (
     DiffusionNPE,
     DiffusionPosterior,
@@ -27,6 +28,7 @@ __all__ = [
     "ConsistencyNPE",
     "DiffusionNPE",
     "FlowMatchingNPE",
+    "HierarchicalNPE",
     "JointDiffusion",
     "DiffusionPosterior",
     "Denoiser",

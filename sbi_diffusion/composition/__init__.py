@@ -62,6 +62,11 @@ box-uniform priors (a product of truncated normals); otherwise it is the
 network's unconditional score (trained with condition dropout) or a
 moment-matched Gaussian approximation of the prior.
 
+Mini-batches of trials (``trial_batch_size``) and a damping of the composed
+correction at high noise (:mod:`~sbi_diffusion.composition.damping`) serve
+compositions over many groups (Arruda et al. 2025;
+:mod:`sbi_diffusion.hierarchical`).
+
 Modules: :mod:`~sbi_diffusion.composition.iid` (the composed denoiser),
 :mod:`~sbi_diffusion.composition.diffused_prior` (the prior as a denoiser),
 :mod:`~sbi_diffusion.composition.moments` (denoising precisions from Jacobians
@@ -70,6 +75,7 @@ eigen-decompositions and clamped inverses) and
 :mod:`~sbi_diffusion.composition.path` (noise levels of the path).
 """
 
+from sbi_diffusion.composition.damping import SNRDamping
 from sbi_diffusion.composition.diffused_prior import (
     PRIOR_SCORES,
     BoxDiffusedPrior,
@@ -110,6 +116,7 @@ __all__ = [
     "NetworkDiffusedPrior",
     "PRIOR_PRECISIONS",
     "PRIOR_SCORES",
+    "SNRDamping",
     "TrialMoments",
     "at_least_prior_precision",
     "clamp_eigenvalues",

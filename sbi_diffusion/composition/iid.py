@@ -84,6 +84,17 @@ def _checked_prior_precision(method: str, prior_precision: str | None) -> str:
     return prior_precision
 
 
+class _LinearBridgeWeight:
+    """``lambda(t) = (t_max - t) / (t_max - t_min)`` (a class, not a lambda, so
+    that a composed denoiser can be pickled with its posterior)."""
+
+    def __init__(self, t_min: float, t_max: float):
+        self.t_min, self.t_max = t_min, t_max
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return (self.t_max - t) / max(self.t_max - self.t_min, 1e-12)
+
+
 class IIDComposedDenoiser:
     r"""The ``N``-trial posterior ``p(theta | x_1, ..., x_N)`` as a ``DenoiseFn``.
 
@@ -128,6 +139,17 @@ class IIDComposedDenoiser:
             ``jac``).
         generator: random generator (covariance estimate).
         show_progress_bars: progress of the covariance estimate.
+        trial_batch_size: ``B``; if given and below ``N``, every call uses a
+            random subset of ``B`` trials (groups) and rescales their sum by
+            ``N / B``, an unbiased estimate of the sum over all ``N``
+            (Arruda et al. 2025, mini-batched compositional score matching):
+            ``sum_i f_i ~ (N / B) sum_{i in S} f_i``. The subsets are drawn from
+            a generator seeded by :meth:`reseed_trial_batches` (by default from
+            the global torch RNG when the denoiser is built).
+        damping: ``d(t)`` scaling the composition's correction to the prior,
+            ``x_hat = x_hat_prior + d(t) (x_hat_comp - x_hat_prior)``
+            (:class:`~sbi_diffusion.composition.damping.SNRDamping`); None for
+            none.
 
     Attributes:
         evaluations_per_call: network evaluations per call (for NFE reports).
@@ -152,6 +174,8 @@ class IIDComposedDenoiser:
         prior_precision: str | None = None,
         generator: torch.Generator | None = None,
         show_progress_bars: bool = False,
+        trial_batch_size: int | None = None,
+        damping: Callable[[Tensor], Tensor] | None = None,
     ):
         prior_precision = _checked_prior_precision(method, prior_precision)
         self.estimator = estimator
@@ -167,10 +191,23 @@ class IIDComposedDenoiser:
             network_rows = default_network_rows(self.embeddings.device)
         self.network_rows = network_rows
         self.num_trials = self.embeddings.shape[0]
-        t_min, t_max = float(self.schedule.t_min), float(self.schedule.t_max)
-        self.bridge_weight = bridge_weight or (
-            lambda t: (t_max - t) / max(t_max - t_min, 1e-12)
+        if trial_batch_size is not None and int(trial_batch_size) < 1:
+            raise ValueError(
+                f"trial_batch_size must be at least 1, got {trial_batch_size}."
+            )
+        self.trial_batch_size = (
+            None
+            if trial_batch_size is None or int(trial_batch_size) >= self.num_trials
+            else int(trial_batch_size)
         )
+        self.damping = damping
+        self._active = torch.arange(self.num_trials, device=self.embeddings.device)
+        self._sum_scale = 1.0
+        self._batch_generator = torch.Generator(device="cpu")
+        if self.trial_batch_size is not None:  # leaves the global RNG alone else
+            self.reseed_trial_batches(int(torch.randint(0, 2**62, (1,))))
+        t_min, t_max = float(self.schedule.t_min), float(self.schedule.t_max)
+        self.bridge_weight = bridge_weight or _LinearBridgeWeight(t_min, t_max)
         self.trial_precisions: Tensor | None = None
         self.setup_evaluations = 0.0
         self._surrogate: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
@@ -220,14 +257,29 @@ class IIDComposedDenoiser:
         self._prior_max_variance = float(prior_variances.max())
         # single-trial posteriors at most 1000 times more precise than the prior
         self._min_variance = 1e-3 * float(prior_variances.min())
-        evals = self.num_trials * (1 + (self.d if method == "jac" else 0))
+        used = self.trial_batch_size or self.num_trials
+        evals = used * (1 + (self.d if method == "jac" else 0))
         self.evaluations_per_call = evals + prior.evaluations_per_call
 
     # ------------------------------------------------------------- helpers
 
+    def reseed_trial_batches(self, seed: int) -> None:
+        """Restart the random trial subsets of ``trial_batch_size`` from
+        ``seed`` (so that a sampling call can be reproduced)."""
+        self._batch_generator.manual_seed(int(seed))
+
+    def _draw_trial_batch(self) -> None:
+        """Choose the trials of this call: all of them, or a random subset of
+        ``trial_batch_size`` with the sum's scale ``N / B``."""
+        if self.trial_batch_size is None:
+            return
+        perm = torch.randperm(self.num_trials, generator=self._batch_generator)
+        self._active = perm[: self.trial_batch_size].to(self.embeddings.device)
+        self._sum_scale = self.num_trials / self.trial_batch_size
+
     def _trial_chunks(self, batch: int):
         per = max(1, self.max_rows // max(batch, 1))
-        return torch.arange(self.num_trials, device=self.embeddings.device).split(per)
+        return self._active.split(per)
 
     def trial_denoise(self, z: Tensor, t: Tensor, chunk: Tensor) -> Tensor:
         """``x_hat_i(z, t)`` for the trials in ``chunk``: ``(batch, n, d)``.
@@ -248,16 +300,26 @@ class IIDComposedDenoiser:
 
     def __call__(self, z: Tensor, t: Tensor) -> Tensor:
         t = as_time(t, z)
+        self._draw_trial_batch()
         if self.method == "factorized_bridge":
             # an annealed bridge of densities, not a posterior mean: not clamped
-            return self._bridge(z, t)
+            return self._damped(self._bridge(z, t), z, t)
         if self.method == "factorized":
             x_hat = self._factorized(z, t)
         elif self.method == "gauss":
             x_hat = self._gauss(z, t)
         else:
             x_hat = self._jac(z, t)
-        return self._inside_support(x_hat)
+        return self._inside_support(self._damped(x_hat, z, t))
+
+    def _damped(self, x_hat: Tensor, z: Tensor, t: Tensor) -> Tensor:
+        """``x_hat_prior + d(t) (x_hat - x_hat_prior)`` with the ``damping``
+        (:mod:`sbi_diffusion.composition.damping`); ``x_hat`` without one."""
+        if self.damping is None:
+            return x_hat
+        d = torch.as_tensor(self.damping(t)).to(x_hat).reshape(-1, 1)
+        prior = self.prior(z, t)
+        return prior + d * (x_hat - prior)
 
     def _inside_support(self, x_hat: Tensor) -> Tensor:
         r"""Project ``x_hat`` onto the box of a bounded prior.
@@ -277,10 +339,12 @@ class IIDComposedDenoiser:
         return torch.minimum(torch.maximum(x_hat, low), high)
 
     def _sum_trials(self, z: Tensor, t: Tensor) -> Tensor:
+        """``sum_i x_hat_i`` over all trials (or ``N / B`` times that over this
+        call's subset)."""
         total = torch.zeros_like(z)
         for chunk in self._trial_chunks(z.shape[0]):
             total = total + self.trial_denoise(z, t, chunk).sum(1)
-        return total
+        return self._sum_scale * total
 
     def _factorized(self, z: Tensor, t: Tensor) -> Tensor:
         return self._sum_trials(z, t) + (1 - self.num_trials) * self.prior(z, t)
@@ -369,7 +433,13 @@ class IIDComposedDenoiser:
             prec = self.trial_precisions[chunk]
             numerator = numerator + torch.einsum("nde,bne->bd", prec, x_hat)
             numerator = numerator + snr[:, None] * x_hat.sum(1)
-        lam = self._precision_sum + self.num_trials * snr[:, None, None] * eye
+        numerator = self._sum_scale * numerator
+        precision_sum = (
+            self._precision_sum
+            if self.trial_batch_size is None
+            else self._sum_scale * self.trial_precisions[self._active].sum(0)
+        )
+        lam = precision_sum + self.num_trials * snr[:, None, None] * eye
         p_prec = self._prior_precision(z, t)
         w = 1 - self.num_trials
         numerator = numerator + w * (p_prec @ self.prior(z, t)[:, :, None])[:, :, 0]
@@ -400,6 +470,7 @@ class IIDComposedDenoiser:
             prec = prec.reshape(z.shape[0], n, self.d, self.d)
             numerator = numerator + torch.einsum("bnde,bne->bd", prec, x_hat)
             lam = lam + prec.sum(1)
+        numerator, lam = self._sum_scale * numerator, self._sum_scale * lam
         # the prior's precision is analytic, or that of its moments (as in GAUSS):
         # a learned unconditional Jacobian is too noisy for the (1 - N) weight
         p_prec = self._prior_precision(z, t)

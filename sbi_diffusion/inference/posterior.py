@@ -413,14 +413,44 @@ class DiffusionPosterior(
         x = self._check_x(x, allow_batch=True)
         sample_shape = torch.Size(sample_shape)
         num = int(math.prod(sample_shape))
-        sampler, options = self._sampling_options(sampler, steps, sampler_options)
-        transforms, context = self._guidance_for(sampler, guidance)
         with torch.no_grad():
             embedding = self.estimator.embed_condition(x)
-        rows = embedding.repeat(num, 1)  # sample-major: row i*B + b has x_b
+        samples = self.sample_embedded(
+            embedding.repeat(num, 1),  # sample-major: row i*B + b has x_b
+            sampler,
+            steps,
+            show_progress_bars,
+            reject_outside_prior,
+            generator,
+            guidance,
+            **sampler_options,
+        )
+        return samples.reshape(*sample_shape, x.shape[0], *self.theta_shape)
+
+    def sample_embedded(
+        self,
+        embeddings: Tensor,
+        sampler: str | Solver | None = None,
+        steps: int | None = None,
+        show_progress_bars: bool = True,
+        reject_outside_prior: bool = True,
+        generator: torch.Generator | None = None,
+        guidance: ScoreTransform | Sequence[ScoreTransform] | None = None,
+        **sampler_options: Any,
+    ) -> Tensor:
+        """One sample for each row of already embedded conditions ``embeddings``
+        ``(rows, e)`` (:meth:`~sbi_diffusion.model.Denoiser.embed_condition`),
+        e.g. rows that share parts of their embedding computed once. Options as
+        in :meth:`sample_batched`.
+
+        Returns:
+            Samples of shape ``(rows, *theta_shape)``.
+        """
+        sampler, options = self._sampling_options(sampler, steps, sampler_options)
+        transforms, context = self._guidance_for(sampler, guidance)
         samples = self._draw(
-            self._guided_factory(rows, transforms, context),
-            rows.shape[0],
+            self._guided_factory(embeddings, transforms, context),
+            embeddings.shape[0],
             sampler,
             options,
             generator,
@@ -428,8 +458,8 @@ class DiffusionPosterior(
             reject_outside_prior,
         )
         if context is not None:
-            self.last_nfe += context.setup_evaluations / max(1, rows.shape[0])
-        return samples.reshape(*sample_shape, x.shape[0], *self.theta_shape)
+            self.last_nfe += context.setup_evaluations / max(1, embeddings.shape[0])
+        return samples.reshape(embeddings.shape[0], *self.theta_shape)
 
     # ------------------------------------------------------------------- MAP
 

@@ -1,0 +1,35 @@
+r"""Compositional inference for hierarchical models with many groups.
+
+A hierarchical model has global parameters ``g`` shared by all groups and local
+parameters ``l_j`` per group ``j``. :class:`HierarchicalNPE` is trained on
+simulations of single groups; at inference it composes the single-group
+posteriors of ``g`` over any number of groups and draws every ``l_j`` given
+``g`` (Geffner et al. 2023, "Compositional score modeling for simulation-based
+inference"; Arruda et al. 2025, "Compositional amortized inference for
+large-scale hierarchical Bayesian models").
+
+Modules: :mod:`~sbi_diffusion.hierarchical.trainer` (training),
+:mod:`~sbi_diffusion.hierarchical.posterior` (composed sampling),
+:mod:`~sbi_diffusion.hierarchical.groups` (a group's shape, NaN padding and its
+encoding) and :mod:`~sbi_diffusion.hierarchical.embedding` (set embeddings of
+groups of trials).
+"""
+
+from sbi_diffusion.hierarchical.embedding import (
+    GlobalsAndGroup,
+    MaskedSetEmbedding,
+    Standardize,
+)
+from sbi_diffusion.hierarchical.groups import GroupLayout
+from sbi_diffusion.hierarchical.posterior import HierarchicalPosterior
+from sbi_diffusion.hierarchical.trainer import HierarchicalNPE, check_local_prior
+
+__all__ = [
+    "GlobalsAndGroup",
+    "GroupLayout",
+    "HierarchicalNPE",
+    "HierarchicalPosterior",
+    "MaskedSetEmbedding",
+    "Standardize",
+    "check_local_prior",
+]
