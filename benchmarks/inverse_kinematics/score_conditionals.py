@@ -2,7 +2,8 @@
 
 Each conditional of :mod:`sbi_diffusion.benchmark.inverse_kinematics` is sampled
 from the one trained model (guidance for the elbow-up constraint, NaN for a
-missing coordinate, ``build_conditional`` for the fixed offset, the posterior's
+missing coordinate, or, in the rows ``*_masked``, a conditional with that
+coordinate latent, ``build_conditional`` for the fixed offset, the posterior's
 angle columns for the angle marginal) and compared with its reference samples
 by ``sbibm.metrics.c2st`` (10,000 against 10,000). One JSON row per conditional
 is appended to the output file.
@@ -55,6 +56,11 @@ def sample_conditional(
     if name == "elbow_up":
         guidance = ConstraintGuidance(ik.elbow_up)
         return posterior.sample((num_samples,), x=x_o, guidance=guidance, **options)
+    if name in ("height_only_masked", "reach_only_masked"):
+        observed = torch.tensor([False] * 4 + [name == "height_only_masked"] * 2)
+        observed[5] = name == "reach_only_masked"
+        conditional = inference.build_conditional(observed)
+        return conditional.sample((num_samples,), condition=x_o[observed[4:]])
     if name in ("height_only", "reach_only"):
         x_missing = x_o.clone()
         x_missing[1 if name == "height_only" else 0] = float("nan")
@@ -73,6 +79,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-num-epochs", type=int, default=None)
+    parser.add_argument("--save", help="file to save the trained JointDiffusion in")
     parser.add_argument(
         "--output", default="benchmarks/results/inverse_kinematics.jsonl"
     )
@@ -91,8 +98,12 @@ def main() -> None:
     )
     train_s = time.perf_counter() - start
     print(f"trained in {train_s:.0f} s", flush=True)
-    for name in ik.CONDITIONALS:
-        reference = ik.cached_reference_samples(name)
+    print(inference.resolved_training, flush=True)
+    if args.save:
+        torch.save(inference, args.save)
+    names = [*ik.CONDITIONALS, "height_only_masked", "reach_only_masked"]
+    for name in names:
+        reference = ik.cached_reference_samples(name.removesuffix("_masked"))
         torch.manual_seed(args.seed + 1)
         start = time.perf_counter()
         samples = sample_conditional(inference, name, args.samples)
