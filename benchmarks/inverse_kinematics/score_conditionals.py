@@ -2,8 +2,8 @@
 
 Each conditional of :mod:`sbi_diffusion.benchmark.inverse_kinematics` is sampled
 from the one trained model (guidance for the elbow-up constraint, NaN for a
-missing coordinate, or, in the rows ``*_masked``, a conditional with that
-coordinate latent, ``build_conditional`` for the fixed offset, the posterior's
+missing coordinate, which the posterior samples with the latent block and
+drops, ``build_conditional`` for the fixed offset, the posterior's
 angle columns for the angle marginal) and compared with its reference samples
 by ``sbibm.metrics.c2st`` (10,000 against 10,000). One JSON row per conditional
 is appended to the output file.
@@ -56,11 +56,6 @@ def sample_conditional(
     if name == "elbow_up":
         guidance = ConstraintGuidance(ik.elbow_up)
         return posterior.sample((num_samples,), x=x_o, guidance=guidance, **options)
-    if name in ("height_only_masked", "reach_only_masked"):
-        observed = torch.tensor([False] * 4 + [name == "height_only_masked"] * 2)
-        observed[5] = name == "reach_only_masked"
-        conditional = inference.build_conditional(observed)
-        return conditional.sample((num_samples,), condition=x_o[observed[4:]])
     if name in ("height_only", "reach_only"):
         x_missing = x_o.clone()
         x_missing[1 if name == "height_only" else 0] = float("nan")
@@ -79,6 +74,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-num-epochs", type=int, default=None)
+    parser.add_argument(
+        "--max-num-steps", type=int, default=None, help="default: the trainer's"
+    )
+    parser.add_argument("--width", type=int, default=NET_KWARGS["width"])
+    parser.add_argument("--depth", type=int, default=NET_KWARGS["depth"])
     parser.add_argument("--save", help="file to save the trained JointDiffusion in")
     parser.add_argument(
         "--output", default="benchmarks/results/inverse_kinematics.jsonl"
@@ -89,21 +89,25 @@ def main() -> None:
     task = ik.InverseKinematicsTask()
     theta = task.sample_prior(args.simulations)
     x = task.simulate(theta)
+    net_kwargs = {"width": args.width, "depth": args.depth}
+    train_kwargs = dict(TRAIN_KWARGS)
+    if args.max_num_steps is not None:
+        train_kwargs["max_num_steps"] = args.max_num_steps
     inference = JointDiffusion(
-        task.prior, net_kwargs=NET_KWARGS, show_progress_bars=False
+        task.prior, net_kwargs=net_kwargs, show_progress_bars=False
     )
     start = time.perf_counter()
     inference.append_simulations(theta, x).train(
-        seed=args.seed, max_num_epochs=args.max_num_epochs, **TRAIN_KWARGS
+        seed=args.seed, max_num_epochs=args.max_num_epochs, **train_kwargs
     )
     train_s = time.perf_counter() - start
     print(f"trained in {train_s:.0f} s", flush=True)
     print(inference.resolved_training, flush=True)
     if args.save:
         torch.save(inference, args.save)
-    names = [*ik.CONDITIONALS, "height_only_masked", "reach_only_masked"]
-    for name in names:
-        reference = ik.cached_reference_samples(name.removesuffix("_masked"))
+    resolved = inference.resolved_training
+    for name in ik.CONDITIONALS:
+        reference = ik.cached_reference_samples(name)
         torch.manual_seed(args.seed + 1)
         start = time.perf_counter()
         samples = sample_conditional(inference, name, args.samples)
@@ -113,7 +117,12 @@ def main() -> None:
             "task": ik.NAME,
             "conditional": name,
             "method": "joint",
-            "options": {"net_kwargs": NET_KWARGS, **TRAIN_KWARGS},
+            "options": {"net_kwargs": net_kwargs, **train_kwargs},
+            "resolved_training": resolved,
+            "sampler": {
+                "name": inference.build_posterior().sampler,
+                **inference.build_posterior().sampler_options,
+            },
             "num_simulations": args.simulations,
             "seed": args.seed,
             "c2st": score,
