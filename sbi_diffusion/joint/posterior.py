@@ -20,10 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from sbi.utils.sbiutils import within_support
 from torch import Tensor
 from torch.distributions import Distribution
-
-from sbi.utils.sbiutils import within_support
 
 from sbi_diffusion.guidance import GuidanceContext, ScoreTransform
 from sbi_diffusion.inference.posterior import DiffusionPosterior
