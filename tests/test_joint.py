@@ -180,6 +180,31 @@ def test_missing_observation_is_marginalised(exact_model, linear_gaussian):
     assert torch.isnan(posterior.default_x).any()
 
 
+def test_missing_observation_is_sampled_not_given_as_noise_token(
+    exact_model, linear_gaussian, monkeypatch
+):
+    """Sampling with a missing entry samples it with the latent block (the
+    network never sees a noise token), and rejects on the theta columns only."""
+    calls = []
+    original = exact_model.denoise_masked
+
+    def spy(z, t, condition_mask, missing=None):
+        calls.append(missing is not None and bool(missing.any()))
+        return original(z, t, condition_mask, missing)
+
+    monkeypatch.setattr(exact_model, "denoise_masked", spy)
+    box = torch.distributions.Independent(
+        torch.distributions.Uniform(torch.full((2,), -0.5), torch.full((2,), 0.5)), 1
+    )
+    posterior = JointPosterior(exact_model, box, sampler_options={"steps": 10})
+    samples = posterior.sample(
+        (500,), x=torch.tensor([0.3, float("nan")]), show_progress_bars=False
+    )
+    assert samples.shape == (500, 2)
+    assert calls and not any(calls)
+    assert bool(((samples > -0.5) & (samples < 0.5)).all())
+
+
 def test_joint_and_prior(exact_model, linear_gaussian):
     """All latent: the joint; all of x missing: the prior."""
     torch.manual_seed(4)

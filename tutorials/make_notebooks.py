@@ -1348,7 +1348,345 @@ DESIGN_CHOICES = [
 ]
 
 
+INVERSE_KINEMATICS = [
+    _md(
+        r"""
+        # A robot arm's inverse kinematics: every conditional from one model
+
+        The opening example of diffusion models for simulation-based inference:
+        a planar robot arm (Kruse et al. 2021, "Benchmarking invertible
+        architectures on inverse problems") slides along a vertical rail and
+        bends at three joints. Where can it be so that its hand is at a given
+        point? The answer is not one configuration but a curved, multi-modal
+        ridge of them: a posterior. One `JointDiffusion` model (Simformer-style,
+        Gloeckler et al. 2024) trained once on simulations answers every question
+        asked of it here:
+
+        * the posterior $p(\theta \mid x_o)$;
+        * the posterior with the elbow constrained up, by guidance, without
+          retraining;
+        * the posterior when only the hand's height or only its reach was
+          measured (the other coordinate missing, NaN);
+        * the posterior with the rail offset known, $p(a_1, a_2, a_3 \mid
+          \text{offset} = 0, x_o)$;
+        * the posterior's marginal over the angles, $p(a_1, a_2, a_3 \mid x_o)$.
+
+        The full posterior is also solved with `DiffusionNPE`,
+        `FlowMatchingNPE`, `ConsistencyNPE` and sbi's `NPE`. Every panel is
+        compared with reference samples by C2ST (0.5: indistinguishable), and
+        the cells assert what they show.
+        """,
+        budget_note=True,
+    ),
+    _setup_code(
+        r"""
+        import os
+        import time
+
+        import matplotlib.pyplot as plt
+        import torch
+        from sbi.inference import NPE
+        from sbi.utils.metrics import c2st
+
+        from sbi_diffusion import (
+            ConsistencyNPE,
+            ConstraintGuidance,
+            DiffusionNPE,
+            FlowMatchingNPE,
+            JointDiffusion,
+        )
+        from sbi_diffusion.benchmark import inverse_kinematics as ik
+        """,
+        "10_000",
+        None,
+        "",
+    ),
+    _md(
+        r"""
+        ## The arm
+
+        Parameters $\theta = (\text{offset}, a_1, a_2, a_3)$ with prior
+        $\mathcal N(0, \operatorname{diag}(0.25^2, 0.5^2, 0.5^2, 0.5^2))$;
+        segments of lengths $l = (0.5, 0.5, 1.0)$. The arm is mounted on the
+        rail at $(0, \text{offset})$ in the plane (horizontal, vertical); the
+        angles are measured from the horizontal and accumulate along the arm,
+        $\phi_k = a_1 + \dots + a_k$, so the joints are
+        $p_k = p_{k-1} + l_k(\cos\phi_k, \sin\phi_k)$ and the hand is $p_3$.
+        As in Kruse et al., the data list the hand's height first and its reach
+        second, with a little Gaussian noise that makes the likelihood proper:
+
+        $$x = \Big(\text{offset} + \sum_k l_k \sin\phi_k,\;
+        \sum_k l_k \cos\phi_k\Big) + \mathcal N(0, 0.01^2 I).$$
+
+        The observation is $x_o = (0, 1.5)$: the hand level with the rail's
+        origin, 1.5 away from it (the straight arm reaches 2.0).
+
+        **Reference samples** (`ik.reference_samples`): importance sampling
+        with $10^7$ proposals that solve the tight constraints instead of
+        hitting them by chance: a noisy reach is drawn from the likelihood and
+        the last angle solved for it (the weight is the prior over the Jacobian
+        of that change of variables), the offset, which enters the height
+        linearly, is integrated out exactly, and 10,000 samples are resampled.
+        Asserted: an effective sample size of at least $10^4$ for every
+        conditional, and the reference hands at $x_o$ within the noise.
+        """
+    ),
+    _code(
+        r"""
+        x_o = torch.tensor(ik.OBSERVATION)
+        start = time.time()
+        references = {
+            name: ik.cached_reference_samples(name) for name in ik.CONDITIONALS
+        }
+        print(f"reference samples in {time.time() - start:.0f} s")
+        for name, reference in references.items():
+            ess = reference.effective_sample_size
+            print(f"{name:13s} effective sample size {ess:11,.0f} of "
+                  f"{reference.num_proposals:,} proposals")
+            assert ess >= 10_000, (name, ess)
+        hands = ik.forward_kinematics(references["posterior"].samples)
+        print("reference hands: mean", hands.mean(0), "sd", hands.std(0))
+        assert (hands.mean(0) - x_o).abs().max() < 0.005
+        assert (hands.std(0) < 0.015).all()
+        """
+    ),
+    _code(
+        r"""
+        def draw_arms(ax, theta, title, target=ik.OBSERVATION, color="C0"):
+            # the arms of up to 300 parameter rows, the rail and the target; rows
+            # of three angles are drawn with the offset 0
+            if theta.shape[1] == 3:
+                theta = torch.cat([torch.zeros(len(theta), 1), theta], dim=1)
+            points = ik.joint_positions(theta[:300]).numpy()
+            ax.axvline(0, color="0.8", lw=4, zorder=0)
+            ax.plot(points[..., 0].T, points[..., 1].T, color=color, alpha=0.06)
+            height, reach = target
+            if height is not None and reach is not None:
+                ax.plot(reach, height, "x", color="red", ms=10, mew=2.5)
+            elif reach is not None:
+                ax.axvline(reach, color="red", ls="--", lw=1.5)
+            else:
+                ax.axhline(height, color="red", ls="--", lw=1.5)
+            ax.set(xlim=(-0.3, 2.2), ylim=(-1.5, 1.5), aspect="equal")
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+
+
+        fig, axes = plt.subplots(1, 2, figsize=(7, 3.5))
+        draw_arms(axes[0], ik.prior().sample((300,)), "prior", color="0.4")
+        draw_arms(axes[1], references["posterior"].samples, "reference posterior",
+                  color="C1")
+        plt.show()
+        """
+    ),
+    _md(
+        r"""
+        ## One joint model
+
+        `JointDiffusion` learns $p(\theta, x)$ over the six variables with a
+        transformer (its default size, `width=64, depth=4`), drawing a random
+        condition mask for every example, so that any subset can be observed at
+        sampling time.
+        """
+    ),
+    _code(
+        r"""
+        theta = ik.prior().sample((num_simulations,))
+        x = ik.simulator(theta)
+        joint = JointDiffusion(
+            ik.prior(), net_kwargs={"width": 64, "depth": 4}, show_progress_bars=False
+        )
+        start = time.time()
+        joint.append_simulations(theta, x).train(seed=0)
+        print(f"{num_simulations} simulations, trained in {time.time() - start:.0f} s")
+        """
+    ),
+    _md(
+        r"""
+        ## Every conditional from the one model
+
+        * **posterior**: `joint.build_posterior().sample(x=x_o)`;
+        * **elbow up**: the same with `guidance=ConstraintGuidance(c)` for
+          $c(\theta) = -\sin a_2 \le 0$ (`ik.elbow_up`); the reference is the
+          posterior restricted to $\sin a_2 \ge 0$;
+        * **height only / reach only**: the other coordinate of $x_o$ is NaN,
+          which the joint model marginalises out;
+        * **offset fixed**: `joint.build_conditional(mask)` with the offset and
+          $x$ observed, conditioned on $(0, 0, 1.5)$;
+        * **angles**: the posterior samples without their offset column.
+
+        Asserted for every panel: C2ST against the reference below a bound
+        measured for the budget, with a margin. The issue's goal, at most 0.6
+        for every panel at $10^4$ simulations, is *not* met: a run of
+        `benchmarks/inverse_kinematics/score_conditionals.py` at $10^4$ gave
+        0.67 (posterior), 0.80 (elbow up), 0.88 (height only), 0.995 (reach
+        only), 0.79 (offset fixed) and 0.65 (angles). Also asserted: at least
+        99% of the guided samples with the elbow up, and the offset-fixed
+        samples' mean hand within 0.1 of $x_o$.
+        """
+    ),
+    _code(
+        r"""
+        posterior = joint.build_posterior()
+        x_height_only = torch.tensor([ik.OBSERVATION[0], float("nan")])
+        x_reach_only = torch.tensor([float("nan"), ik.OBSERVATION[1]])
+        offset_and_x = torch.tensor([True, False, False, False, True, True])
+        offset_conditional = joint.build_conditional(offset_and_x)
+        options = {"show_progress_bars": False}
+
+        start = time.time()
+        full = posterior.sample((num_samples,), x=x_o, **options)
+        samples = {
+            "posterior": full,
+            "elbow_up": posterior.sample(
+                (num_samples,), x=x_o, guidance=ConstraintGuidance(ik.elbow_up),
+                **options,
+            ),
+            "height_only": posterior.sample((num_samples,), x=x_height_only, **options),
+            "reach_only": posterior.sample((num_samples,), x=x_reach_only, **options),
+            "offset_fixed": offset_conditional.sample(
+                (num_samples,), condition=torch.tensor([0.0, *ik.OBSERVATION])
+            ),
+            "angles": full[:, 1:],
+        }
+        print(f"sampled every conditional in {time.time() - start:.0f} s")
+
+        # measured + a margin (benchmarks/inverse_kinematics/README.md); the goal
+        # of 0.6 at 10^4 simulations is not met, and the reach-only panel is
+        # distinguishable from its reference at 10^4 (0.995), so its bound is
+        # vacuous there
+        bounds = {
+            "posterior": (0.75, 0.75),
+            "elbow_up": (0.80, 0.87),
+            "height_only": (0.90, 0.95),
+            "reach_only": (0.95, 1.0),
+            "offset_fixed": (0.94, 0.87),
+            "angles": (0.72, 0.73),
+        }
+        joint_scores = {}
+        for name, drawn in samples.items():
+            reference = references[name].samples[:num_samples]
+            joint_scores[name] = float(c2st(drawn, reference))
+            print(f"{name:13s} C2ST {joint_scores[name]:.3f}")
+            assert joint_scores[name] <= bounds[name][not small], (name, joint_scores)
+
+        elbow_up = (ik.elbow_up(samples["elbow_up"]) <= 0).float().mean()
+        print(f"elbow up in {elbow_up:.1%} of the guided samples, "
+              f"{(ik.elbow_up(full) <= 0).float().mean():.1%} without guidance")
+        assert elbow_up >= 0.99, elbow_up
+        with_offset = torch.cat(
+            [torch.zeros(num_samples, 1), samples["offset_fixed"]], dim=1
+        )
+        hand_error = (ik.forward_kinematics(with_offset).mean(0) - x_o).abs().max()
+        print(f"offset fixed: mean hand {hand_error:.3f} from x_o")
+        assert hand_error < 0.1, hand_error
+        """
+    ),
+    _md(
+        r"""
+        ## The posterior by the other estimators
+
+        `DiffusionNPE`, `FlowMatchingNPE`, a `ConsistencyNPE` distilled from the
+        `DiffusionNPE` (2 steps) and sbi's `NPE` (a masked autoregressive flow),
+        on the same simulations, scored on the full posterior. Asserted: C2ST
+        below the budget's bound for each.
+        """
+    ),
+    _code(
+        r"""
+        prior = ik.prior()
+        estimators = {
+            "DiffusionNPE": DiffusionNPE(prior, show_progress_bars=False),
+            "FlowMatchingNPE": FlowMatchingNPE(prior, show_progress_bars=False),
+            "ConsistencyNPE": ConsistencyNPE(prior, show_progress_bars=False),
+            "sbi NPE": NPE(prior, show_progress_bars=False),
+        }
+        method_samples, method_scores = {}, {}
+        for name, estimator in estimators.items():
+            start = time.time()
+            if name == "ConsistencyNPE":
+                estimator.distill(estimators["DiffusionNPE"], max_num_epochs=100)
+            else:
+                estimator.append_simulations(theta, x).train()
+            trained = time.time() - start
+            drawn = estimator.build_posterior().sample(
+                (num_samples,), x=x_o, show_progress_bars=False
+            )
+            method_samples[name] = drawn
+            reference = references["posterior"].samples[:num_samples]
+            method_scores[name] = float(c2st(drawn, reference))
+            print(f"{name:16s} trained in {trained:4.0f} s, "
+                  f"C2ST {method_scores[name]:.3f}")
+        # measured at 10^4 + a margin; at the test budget only "not a total
+        # failure"; sbi's NPE fails on this posterior (C2ST .986 at 10^4 in the
+        # runner), so its bound is vacuous
+        bounds = {"DiffusionNPE": 0.72, "FlowMatchingNPE": 0.74,
+                  "ConsistencyNPE": 0.82, "sbi NPE": 1.0}
+        for name, accuracy in method_scores.items():
+            bound = max(bounds[name], 0.99) if small else bounds[name]
+            assert accuracy <= bound, (name, accuracy)
+        """
+    ),
+    _md(
+        r"""
+        ## Sampled arms
+
+        300 draws of each conditional, semi-transparent, with the target (a
+        cross, or a dashed line where only one coordinate is observed) and the
+        C2ST against the reference in the title. The offset-fixed and angle
+        panels draw the arms with the offset 0.
+        """
+    ),
+    _code(
+        r"""
+        titles = {
+            "posterior": "posterior",
+            "elbow_up": "elbow up (guidance)",
+            "height_only": "height only (reach NaN)",
+            "reach_only": "reach only (height NaN)",
+            "offset_fixed": "offset = 0 (conditional)",
+            "angles": "angle marginal",
+        }
+        targets = {
+            "height_only": (ik.OBSERVATION[0], None),
+            "reach_only": (None, ik.OBSERVATION[1]),
+        }
+        fig, axes = plt.subplots(2, 6, figsize=(15, 5.6))
+        for ax, (name, drawn) in zip(axes[0], samples.items()):
+            title = f"Joint: {titles[name]}\nC2ST {joint_scores[name]:.2f}"
+            draw_arms(ax, drawn, title, targets.get(name, ik.OBSERVATION))
+        for ax, (name, drawn) in zip(axes[1], method_samples.items()):
+            title = f"{name}: posterior\nC2ST {method_scores[name]:.2f}"
+            draw_arms(ax, drawn, title, color="C2")
+        draw_arms(axes[1, 4], references["posterior"].samples, "reference posterior",
+                  color="C1")
+        draw_arms(axes[1, 5], references["elbow_up"].samples, "reference: elbow up",
+                  color="C1")
+        plt.tight_layout()
+        plt.show()
+        """
+    ),
+    _md(
+        r"""
+        ## Summary
+
+        * One `JointDiffusion` training answers the posterior, a constrained
+          posterior (guidance), posteriors with a missing measurement (NaN), a
+          conditional with a known parameter (`build_conditional`) and a
+          marginal, each checked against importance-sampling references.
+        * The posterior-only estimators need one training per question; on the
+          full posterior they are compared in the second row.
+        * `sbi-diffusion-bench run --tasks inverse_kinematics --observations 1`
+          scores any runner method on this posterior;
+          `benchmarks/inverse_kinematics/README.md` has the results.
+        """
+    ),
+]
+
+
 NOTEBOOKS = [
+    ("00_inverse_kinematics.ipynb", INVERSE_KINEMATICS),
     ("01_quickstart.ipynb", QUICKSTART),
     ("02_iid_trials_and_guidance.ipynb", IID_AND_GUIDANCE),
     ("03_joint_model.ipynb", JOINT_MODEL),
@@ -1357,19 +1695,28 @@ NOTEBOOKS = [
 """Each notebook's file name and cells."""
 
 
-FULL_RUNS: dict[str, tuple[int, float]] = {
+FULL_RUNS: dict[str, tuple[int, float | None]] = {
+    "00_inverse_kinematics.ipynb": (10_000, None),
     "01_quickstart.ipynb": (10_000, 1.4),
     "02_iid_trials_and_guidance.ipynb": (5_000, 1.2),
     "03_joint_model.ipynb": (5_000, 3.9),
     "04_design_choices.ipynb": (10_000, 7.3),
 }
 """Each notebook's default budget and the minutes a run at it took on two idle
-CPU cores (``python make_notebooks.py --execute``, which prints them)."""
+CPU cores (``python make_notebooks.py --execute``, which prints them); None
+where no full run is stored yet."""
 
 
 def run_time_note(name: str) -> str:
     """The sentence at the top of notebook ``name`` on how long a full run takes."""
     simulations, minutes = FULL_RUNS[name]
+    if minutes is None:
+        return (
+            f"\n\n*Run time:* a full run ({simulations:,} simulations) has not been "
+            "stored yet; the stored notebook has no outputs. Its parts, measured "
+            "separately on two CPU cores: about 13 minutes to train the "
+            "`JointDiffusion`, 1-3 minutes for each other estimator."
+        )
     return (
         f"\n\n*Run time:* a full run ({simulations:,} simulations) took about "
         f"{minutes:.1f} minutes on two idle CPU cores; the stored outputs are "

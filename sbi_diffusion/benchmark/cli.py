@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from sbi_diffusion.benchmark.executors import EXECUTORS, SlurmOptions
 from sbi_diffusion.benchmark.methods import METHODS
-from sbi_diffusion.benchmark.tasks import TASKS
+from sbi_diffusion.benchmark.tasks import EXTRA_TASKS, TASKS
 
 PRESETS: dict[str, dict[str, object]] = {
     "quick": {
@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run or resume a benchmark (the default)")
     run.add_argument("--preset", choices=sorted(PRESETS), help="named settings")
     run.add_argument(
-        "--tasks", nargs="+", metavar="TASK", help=f"sbibm tasks: {', '.join(TASKS)}"
+        "--tasks",
+        nargs="+",
+        metavar="TASK",
+        help=f"tasks: {', '.join(TASKS + EXTRA_TASKS)}",
     )
     run.add_argument(
         "--budgets",

@@ -22,7 +22,12 @@ from sbi_diffusion.benchmark.results import (
     row_key,
 )
 from sbi_diffusion.benchmark.runner import PROTOCOL_NUM_SAMPLES, Job, protocol_for
-from sbi_diffusion.benchmark.tasks import NUM_OBSERVATIONS, check_task_name, load_task
+from sbi_diffusion.benchmark.tasks import (
+    NUM_OBSERVATIONS,
+    check_observation,
+    check_task_name,
+    load_task,
+)
 
 __all__ = ["Plan", "plan"]
 
@@ -104,12 +109,9 @@ def plan(
         num_simulations, "Budget", "pass simulation budgets such as 1000 10000."
     )
     obs = _positive_ints(observations, "Observation", "pass numbers from 1 to 10.")
-    for number in obs:
-        if number > NUM_OBSERVATIONS:
-            raise ValueError(
-                f"Observation {number} does not exist; sbibm tasks have observations "
-                f"1 to {NUM_OBSERVATIONS}."
-            )
+    for task_name in tasks:
+        for number in obs:
+            check_observation(task_name, number)
     seed_list = [int(s) for s in seeds]
     if not seed_list or any(s < 0 for s in seed_list):
         raise ValueError(f"Seeds {list(seeds)} must be non-negative integers.")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sbi_diffusion.benchmark import inverse_kinematics
 from sbi_diffusion.benchmark.simulators import (
     lotka_volterra_simulator,
     sir_simulator,
@@ -45,7 +46,12 @@ TASKS: tuple[str, ...] = (
 )
 """The ten sbibm benchmark tasks, in the order of the sbibm paper."""
 
+EXTRA_TASKS: tuple[str, ...] = ("inverse_kinematics",)
+"""Tasks of this package scored like the sbibm ones: the robot arm of
+:mod:`sbi_diffusion.benchmark.inverse_kinematics` (one observation)."""
+
 NUM_OBSERVATIONS = 10
+"""Observations of every sbibm task."""
 
 _TORCH_SIMULATORS: dict[str, Callable[[Tensor], Tensor]] = {
     "sir": sir_simulator,
@@ -135,13 +141,24 @@ def check_task_name(name: str) -> str:
         The name, unchanged.
 
     Raises:
-        ValueError: If the task is not one of the ten sbibm tasks.
+        ValueError: If the task is not one of the ten sbibm tasks or
+            :data:`EXTRA_TASKS`.
     """
-    if name not in TASKS:
+    if name not in TASKS + EXTRA_TASKS:
         raise ValueError(
-            f"Unknown task {name!r}; pass one of the sbibm tasks: {', '.join(TASKS)}."
+            f"Unknown task {name!r}; pass one of the sbibm tasks: {', '.join(TASKS)}, "
+            f"or {', '.join(EXTRA_TASKS)}."
         )
     return name
+
+
+def check_observation(name: str, num_observation: int) -> None:
+    """Raise a ValueError unless task ``name`` has observation ``num_observation``
+    (1-10 for the sbibm tasks, only 1 for ``inverse_kinematics``)."""
+    if name in EXTRA_TASKS:
+        inverse_kinematics.check_observation(num_observation)
+    else:
+        _check_observation(num_observation)
 
 
 def _check_observation(num_observation: int) -> None:
@@ -241,11 +258,12 @@ def _sbibm_simulator(task: Any) -> Callable[[Tensor], Tensor]:
 
 
 @functools.cache
-def load_task(name: str) -> BenchmarkTask:
-    """Load an sbibm task with a simulator that works without Julia.
+def load_task(name: str) -> BenchmarkTask | inverse_kinematics.InverseKinematicsTask:
+    """Load an sbibm task with a simulator that works without Julia, or one of
+    :data:`EXTRA_TASKS` (which need no sbibm).
 
     Args:
-        name: One of :data:`TASKS`.
+        name: One of :data:`TASKS` or :data:`EXTRA_TASKS`.
 
     Returns:
         The task with its prior and simulator.
@@ -255,6 +273,8 @@ def load_task(name: str) -> BenchmarkTask:
         ImportError: If sbibm is not installed.
     """
     check_task_name(name)
+    if name == inverse_kinematics.NAME:
+        return inverse_kinematics.InverseKinematicsTask()
     try:
         import sbibm
     except ImportError as err:  # pragma: no cover - depends on the environment

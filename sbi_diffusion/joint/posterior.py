@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from sbi.utils.sbiutils import within_support
 from torch import Tensor
 from torch.distributions import Distribution
 
@@ -63,6 +64,74 @@ class ConditionalPosterior(DiffusionPosterior):
         self._x = self._check_x(x, allow_batch=True)
         self._map = None
         return self
+
+    def sample(
+        self, sample_shape: torch.Size | tuple = (), x: Tensor | None = None, **kwargs
+    ) -> Tensor:
+        r"""Draw samples of the latent block given ``x``, as
+        :meth:`DiffusionPosterior.sample`.
+
+        A missing (NaN) entry of one observation ``x`` is marginalised by
+        sampling it: the missing entries join the latent block, the conditional
+        ``p(v_L, v_M | v_{O \setminus M})`` of the same joint model is sampled,
+        and the draws of ``v_M`` are dropped, which leaves samples of
+        ``p(v_L | v_{O \setminus M})``. This is exact for an exact joint model,
+        whatever data it was trained on; the network's noise-token input for
+        missing values (:meth:`MaskedJointModel.denoise_masked`), which
+        :meth:`log_prob` uses, is reliable only for a model trained with
+        missing values. Score transforms (``guidance``) then see the widened
+        latent block in the order of the joint vector.
+        """
+        x = self._check_x(self._resolve_x(x), allow_batch=True)
+        missing = torch.isnan(x)
+        if x.shape[0] > 1 or not bool(missing.any()):
+            return super().sample(sample_shape, x=x, **kwargs)
+        missing = missing[0].reshape(-1)
+        view = self.estimator
+        observed_index = view.observed_index.to(missing.device)
+        widened_mask = view.condition_mask.clone()
+        widened_mask[observed_index[missing]] = False
+        widened_view = ConditionalView(view.model, widened_mask.cpu())
+        kept = torch.isin(widened_view.latent_index, view.latent_index)
+        prior = (
+            None if self.prior is None else _SupportOfColumns(self.prior, kept, self)
+        )
+        widened = ConditionalPosterior(
+            widened_view,
+            prior,
+            sampler=self.sampler,
+            sampler_options=self.sampler_options,
+            max_sampling_batch_size=self.max_sampling_batch_size,
+            device=self._device,
+        )
+        widened.guidance = list(self.guidance)
+        draws = widened.sample(
+            sample_shape, x=x[0].reshape(-1)[~missing.to(x.device)], **kwargs
+        )
+        self.last_nfe = widened.last_nfe
+        samples = draws.reshape(-1, widened_view.theta_dim)[:, kept.to(draws.device)]
+        return samples.reshape(*torch.Size(sample_shape), *self.theta_shape)
+
+
+class _SupportOfColumns:
+    """The support of ``prior`` on some columns of a widened latent block, for
+    the rejection of :meth:`ConditionalPosterior.sample` (the other columns,
+    marginalised data, are unbounded)."""
+
+    def __init__(
+        self, prior: Distribution, columns: Tensor, posterior: DiffusionPosterior
+    ):
+        self.prior, self.columns = prior, columns
+        self.theta_shape = posterior.theta_shape
+
+    @property
+    def support(self) -> _SupportOfColumns:
+        return self
+
+    def check(self, samples: Tensor) -> Tensor:
+        """Whether each row's kept columns lie in the prior's support."""
+        rows = samples.reshape(-1, self.columns.numel())[:, self.columns]
+        return within_support(self.prior, rows.reshape(-1, *self.theta_shape))
 
 
 class JointPosterior(ConditionalPosterior):
