@@ -68,8 +68,10 @@ def build_net(
 
 def check_net_options(net: str | nn.Module, net_kwargs: dict) -> None:
     """Check a network name and its options before the data are known, by
-    building it unconditional for parameters of the size its options describe
-    (``input_dim_of(options)`` of the class, else 1).
+    building it with one condition input for parameters of the size its options
+    describe (``input_dim_of(options)`` of the class, else 1). The check draws
+    the same random numbers as the trainers always have, so seeded trainings
+    are unchanged by it.
 
     Raises:
         ValueError: for an unknown name or invalid options.
@@ -79,4 +81,4 @@ def check_net_options(net: str | nn.Module, net_kwargs: dict) -> None:
     cls = _net_class(net)
     input_dim_of = getattr(cls, "input_dim_of", None)
     input_dim = 1 if input_dim_of is None else input_dim_of(net_kwargs)
-    cls(input_dim, 0, **net_kwargs)
+    cls(input_dim, 1, **net_kwargs)
