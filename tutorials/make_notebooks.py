@@ -1518,10 +1518,12 @@ INVERSE_KINEMATICS = [
 
         Asserted for every panel: C2ST against the reference below a bound
         measured for the budget, with a margin. The issue's goal, at most 0.6
-        for every panel at $10^4$ simulations, is *not* met: a run of
-        `benchmarks/inverse_kinematics/score_conditionals.py` at $10^4$ gave
-        0.67 (posterior), 0.80 (elbow up), 0.88 (height only), 0.995 (reach
-        only), 0.79 (offset fixed) and 0.65 (angles). Also asserted: at least
+        for every panel at $10^4$ simulations, is met for four of six panels
+        by a wider transformer trained longer (width 128, 36,000 steps, about
+        two hours on two CPU cores): 0.59 (posterior), 0.76 (elbow up), 0.50
+        (height only), 0.51 (reach only), 0.65 (offset fixed) and 0.55
+        (angles), in `benchmarks/inverse_kinematics/README.md`. The size used
+        here trains in minutes and scores lower. Also asserted: at least
         99% of the guided samples with the elbow up, and the offset-fixed
         samples' mean hand within 0.1 of $x_o$.
         """
@@ -1553,9 +1555,8 @@ INVERSE_KINEMATICS = [
         print(f"sampled every conditional in {time.time() - start:.0f} s")
 
         # measured + a margin (benchmarks/inverse_kinematics/README.md); the goal
-        # of 0.6 at 10^4 simulations is not met, and the reach-only panel is
-        # distinguishable from its reference at 10^4 (0.995), so its bound is
-        # vacuous there
+        # of 0.6 at 10^4 simulations is not met by this model size; the bounds
+        # were measured before missing data were sampled (now far better)
         bounds = {
             "posterior": (0.75, 0.75),
             "elbow_up": (0.80, 0.87),
@@ -1685,12 +1686,214 @@ INVERSE_KINEMATICS = [
 ]
 
 
+FIELDS = [
+    _md(
+        r"""
+        # A posterior over a field: the U-Net denoiser
+
+        Diffusion models earn their place when the parameters are many and
+        structured: an image, a spatial field, a time series. Here $\theta$ is
+        an $N \times N$ Gaussian random field and $x$ a blurred, noisy image of
+        it. `DiffusionNPE(prior, net="unet", net_kwargs={"shape": (1, N, N)})`
+        learns the posterior with a U-Net; $\theta$ stays a flat vector to sbi,
+        so priors, `pairplot`, SBC and save/load work unchanged, and the image
+        $x$ enters the U-Net as an extra input channel on the parameter grid.
+
+        The exact posterior is Gaussian and diagonal in Fourier space
+        (`sbi_diffusion.benchmark.fields`), so every sample is scored against
+        it: the error of the posterior mean in units of the exact posterior
+        standard deviation, the ratio of the per-pixel standard deviations, the
+        power spectrum of the samples, and per-pixel coverage. sbi's `NPE`
+        (a masked autoregressive flow on the flattened image) is trained on the
+        same simulations beside it. The cells assert what they show.
+        """,
+        budget_note=True,
+    ),
+    _setup_code(
+        r"""
+        import os
+        import time
+
+        import matplotlib.pyplot as plt
+        import torch
+        from sbi.inference import NPE
+
+        from sbi_diffusion import DiffusionNPE
+        from sbi_diffusion.benchmark.fields import (
+            GaussianRandomFieldProblem,
+            field_posterior_metrics,
+        )
+        """,
+        "5_000",
+        None,
+        r"""
+        size = 8 if small else 16  # the field is size x size
+        max_num_steps = 400 if small else 3000
+        """,
+    ),
+    _md(
+        r"""
+        ## The problem
+
+        The prior has the power spectrum $P(k) \propto (k^2 + k_0^2)^{-3/2}$
+        (a smooth field, pixel variance 1); the observation blurs the field
+        with a Gaussian of 1.5 pixels and adds white noise of sd 0.2. Fields
+        are flat vectors of $N^2$ pixels; observations are images
+        $(1, N, N)$.
+        """
+    ),
+    _code(
+        r"""
+        problem = GaussianRandomFieldProblem(size)
+        prior = problem.prior
+        theta = problem.sample_prior(num_simulations)
+        x = problem.simulate(theta)
+        theta_o, x_o = problem.observation(seed=1)
+        exact = problem.exact_posterior(x_o)
+        print(f"theta {tuple(theta.shape)}, x {tuple(x.shape)}")
+        print(f"pixel sd: prior 1.00, exact posterior {exact.pixel_sd:.3f}")
+        assert exact.pixel_sd < 0.7  # the data inform the field
+        """
+    ),
+    _md(
+        r"""
+        ## Train the U-Net
+
+        Two levels of 16 and 32 channels and no attention keep a CPU run
+        short; the package's default U-Net (32 and 64 channels, attention at
+        the lowest resolution) costs several times more per step.
+        """
+    ),
+    _code(
+        r"""
+        net_kwargs = {"shape": (1, size, size), "channels": (16, 32), "attention": False}
+        inference = DiffusionNPE(
+            prior, net="unet", net_kwargs=net_kwargs, show_progress_bars=False
+        )
+        start = time.time()
+        inference.append_simulations(theta, x).train(
+            seed=0, training_batch_size=128, max_num_steps=max_num_steps
+        )
+        print(f"trained in {time.time() - start:.0f} s:", inference.resolved_training)
+        posterior = inference.build_posterior()
+
+        start = time.time()
+        samples = posterior.sample((1000,), x=x_o[0], show_progress_bars=False)
+        print(f"1,000 posterior fields in {time.time() - start:.1f} s")
+        ours = field_posterior_metrics(samples, problem, x_o)
+        """
+    ),
+    _md(
+        r"""
+        ## sbi's NPE on the same simulations
+
+        A masked autoregressive flow over the $N^2$ pixels, conditioned on the
+        flattened image.
+        """
+    ),
+    _code(
+        r"""
+        npe = NPE(prior, show_progress_bars=False)
+        start = time.time()
+        npe.append_simulations(theta, x.reshape(num_simulations, -1)).train()
+        print(f"NPE trained in {time.time() - start:.0f} s")
+        npe_samples = npe.build_posterior().sample(
+            (1000,), x=x_o.reshape(1, -1), show_progress_bars=False
+        )
+        theirs = field_posterior_metrics(npe_samples, problem, x_o)
+        """
+    ),
+    _md(
+        r"""
+        ## Scores against the exact posterior
+
+        With 1,000 exact samples the mean error would be about 0.03 (in
+        posterior sd), the sd ratio $1 \pm 0.02$, and the coverage nominal.
+        Asserted: the U-Net's posterior mean within a bound of the exact one
+        (measured at this budget, with a margin), its standard deviations
+        within a factor, and 90% intervals that cover at least 75%.
+        """
+    ),
+    _code(
+        r"""
+        keys = ["mean_error_rms", "sd_ratio_mean", "sd_ratio_min", "sd_ratio_max",
+                "trailing_variance_ratio", "coverage_50", "coverage_90"]
+        print(f"{'score':24s} {'U-Net':>8s} {'sbi NPE':>8s}")
+        for key in keys:
+            print(f"{key:24s} {float(ours[key]):8.3f} {float(theirs[key]):8.3f}")
+        assert ours["mean_error_rms"] < (0.6 if small else 0.4), ours["mean_error_rms"]
+        assert 0.6 < ours["sd_ratio_mean"] < 1.5, ours["sd_ratio_mean"]
+        assert ours["coverage_90"] > 0.75, ours["coverage_90"]
+        """
+    ),
+    _md(
+        r"""
+        ## The fields
+
+        The true field, its observation, the exact posterior mean and the two
+        estimators' posterior means, then one posterior draw of each. Below,
+        the radially averaged power spectrum of the draws against the exact one:
+        too little power at high wavenumbers means over-smoothed draws.
+        """
+    ),
+    _code(
+        r"""
+        def image(v):
+            return v.reshape(size, size).numpy()
+
+
+        panels = {
+            "true field": theta_o[0],
+            "observation": x_o[0, 0],
+            "exact mean": exact.mean,
+            "U-Net mean": samples.mean(0),
+            "NPE mean": npe_samples.mean(0),
+            "exact draw": exact.sample(1)[0],
+            "U-Net draw": samples[0],
+            "NPE draw": npe_samples[0],
+        }
+        fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.4))
+        for ax, (title, field) in zip(axes, panels.items()):
+            ax.imshow(image(field.float()), cmap="RdBu_r", vmin=-2.5, vmax=2.5)
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        plt.show()
+
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        k = ours["spectrum_wavenumbers"]
+        ax.loglog(k[1:], ours["spectrum_exact"][1:], "k-", label="exact")
+        ax.loglog(k[1:], ours["spectrum_samples"][1:], "C0o-", label="U-Net")
+        ax.loglog(k[1:], theirs["spectrum_samples"][1:], "C2s--", label="sbi NPE")
+        ax.set(xlabel="wavenumber (cycles per box)", ylabel="power")
+        ax.legend()
+        plt.show()
+        """
+    ),
+    _md(
+        r"""
+        ## Summary
+
+        * `net="unet"` with `net_kwargs={"shape": (C, H, W)}` gives
+          `DiffusionNPE`, `FlowMatchingNPE` and `ConsistencyNPE` a U-Net; an
+          image `x` on the parameter grid enters as channels.
+        * In more than 32 dimensions `log_prob` estimates the divergence with
+          Hutchinson's estimator by default; sampling runs in memory-bounded
+          batches.
+        * `benchmarks/fields/` has the benchmark at larger grids, with sbi's
+          NPE (MAF, NSF), NPSE and FMPE, training and sampling times.
+        """
+    ),
+]
+
+
 NOTEBOOKS = [
     ("00_inverse_kinematics.ipynb", INVERSE_KINEMATICS),
     ("01_quickstart.ipynb", QUICKSTART),
     ("02_iid_trials_and_guidance.ipynb", IID_AND_GUIDANCE),
     ("03_joint_model.ipynb", JOINT_MODEL),
     ("04_design_choices.ipynb", DESIGN_CHOICES),
+    ("05_fields.ipynb", FIELDS),
 ]
 """Each notebook's file name and cells."""
 
@@ -1701,10 +1904,23 @@ FULL_RUNS: dict[str, tuple[int, float | None]] = {
     "02_iid_trials_and_guidance.ipynb": (5_000, 1.2),
     "03_joint_model.ipynb": (5_000, 3.9),
     "04_design_choices.ipynb": (10_000, 7.3),
+    "05_fields.ipynb": (5_000, None),
 }
 """Each notebook's default budget and the minutes a run at it took on two idle
 CPU cores (``python make_notebooks.py --execute``, which prints them); None
 where no full run is stored yet."""
+
+UNSTORED_RUN_PARTS: dict[str, str] = {
+    "00_inverse_kinematics.ipynb": (
+        "about 13 minutes to train the `JointDiffusion`, 1-3 minutes for each "
+        "other estimator"
+    ),
+    "05_fields.ipynb": (
+        "about 0.5 s per U-Net training step on a 16 x 16 field (3,000 steps), "
+        "about 6 minutes for sbi's NPE"
+    ),
+}
+"""What the parts of a notebook without a stored full run cost."""
 
 
 def run_time_note(name: str) -> str:
@@ -1714,8 +1930,7 @@ def run_time_note(name: str) -> str:
         return (
             f"\n\n*Run time:* a full run ({simulations:,} simulations) has not been "
             "stored yet; the stored notebook has no outputs. Its parts, measured "
-            "separately on two CPU cores: about 13 minutes to train the "
-            "`JointDiffusion`, 1-3 minutes for each other estimator."
+            f"separately on two CPU cores: {UNSTORED_RUN_PARTS[name]}."
         )
     return (
         f"\n\n*Run time:* a full run ({simulations:,} simulations) took about "
