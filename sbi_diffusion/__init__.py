@@ -14,6 +14,7 @@ from sbi_diffusion.inference import (
     DiffusionPosterior,
     FlowMatchingNPE,
 )
+from sbi_diffusion.inference.truncation import SampleRegion, get_sample_thresholder
 from sbi_diffusion.joint import JointDiffusion
 from sbi_diffusion.model import Denoiser
 from sbi_diffusion.samplers import Solver
@@ -32,6 +33,8 @@ __all__ = [
     "JointDiffusion",
     "DiffusionPosterior",
     "Denoiser",
+    "SampleRegion",
     "Solver",
+    "get_sample_thresholder",
     "__version__",
 ]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from sbi.utils import RestrictedPrior, get_density_thresholder
 from torch.distributions import MultivariateNormal
 
-from sbi_diffusion import DiffusionNPE, FlowMatchingNPE
+from sbi_diffusion import (
+    DiffusionNPE,
+    FlowMatchingNPE,
+    SampleRegion,
+    get_sample_thresholder,
+)
 from sbi_diffusion.inference.proposals import (
     PRIOR,
     TRUNCATED_PRIOR,
@@ -118,3 +125,85 @@ def test_truncated_rounds_beat_one_round_of_the_same_budget():
     one_round = _gaussian_kl(train(1, 0), mean, cov)
     truncated = _gaussian_kl(train(rounds, 0), mean, cov)
     assert truncated < one_round, (float(truncated), float(one_round))
+
+
+def _gaussian_samples(num: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    mean = torch.tensor([1.0, -2.0])
+    scale = torch.tensor([[0.5, 0.0], [0.4, 0.2]])
+    draws = mean + torch.randn(num, 2, generator=generator) @ scale.T
+    return draws, mean, scale
+
+
+@pytest.mark.parametrize("shape", ["box", "ellipsoid"])
+def test_sample_region_holds_the_posterior_mass(shape):
+    samples, _, _ = _gaussian_samples(20_000)
+    region = SampleRegion(samples, shape=shape, quantile=1e-3, margin=0.0)
+    fresh, _, _ = _gaussian_samples(200_000, seed=1)
+    outside = 1.0 - region(fresh).float().mean()
+    # the 1e-3 quantile from 20,000 samples: 20 samples in the tail
+    assert outside < 3e-3, float(outside)
+    wider = SampleRegion(samples, shape=shape, quantile=1e-3, margin=0.2)
+    assert wider(fresh).float().mean() >= region(fresh).float().mean()
+    assert region(samples).dtype == torch.bool
+
+
+def test_ellipsoid_is_tighter_than_the_box_on_a_correlated_posterior():
+    samples, _, _ = _gaussian_samples(20_000)
+    prior = MultivariateNormal(torch.zeros(2), 9.0 * torch.eye(2))
+    draws = prior.sample((200_000,))
+    box = SampleRegion(samples, "box", quantile=1e-3)(draws).float().mean()
+    ellipsoid = SampleRegion(samples, "ellipsoid", quantile=1e-3)(draws).float().mean()
+    assert 0 < ellipsoid < box
+
+
+def test_sample_region_in_restricted_prior_and_trainer(linear_gaussian):
+    prior = linear_gaussian.prior
+    samples, _, _ = _gaussian_samples(5_000)
+    region = SampleRegion(samples, "box", quantile=1e-3, margin=0.1)
+    proposal = RestrictedPrior(prior, region, sample_with="rejection")
+    theta = proposal.sample((200,), show_progress_bars=False)
+    assert region(theta).all()
+    assert proposal_kind(proposal, prior) == TRUNCATED_PRIOR
+    inference = DiffusionNPE(prior, show_progress_bars=False)
+    inference.append_simulations(theta, linear_gaussian.simulate(theta), proposal)
+    record = json.loads(json.dumps(region.to_dict()))
+    assert record["shape"] == "box" and len(record["low"]) == 2
+    assert (torch.tensor(record["low"]) < torch.tensor(record["high"])).all()
+    ellipsoid = SampleRegion(samples, "ellipsoid").to_dict()
+    assert json.loads(json.dumps(ellipsoid))["radius2"] > 0
+
+
+def test_sample_region_errors():
+    samples, _, _ = _gaussian_samples(100)
+    with pytest.raises(ValueError, match="Unknown region shape 'ball'"):
+        SampleRegion(samples, shape="ball")
+    with pytest.raises(ValueError, match="quantile"):
+        SampleRegion(samples, quantile=1.5)
+    with pytest.raises(ValueError, match="margin"):
+        SampleRegion(samples, margin=-0.1)
+    with pytest.raises(ValueError, match="shape \\(num_samples, dim\\)"):
+        SampleRegion(samples[0])
+    bad = samples.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        SampleRegion(bad)
+    with pytest.raises(ValueError, match="theta must have shape \\(n, 2\\)"):
+        SampleRegion(samples)(torch.zeros(4, 3))
+
+
+def test_sample_thresholder_from_a_trained_posterior(linear_gaussian):
+    torch.manual_seed(0)
+    theta = linear_gaussian.prior.sample((500,))
+    x = linear_gaussian.simulate(theta)
+    inference = FlowMatchingNPE(
+        linear_gaussian.prior,
+        net_kwargs={"width": 32, "depth": 1},
+        show_progress_bars=False,
+    )
+    inference.append_simulations(theta, x).train(max_num_epochs=5)
+    posterior = inference.build_posterior().set_default_x(x[:1])
+    region = get_sample_thresholder(posterior, num_samples=500, shape="ellipsoid")
+    assert region.num_samples == 500
+    draws = posterior.sample((200,), show_progress_bars=False)
+    assert region(draws).float().mean() > 0.95

@@ -4,16 +4,20 @@ For one observation, each round draws ``theta`` from the current proposal,
 simulates, appends with ``proposal=``, trains on all rounds with the first-round
 loss, builds the posterior at ``x_o`` and truncates the prior to its
 ``1 - 1e-4`` highest-density region with sbi's ``get_density_thresholder``
-(Deistler et al. 2022). The same loop runs for our ``DiffusionNPE`` and for
-sbi's ``NPE``. A row records, per round, the simulation, training and
-truncation times and the proposal's acceptance rate, and the final C2ST
-against sbibm's reference (10,000 samples). Rows are appended as they finish and
-a rerun skips the (task, method, observation, rounds) already in the output.
+(Deistler et al. 2022, ``--truncation density``), or to a box or ellipsoid
+around 10^5 posterior samples with ``get_sample_thresholder`` (``--truncation
+box`` / ``ellipsoid``), which needs no density. The same loop runs for our
+``DiffusionNPE`` and for sbi's ``NPE``. A row records, per round, the
+simulation, training and truncation times, the proposal's acceptance rate and
+the region, and the final C2ST against sbibm's reference (10,000 samples). Rows
+are appended as they finish and a rerun skips the (task, method, observation,
+rounds, truncation) already in the output.
 
 Usage:
     python benchmarks/sequential/run.py --tasks two_moons slcp \
         --observations 1 2 --methods diffusion npe --rounds 4 \
-        --num-simulations 10000 --output benchmarks/sequential/results.jsonl
+        --num-simulations 10000 --truncation box \
+        --output benchmarks/sequential/results.jsonl
 """
 
 from __future__ import annotations
@@ -34,12 +38,20 @@ from sbi_diffusion.benchmark.runner import (
     seed_everything,
 )
 from sbi_diffusion.benchmark.tasks import load_task
+from sbi_diffusion.inference.truncation import get_sample_thresholder
 
 
 def done_keys(path: Path) -> set[tuple]:
-    """The (task, method, observation, rounds) already in the output."""
+    """The (task, method, observation, rounds, truncation) already in the
+    output."""
     return {
-        (row["task"], row["method"], row["num_observation"], row["num_rounds"])
+        (
+            row["task"],
+            row["method"],
+            row["num_observation"],
+            row["num_rounds"],
+            row.get("truncation", "density"),
+        )
         for _, row in iter_json_lines(path)
     }
 
@@ -53,6 +65,8 @@ def run_one(
     seed: int,
     quantile: float,
     support_samples: int,
+    truncation: str,
+    region_samples: int,
 ) -> dict[str, Any]:
     """Run the truncated loop once; return the row."""
     from sbibm.metrics import c2st
@@ -68,7 +82,12 @@ def run_one(
     rounds = []
     for index in range(num_rounds):
         start = time.perf_counter()
-        theta = proposal.sample((per_round,))
+        if index == 0:
+            theta = proposal.sample((per_round,))
+        else:
+            theta = proposal.sample(
+                (per_round,), save_acceptance_rate=True, show_progress_bars=False
+            )
         acceptance = getattr(proposal, "acceptance_rate", None)
         x = task.simulate(theta)
         simulate_s = time.perf_counter() - start
@@ -78,14 +97,24 @@ def run_one(
         )
         posterior = inference.build_posterior().set_default_x(x_o)
         train_s = time.perf_counter() - start
-        truncate_s = None
+        truncate_s, region = None, None
         if index < num_rounds - 1:
             start = time.perf_counter()
-            accept = get_density_thresholder(
-                posterior,
-                quantile=quantile,
-                num_samples_to_estimate_support=support_samples,
-            )
+            if truncation == "density":
+                accept = get_density_thresholder(
+                    posterior,
+                    quantile=quantile,
+                    num_samples_to_estimate_support=support_samples,
+                )
+            else:
+                accept = get_sample_thresholder(
+                    posterior,
+                    x_o,
+                    num_samples=region_samples,
+                    shape=truncation,
+                    quantile=quantile,
+                )
+                region = accept.to_dict()
             proposal = RestrictedPrior(prior, accept, sample_with="rejection")
             truncate_s = time.perf_counter() - start
         rounds.append(
@@ -95,6 +124,7 @@ def run_one(
                 "simulate_s": round(simulate_s, 3),
                 "train_s": round(train_s, 3),
                 "truncate_s": None if truncate_s is None else round(truncate_s, 3),
+                "region": region,
                 "proposal_acceptance": None
                 if acceptance is None
                 else float(acceptance),
@@ -114,7 +144,9 @@ def run_one(
         "num_simulations": per_round * num_rounds,
         "seed": seed,
         "quantile": quantile,
-        "support_samples": support_samples,
+        "truncation": truncation,
+        "support_samples": support_samples if truncation == "density" else None,
+        "region_samples": None if truncation == "density" else region_samples,
         "c2st": float(c2st(reference, samples)[0]),
         "sample_s": round(sample_s, 3),
         "rounds": rounds,
@@ -134,6 +166,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quantile", type=float, default=1e-4)
     parser.add_argument("--support-samples", type=int, default=1_000_000)
+    parser.add_argument(
+        "--truncation", choices=["density", "box", "ellipsoid"], default="density"
+    )
+    parser.add_argument("--region-samples", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="benchmarks/sequential/results.jsonl")
     args = parser.parse_args()
@@ -143,7 +179,8 @@ def main() -> None:
     for task_name in args.tasks:
         for method in args.methods:
             for obs in args.observations:
-                if (task_name, method, obs, args.rounds) in done:
+                key = (task_name, method, obs, args.rounds, args.truncation)
+                if key in done:
                     continue
                 row = run_one(
                     task_name,
@@ -154,6 +191,8 @@ def main() -> None:
                     args.seed,
                     args.quantile,
                     args.support_samples,
+                    args.truncation,
+                    args.region_samples,
                 )
                 append_row(output, row)
                 print(f"{task_name} {method} obs {obs}: c2st {row['c2st']:.3f}")
