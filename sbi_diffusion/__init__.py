@@ -14,7 +14,12 @@ from sbi_diffusion.inference import (
     DiffusionPosterior,
     FlowMatchingNPE,
 )
-from sbi_diffusion.inference.truncation import SampleRegion, get_sample_thresholder
+from sbi_diffusion.inference.truncation import (
+    DensityRegion,
+    SampleRegion,
+    get_density_region,
+    get_sample_thresholder,
+)
 from sbi_diffusion.joint import JointDiffusion
 from sbi_diffusion.model import Denoiser
 from sbi_diffusion.samplers import Solver
@@ -32,9 +37,11 @@ __all__ = [
     "HierarchicalNPE",
     "JointDiffusion",
     "DiffusionPosterior",
+    "DensityRegion",
     "Denoiser",
     "SampleRegion",
     "Solver",
+    "get_density_region",
     "get_sample_thresholder",
     "__version__",
 ]

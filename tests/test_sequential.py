@@ -13,6 +13,7 @@ from sbi_diffusion import (
     DiffusionNPE,
     FlowMatchingNPE,
     SampleRegion,
+    get_density_region,
     get_sample_thresholder,
 )
 from sbi_diffusion.inference.proposals import (
@@ -207,3 +208,57 @@ def test_sample_thresholder_from_a_trained_posterior(linear_gaussian):
     assert region.num_samples == 500
     draws = posterior.sample((200,), show_progress_bars=False)
     assert region(draws).float().mean() > 0.95
+
+
+@pytest.fixture(scope="module")
+def small_posterior():
+    """A small DiffusionNPE posterior on x = theta + N(0, 0.5^2 I), theta ~ N(0, I)."""
+    torch.manual_seed(0)
+    prior = MultivariateNormal(torch.zeros(2), torch.eye(2))
+    theta = prior.sample((1000,))
+    x = theta + 0.5 * torch.randn_like(theta)
+    inference = DiffusionNPE(
+        prior, net_kwargs={"width": 32, "depth": 2}, show_progress_bars=False
+    )
+    inference.append_simulations(theta, x).train(max_num_steps=400, seed=0)
+    return prior, inference.build_posterior().set_default_x(torch.tensor([0.3, -0.2]))
+
+
+def test_density_region_decides_as_the_adaptive_density(small_posterior):
+    prior, posterior = small_posterior
+    torch.manual_seed(1)
+    region = get_density_region(
+        posterior, num_samples=2_000, quantile=0.05, num_candidates=400
+    )
+    record = region.to_dict()
+    assert record["candidates_cover_threshold"]
+    assert record["cheap_solver"] == {"name": "heun", "steps": 16}
+    assert record["band"] == record["cheap_error_max"] >= 0
+    json.dumps(record)
+    # the threshold is the 5% quantile of the adaptive densities of the samples
+    # (up to the samples no candidate check reached, which lie above it)
+    torch.manual_seed(2)
+    draws = prior.sample((300,))
+    adaptive = posterior.log_prob(draws, solver="dopri5")
+    expected = adaptive >= region.threshold
+    decided = region(draws)
+    assert decided.dtype == torch.bool and decided.shape == (300,)
+    assert (decided == expected).float().mean() >= 0.99
+    assert 0 < region.num_checked < region.num_evaluated == 300
+    # about 95% of the posterior's own samples fall inside
+    inside = region(posterior.sample((1000,), show_progress_bars=False))
+    assert 0.9 < inside.float().mean() < 0.99
+    proposal = RestrictedPrior(prior, region, sample_with="rejection")
+    assert region(proposal.sample((50,), show_progress_bars=False)).all()
+
+
+def test_density_region_errors(small_posterior):
+    _, posterior = small_posterior
+    with pytest.raises(TypeError, match="get_density_thresholder"):
+        get_density_region(object())
+    with pytest.raises(ValueError, match="quantile"):
+        get_density_region(posterior, quantile=0.0)
+    with pytest.raises(ValueError, match="cheap_steps"):
+        get_density_region(posterior, num_samples=10, cheap_steps=0)
+    with pytest.warns(UserWarning, match="num_candidates"):
+        get_density_region(posterior, num_samples=500, quantile=0.2, num_candidates=2)

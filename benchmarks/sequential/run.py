@@ -38,12 +38,15 @@ from sbi_diffusion.benchmark.runner import (
     seed_everything,
 )
 from sbi_diffusion.benchmark.tasks import load_task
-from sbi_diffusion.inference.truncation import get_sample_thresholder
+from sbi_diffusion.inference.truncation import (
+    get_density_region,
+    get_sample_thresholder,
+)
 
 
 def done_keys(path: Path) -> set[tuple]:
-    """The (task, method, observation, rounds, truncation) already in the
-    output."""
+    """The (task, method, observation, rounds, truncation, retraining) already
+    in the output."""
     return {
         (
             row["task"],
@@ -51,6 +54,7 @@ def done_keys(path: Path) -> set[tuple]:
             row["num_observation"],
             row["num_rounds"],
             row.get("truncation", "density"),
+            row.get("retrain_from_scratch", False),
         )
         for _, row in iter_json_lines(path)
     }
@@ -67,6 +71,7 @@ def run_one(
     support_samples: int,
     truncation: str,
     region_samples: int,
+    retrain_from_scratch: bool,
 ) -> dict[str, Any]:
     """Run the truncated loop once; return the row."""
     from sbibm.metrics import c2st
@@ -92,8 +97,11 @@ def run_one(
         x = task.simulate(theta)
         simulate_s = time.perf_counter() - start
         start = time.perf_counter()
+        train_options = dict(routed.train)
+        if retrain_from_scratch:
+            train_options["retrain_from_scratch"] = True
         inference.append_simulations(theta, x, proposal=proposal).train(
-            force_first_round_loss=True, **routed.train
+            force_first_round_loss=True, **train_options
         )
         posterior = inference.build_posterior().set_default_x(x_o)
         train_s = time.perf_counter() - start
@@ -106,6 +114,9 @@ def run_one(
                     quantile=quantile,
                     num_samples_to_estimate_support=support_samples,
                 )
+            elif truncation == "density_region":
+                accept = get_density_region(posterior, x_o, quantile=quantile)
+                region = accept.to_dict()
             else:
                 accept = get_sample_thresholder(
                     posterior,
@@ -123,6 +134,7 @@ def run_one(
                 "simulations": per_round,
                 "simulate_s": round(simulate_s, 3),
                 "train_s": round(train_s, 3),
+                "training": dict(getattr(inference, "resolved_training", {}) or {}),
                 "truncate_s": None if truncate_s is None else round(truncate_s, 3),
                 "region": region,
                 "proposal_acceptance": None
@@ -145,12 +157,17 @@ def run_one(
         "seed": seed,
         "quantile": quantile,
         "truncation": truncation,
+        "retrain_from_scratch": retrain_from_scratch,
         "support_samples": support_samples if truncation == "density" else None,
         "region_samples": None if truncation == "density" else region_samples,
         "c2st": float(c2st(reference, samples)[0]),
         "sample_s": round(sample_s, 3),
         "rounds": rounds,
-        "resolved": dict(getattr(inference, "resolved_training", {}) or {}),
+        "resolved": {
+            "sampler": getattr(posterior, "sampler", None),
+            "sampler_options": dict(getattr(posterior, "sampler_options", {}) or {}),
+            **dict(getattr(inference, "resolved_training", {}) or {}),
+        },
         "device": device_name("cpu"),
         "versions": package_versions(),
     }
@@ -167,9 +184,18 @@ def main() -> None:
     parser.add_argument("--quantile", type=float, default=1e-4)
     parser.add_argument("--support-samples", type=int, default=1_000_000)
     parser.add_argument(
-        "--truncation", choices=["density", "box", "ellipsoid"], default="density"
+        "--truncation",
+        choices=["density", "density_region", "box", "ellipsoid"],
+        default="density",
+        help="density: sbi's get_density_thresholder; density_region: "
+        "get_density_region; box, ellipsoid: get_sample_thresholder",
     )
     parser.add_argument("--region-samples", type=int, default=100_000)
+    parser.add_argument(
+        "--retrain-from-scratch",
+        action="store_true",
+        help="train a new network each round instead of continuing the last",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="benchmarks/sequential/results.jsonl")
     args = parser.parse_args()
@@ -179,7 +205,14 @@ def main() -> None:
     for task_name in args.tasks:
         for method in args.methods:
             for obs in args.observations:
-                key = (task_name, method, obs, args.rounds, args.truncation)
+                key = (
+                    task_name,
+                    method,
+                    obs,
+                    args.rounds,
+                    args.truncation,
+                    args.retrain_from_scratch,
+                )
                 if key in done:
                     continue
                 row = run_one(
@@ -193,6 +226,7 @@ def main() -> None:
                     args.support_samples,
                     args.truncation,
                     args.region_samples,
+                    args.retrain_from_scratch,
                 )
                 append_row(output, row)
                 print(f"{task_name} {method} obs {obs}: c2st {row['c2st']:.3f}")

@@ -1,0 +1,112 @@
+"""Time the truncation regions that need no 10^6 adaptive densities, and check
+the density region's decisions against the adaptive solver.
+
+Trains (or loads from the model cache) the default ``DiffusionNPE`` on
+``--num-simulations`` of each task and, at observation 1:
+
+- ``get_density_region(posterior, quantile=1e-4, num_samples=N)``: ``N``
+  posterior samples, their densities with 4 Heun steps, the 10^4 lowest again
+  with ``dopri5`` (:mod:`sbi_diffusion.inference.truncation`);
+- its decisions on 1,000 prior draws and 1,000 posterior samples against the
+  adaptive density (``log_prob(solver="dopri5") >= threshold``), and the time
+  of deciding 10^5 prior draws (what ``RestrictedPrior`` pays per 10^5
+  proposals);
+- ``get_sample_thresholder`` (box, 10^5 samples) and the prior mass of both
+  regions (fraction of 10^5 prior draws inside).
+
+Usage:
+    python benchmarks/sequential/region_time.py --tasks two_moons \
+        --support-samples 1000000 --output benchmarks/sequential/region_time.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from sbi_diffusion.benchmark.methods import parse
+from sbi_diffusion.benchmark.results import append_row
+from sbi_diffusion.benchmark.runner import device_name, package_versions, train_or_load
+from sbi_diffusion.benchmark.tasks import load_task
+from sbi_diffusion.inference.truncation import (
+    get_density_region,
+    get_sample_thresholder,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["two_moons"])
+    parser.add_argument("--num-simulations", type=int, default=1000)
+    parser.add_argument("--support-samples", type=int, default=1_000_000)
+    parser.add_argument("--cheap-steps", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default="benchmarks/sequential/region_time.jsonl")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for task_name in args.tasks:
+        task = load_task(task_name)
+        trained = train_or_load(
+            task_name, task, parse("diffusion"), args.num_simulations, 0, "cpu"
+        )
+        posterior = trained.posterior.set_default_x(task.get_observation(1))
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        region = get_density_region(
+            posterior,
+            num_samples=args.support_samples,
+            quantile=1e-4,
+            cheap_steps=args.cheap_steps,
+        )
+        region_s = time.perf_counter() - start
+        build = region.to_dict()
+        prior_draws = task.prior.sample((1000,))
+        own = posterior.sample((1000,), show_progress_bars=False)
+        agreement = {}
+        for name, points in (("prior", prior_draws), ("posterior", own)):
+            adaptive = posterior.log_prob(points, solver="dopri5") >= region.threshold
+            decided = region(points)
+            agreement[name] = {
+                "agree": float((decided == adaptive).float().mean()),
+                "inside_adaptive": float(adaptive.float().mean()),
+                "inside_region": float(decided.float().mean()),
+            }
+        many = task.prior.sample((100_000,))
+        checked_before = region.num_checked
+        start = time.perf_counter()
+        inside_density = float(region(many).float().mean())
+        decide_s = time.perf_counter() - start
+        checked_many = region.num_checked - checked_before
+        start = time.perf_counter()
+        box = get_sample_thresholder(posterior, num_samples=100_000, quantile=1e-4)
+        box_s = time.perf_counter() - start
+        row = {
+            "task": task_name,
+            "dim_parameters": task.dim_parameters,
+            "num_simulations": args.num_simulations,
+            "support_samples": args.support_samples,
+            "density_region_s": round(region_s, 2),
+            "density_region": build,
+            "agreement_with_dopri5": agreement,
+            "decide_1e5_prior_draws_s": round(decide_s, 2),
+            "checked_of_1e5_prior_draws": checked_many,
+            "prior_mass_density_region": inside_density,
+            "box_region_s": round(box_s, 2),
+            "prior_mass_box_region": float(box(many).float().mean()),
+            "resolved": {
+                "sampler": posterior.sampler,
+                "sampler_options": dict(posterior.sampler_options or {}),
+                **trained.resolved_training,
+            },
+            "threads": args.threads,
+            "device": device_name("cpu"),
+            "versions": package_versions(),
+        }
+        append_row(args.output, row)
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
