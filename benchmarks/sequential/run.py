@@ -35,6 +35,7 @@ from sbi_diffusion.benchmark.results import append_row, iter_json_lines
 from sbi_diffusion.benchmark.runner import (
     device_name,
     package_versions,
+    resolved_options,
     seed_everything,
 )
 from sbi_diffusion.benchmark.tasks import load_task
@@ -145,7 +146,9 @@ def run_one(
         print(f"{task_name} {method} obs {num_observation}: {rounds[-1]}", flush=True)
     seed_everything(1000 * seed + num_observation)
     start = time.perf_counter()
-    samples = posterior.sample((10_000,), x=x_o, show_progress_bars=False)
+    samples = posterior.sample(
+        (10_000,), x=x_o, show_progress_bars=False, **routed.sample
+    )
     sample_s = time.perf_counter() - start
     reference = task.get_reference_posterior_samples(num_observation)
     return {
@@ -163,11 +166,12 @@ def run_one(
         "c2st": float(c2st(reference, samples)[0]),
         "sample_s": round(sample_s, 3),
         "rounds": rounds,
-        "resolved": {
-            "sampler": getattr(posterior, "sampler", None),
-            "sampler_options": dict(getattr(posterior, "sampler_options", {}) or {}),
-            **dict(getattr(inference, "resolved_training", {}) or {}),
-        },
+        "resolved": resolved_options(
+            spec,
+            posterior,
+            routed,
+            dict(getattr(inference, "resolved_training", {}) or {}),
+        ),
         "device": device_name("cpu"),
         "versions": package_versions(),
     }

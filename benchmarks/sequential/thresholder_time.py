@@ -24,7 +24,12 @@ from sbi.utils import get_density_thresholder
 
 from sbi_diffusion.benchmark.methods import parse
 from sbi_diffusion.benchmark.results import append_row
-from sbi_diffusion.benchmark.runner import device_name, package_versions, train_or_load
+from sbi_diffusion.benchmark.runner import (
+    device_name,
+    package_versions,
+    resolved_options,
+    train_or_load,
+)
 from sbi_diffusion.benchmark.tasks import load_task
 from sbi_diffusion.density import LARGE_BATCH_HEUN_STEPS
 
@@ -42,9 +47,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     for task_name in args.tasks:
         task = load_task(task_name)
-        trained = train_or_load(
-            task_name, task, parse("diffusion"), args.num_simulations, 0, "cpu"
-        )
+        spec = parse("diffusion")
+        trained = train_or_load(task_name, task, spec, args.num_simulations, 0, "cpu")
         posterior = trained.posterior.set_default_x(task.get_observation(1))
         torch.manual_seed(0)
         start = time.perf_counter()
@@ -79,11 +83,11 @@ def main() -> None:
             "heun16_vs_dopri5_abs_error_max": round(float(error.max()), 4),
             "posterior_samples_inside_region": inside,
             "resolved": {
-                "sampler": posterior.sampler,
-                "sampler_options": dict(posterior.sampler_options or {}),
+                **resolved_options(
+                    spec, posterior, trained.routed, trained.resolved_training
+                ),
                 "log_prob_solver": "heun",
                 "log_prob_steps": LARGE_BATCH_HEUN_STEPS,
-                **trained.resolved_training,
             },
             "threads": args.threads,
             "device": device_name("cpu"),
