@@ -42,16 +42,24 @@ def test_proposal_kinds(linear_gaussian):
         proposal_kind(RestrictedPrior(other, lambda t: t[:, 0] > 0), prior)
 
 
-def test_posterior_as_proposal_raises_naming_the_supported_path(linear_gaussian):
-    theta = linear_gaussian.prior.sample((300,))
-    x = linear_gaussian.simulate(theta)
-    inference = DiffusionNPE(
-        linear_gaussian.prior,
-        net_kwargs={"width": 32, "depth": 1},
-        show_progress_bars=False,
+def _tiny_posterior(cls, problem, num_simulations: int, max_num_epochs: int):
+    """A width-32, one-block ``cls`` trained briefly on ``problem``; returns the
+    trainer, the posterior (default x: the first simulation) and ``(theta,
+    x)``."""
+    theta = problem.prior.sample((num_simulations,))
+    x = problem.simulate(theta)
+    inference = cls(
+        problem.prior, net_kwargs={"width": 32, "depth": 1}, show_progress_bars=False
     )
-    inference.append_simulations(theta, x).train(max_num_epochs=2)
+    inference.append_simulations(theta, x).train(max_num_epochs=max_num_epochs)
     posterior = inference.build_posterior().set_default_x(x[:1])
+    return inference, posterior, (theta, x)
+
+
+def test_posterior_as_proposal_raises_naming_the_supported_path(linear_gaussian):
+    inference, posterior, (theta, x) = _tiny_posterior(
+        DiffusionNPE, linear_gaussian, 300, max_num_epochs=2
+    )
     with pytest.raises(ValueError, match="RestrictedPrior") as error:
         inference.append_simulations(theta, x, proposal=posterior)
     assert "not a supported proposal" in str(error.value)
@@ -195,15 +203,9 @@ def test_sample_region_errors():
 
 def test_sample_thresholder_from_a_trained_posterior(linear_gaussian):
     torch.manual_seed(0)
-    theta = linear_gaussian.prior.sample((500,))
-    x = linear_gaussian.simulate(theta)
-    inference = FlowMatchingNPE(
-        linear_gaussian.prior,
-        net_kwargs={"width": 32, "depth": 1},
-        show_progress_bars=False,
+    _, posterior, _ = _tiny_posterior(
+        FlowMatchingNPE, linear_gaussian, 500, max_num_epochs=5
     )
-    inference.append_simulations(theta, x).train(max_num_epochs=5)
-    posterior = inference.build_posterior().set_default_x(x[:1])
     region = get_sample_thresholder(posterior, num_samples=500, shape="ellipsoid")
     assert region.num_samples == 500
     draws = posterior.sample((200,), show_progress_bars=False)

@@ -5,8 +5,9 @@ Trains (or loads from the model cache) the default ``DiffusionNPE`` on
 ``--num-simulations`` of each task and, at observation 1:
 
 - ``get_density_region(posterior, quantile=1e-4, num_samples=N)``: ``N``
-  posterior samples, their densities with 4 Heun steps, the 10^4 lowest again
-  with ``dopri5`` (:mod:`sbi_diffusion.inference.truncation`);
+  posterior samples, their densities with ``--cheap-steps`` Heun steps (the
+  function's default if not given), the 10^4 lowest again with ``dopri5``
+  (:mod:`sbi_diffusion.inference.truncation`);
 - its decisions on 1,000 prior draws and 1,000 posterior samples against the
   adaptive density (``log_prob(solver="dopri5") >= threshold``), and the time
   of deciding 10^5 prior draws (what ``RestrictedPrior`` pays per 10^5
@@ -22,13 +23,19 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 
 import torch
 
 from sbi_diffusion.benchmark.methods import parse
 from sbi_diffusion.benchmark.results import append_row
-from sbi_diffusion.benchmark.runner import device_name, package_versions, train_or_load
+from sbi_diffusion.benchmark.runner import (
+    device_name,
+    package_versions,
+    resolved_options,
+    train_or_load,
+)
 from sbi_diffusion.benchmark.tasks import load_task
 from sbi_diffusion.inference.truncation import (
     get_density_region,
@@ -41,16 +48,19 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["two_moons"])
     parser.add_argument("--num-simulations", type=int, default=1000)
     parser.add_argument("--support-samples", type=int, default=1_000_000)
-    parser.add_argument("--cheap-steps", type=int, default=4)
+    parser.add_argument(
+        "--cheap-steps",
+        type=int,
+        default=inspect.signature(get_density_region).parameters["cheap_steps"].default,
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default="benchmarks/sequential/region_time.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for task_name in args.tasks:
         task = load_task(task_name)
-        trained = train_or_load(
-            task_name, task, parse("diffusion"), args.num_simulations, 0, "cpu"
-        )
+        spec = parse("diffusion")
+        trained = train_or_load(task_name, task, spec, args.num_simulations, 0, "cpu")
         posterior = trained.posterior.set_default_x(task.get_observation(1))
         torch.manual_seed(0)
         start = time.perf_counter()
@@ -95,11 +105,9 @@ def main() -> None:
             "prior_mass_density_region": inside_density,
             "box_region_s": round(box_s, 2),
             "prior_mass_box_region": float(box(many).float().mean()),
-            "resolved": {
-                "sampler": posterior.sampler,
-                "sampler_options": dict(posterior.sampler_options or {}),
-                **trained.resolved_training,
-            },
+            "resolved": resolved_options(
+                spec, posterior, trained.routed, trained.resolved_training
+            ),
             "threads": args.threads,
             "device": device_name("cpu"),
             "versions": package_versions(),

@@ -1,5 +1,5 @@
-r"""Truncation regions drawn from posterior samples, for truncated sequential
-inference without density evaluations.
+r"""Truncation regions for truncated sequential inference: regions around
+posterior samples, and the highest-density region with checked densities.
 
 Truncated sequential NPE (TSNPE; Deistler et al. 2022, "Truncated proposals for
 scalable and hassle-free simulation-based inference") simulates each new round
@@ -107,8 +107,7 @@ class SampleRegion:
             raise ValueError(
                 f"Unknown region shape {shape!r}. Pass one of {list(REGION_SHAPES)}."
             )
-        if not 0.0 < quantile < 1.0:
-            raise ValueError(f"quantile must lie in (0, 1), got {quantile}.")
+        _check_quantile(quantile)
         if margin < 0.0:
             raise ValueError(f"margin must be >= 0, got {margin}.")
         if samples.dim() != 2 or samples.shape[0] < 2:
@@ -179,6 +178,12 @@ class SampleRegion:
             record["cholesky"] = self.cholesky.tolist()
             record["radius2"] = self.radius2
         return record
+
+
+def _check_quantile(quantile: float) -> None:
+    """Raise a ValueError unless ``0 < quantile < 1``."""
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must lie in (0, 1), got {quantile}.")
 
 
 def _quantile(values: Tensor, q: float) -> Tensor:
@@ -350,8 +355,7 @@ def get_density_region(
             f"{type(posterior).__name__}; for sbi's posteriors use "
             "sbi.utils.get_density_thresholder, or get_sample_thresholder."
         )
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile must lie in (0, 1), got {quantile}.")
+    _check_quantile(quantile)
     if int(num_samples) < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}.")
     if isinstance(cheap_steps, bool) or int(cheap_steps) < 1:
