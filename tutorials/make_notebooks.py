@@ -1774,7 +1774,11 @@ FIELDS = [
     ),
     _code(
         r"""
-        net_kwargs = {"shape": (1, size, size), "channels": (16, 32), "attention": False}
+        net_kwargs = {
+            "shape": (1, size, size),
+            "channels": (16, 32),
+            "attention": False,
+        }
         inference = DiffusionNPE(
             prior, net="unet", net_kwargs=net_kwargs, show_progress_bars=False
         )
