@@ -24,6 +24,7 @@ from torch.distributions import (
     Normal,
     Uniform,
 )
+from torch.distributions.transforms import identity_transform
 
 from sbi_diffusion.composition.linalg import eye_like, symmetrize
 from sbi_diffusion.composition.path import (
@@ -32,6 +33,7 @@ from sbi_diffusion.composition.path import (
     alpha_sigma,
     signal_to_noise,
 )
+from sbi_diffusion.model.theta_transform import is_identity, pushforward
 from sbi_diffusion.path.schedules import Schedule
 from sbi_diffusion.path.vector_field import as_time
 
@@ -320,8 +322,12 @@ def diffused_prior(
     d = int(estimator.theta_dim)
     shift, scale = _standardisation(estimator)
     base = _unwrap_prior(prior)
+    transform = getattr(estimator, "theta_transform", identity_transform)
     analytic: DiffusedPrior | None = None
-    if isinstance(base, MultivariateNormal):
+    if base is not None and not is_identity(transform):
+        # the prior of u = T(theta): no closed form here; moments are sampled
+        base = pushforward(base, transform)
+    elif isinstance(base, MultivariateNormal):
         mean, cov = base.mean.reshape(-1).cpu(), base.covariance_matrix.cpu()
         analytic = GaussianDiffusedPrior(
             schedule, (mean - shift) / scale, cov / (scale[:, None] * scale[None, :])
@@ -341,7 +347,8 @@ def diffused_prior(
     if prior_score == "analytic" and analytic is None:
         raise ValueError(
             f"No analytic diffused score for a prior of type {type(base).__name__}: "
-            "analytic scores exist for Gaussian and box-uniform priors. Pass "
+            "analytic scores exist for Gaussian and box-uniform priors (of a "
+            "model trained without a theta_transform). Pass "
             "prior_score='network' (needs condition dropout in training) or "
             "'gaussian' (moment-matched Gaussian approximation)."
         )

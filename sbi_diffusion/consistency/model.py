@@ -183,8 +183,8 @@ class ConsistencyModel(Denoiser):
         cls, denoiser: Denoiser, schedule: Schedule, sigma_data: float = SIGMA_DATA
     ) -> ConsistencyModel:
         """A consistency model on ``schedule`` with the network, embedding net,
-        z-scoring and condition size of ``denoiser``."""
-        return cls(
+        z-scoring, ``theta_transform`` and condition size of ``denoiser``."""
+        model = cls(
             denoiser.net,
             schedule,
             denoiser.input_shape,
@@ -197,6 +197,8 @@ class ConsistencyModel(Denoiser):
             denoiser.null_embedding.shape[0],
             sigma_data,
         )
+        model.set_theta_transform(denoiser.theta_transform)
+        return model
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "teacher":  # keep the teacher out of parameters and state dict

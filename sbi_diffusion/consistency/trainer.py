@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import Tensor, nn
 from torch.distributions import Distribution
+from torch.distributions.transforms import Transform, identity_transform
 
 from sbi_diffusion.consistency.model import (
     ConsistencyModel,
@@ -83,6 +84,9 @@ class ConsistencyNPE(VectorFieldInference):
             smaller ``sigma_max`` than EDM's 80 puts far more of the training on
             the noise levels that one-step sampling starts from).
         sigma_data: ``sigma_d`` of the parameterisation (1: z-scored theta).
+        theta_transform: as for
+            :class:`~sbi_diffusion.inference.trainer.DiffusionNPE` (distillation
+            takes the teacher's).
         device, logging_level, show_progress_bars, tracker, summary_writer: as in
             sbi.
     """
@@ -109,6 +113,7 @@ class ConsistencyNPE(VectorFieldInference):
         times: list[float] | Tensor | None = None,
         schedule_kwargs: dict | None = None,
         sigma_data: float = 1.0,
+        theta_transform: str | Transform | None = None,
         device: str = "cpu",
         logging_level: int | str = "WARNING",
         show_progress_bars: bool = True,
@@ -137,6 +142,7 @@ class ConsistencyNPE(VectorFieldInference):
             sampler=CONSISTENCY_SAMPLER,
             sampler_options=options,
             schedule_kwargs=schedule_kwargs,
+            theta_transform=theta_transform,
             device=device,
             logging_level=logging_level,
             show_progress_bars=show_progress_bars,
@@ -155,14 +161,17 @@ class ConsistencyNPE(VectorFieldInference):
 
     def _build_denoiser(self, theta: Tensor, x: Tensor) -> ConsistencyModel:
         """Build the consistency model with the z-scoring and embedding of the
-        core trainer; in distillation, take the teacher's ``theta`` z-scoring so
-        that both work in the same standardised space."""
+        core trainer; in distillation, take the teacher's ``theta`` z-scoring and
+        ``theta_transform`` so that both work in the same standardised space."""
         model = ConsistencyModel.from_denoiser(
             super()._build_denoiser(theta, x), self._schedule, self._sigma_data
         )
         if self._teacher is not None:
             model.set_theta_standardization(
                 self._teacher.theta_shift, self._teacher.theta_scale
+            )
+            model.set_theta_transform(
+                getattr(self._teacher, "theta_transform", identity_transform)
             )
         self._configure(model)
         return model.to(self._device)

@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions.transforms import Transform, identity_transform
 
 from sbi_diffusion.composition import DiffusedPrior, diffused_prior
 from sbi_diffusion.model.interface import DenoiseFn
+from sbi_diffusion.model.theta_transform import is_identity
 from sbi_diffusion.path.schedules import Schedule
 from sbi_diffusion.path.vector_field import as_time
 
@@ -36,12 +38,15 @@ class GuidanceContext:
     """What transforms may need besides the ``DenoiseFn``.
 
     Attributes:
-        shift, scale: z-scoring of ``theta`` (``theta = shift + scale z``), ``(d,)``.
+        shift, scale: z-scoring of ``theta`` (``theta = shift + scale z``), ``(d,)``;
+            with a change of variables ``T``, of ``u = T(theta)``.
         estimator: the trained denoiser (unconditional score, prior moments):
             what :func:`~sbi_diffusion.composition.diffused_prior` uses.
         prior: the training prior.
         prior_score: which diffused prior score to use (see
             :func:`sbi_diffusion.composition.diffused_prior`).
+        transform: the estimator's ``theta_transform`` ``T`` (identity if none):
+            ``theta = T^{-1}(shift + scale z)``.
         fits: precisions of :class:`GaussianFit` by transform and condition, so
             that the chunks and rejection rounds of one sampling call (one
             context each) share one fit per observation.
@@ -53,6 +58,7 @@ class GuidanceContext:
     estimator: Any = None
     prior: Any = None
     prior_score: str = "auto"
+    transform: Transform = field(default_factory=lambda: identity_transform)
     _diffused_prior: DiffusedPrior | None = field(default=None, repr=False)
     fits: dict = field(default_factory=dict, repr=False)
     setup_evaluations: float = 0.0
@@ -62,15 +68,18 @@ class GuidanceContext:
         cls, estimator: Any, prior: Any = None, prior_score: str = "auto"
     ) -> GuidanceContext:
         """The context of ``estimator`` (its ``theta_dim`` and z-scoring
-        ``theta_shift``/``theta_scale``), with its training ``prior``."""
+        ``theta_shift``/``theta_scale`` and ``theta_transform``), with its
+        training ``prior``."""
         d = int(estimator.theta_dim)
         shift = estimator.theta_shift.reshape(-1).detach().expand(d).clone()
         scale = estimator.theta_scale.reshape(-1).detach().expand(d).clone()
-        return cls(shift, scale, estimator, prior, prior_score)
+        transform = getattr(estimator, "theta_transform", identity_transform)
+        return cls(shift, scale, estimator, prior, prior_score, transform=transform)
 
     def theta(self, z: Tensor) -> Tensor:
-        """``theta = shift + scale z`` (differentiable)."""
-        return self.shift.to(z) + self.scale.to(z) * z
+        """``theta = T^{-1}(shift + scale z)`` (differentiable)."""
+        u = self.shift.to(z) + self.scale.to(z) * z
+        return u if is_identity(self.transform) else self.transform.inv(u)
 
     def prior_max_variance(self) -> float | None:
         """Largest variance of the standardised training prior (None if unknown)."""

@@ -19,9 +19,11 @@ from copy import deepcopy
 
 import torch
 from torch import Tensor, nn
+from torch.distributions.transforms import Transform, identity_transform
 
 from sbi_diffusion.inference.simulations import zscore_statistics
 from sbi_diffusion.model import Denoiser
+from sbi_diffusion.model.theta_transform import transformed_theta
 from sbi_diffusion.nets import build_net
 from sbi_diffusion.nets.sizing import AUTO_SIZED_NETS, mlp_size
 from sbi_diffusion.path.parameterizations import Parameterization
@@ -58,6 +60,7 @@ def build_denoiser(
     schedule: Schedule,
     parameterization: Parameterization,
     weighting: str,
+    theta_transform: Transform = identity_transform,
 ) -> Denoiser:
     """A new denoiser for the simulations ``theta``, ``x``.
 
@@ -71,12 +74,17 @@ def build_denoiser(
         condition_dropout: probability of dropping the condition; above 0 the
             network takes one more condition input, the null-condition flag.
         schedule, parameterization, weighting: as for ``Denoiser``.
+        theta_transform: the change of variables ``u = T(theta)`` the network
+            learns in (:mod:`sbi_diffusion.model.theta_transform`); the
+            z-scoring is that of ``u``.
 
     Raises:
-        ValueError: if the embedding net fails on ``x``.
+        ValueError: if the embedding net fails on ``x``, or ``theta_transform``
+            is not finite on ``theta``.
     """
     theta_shape, x_shape = theta.shape[1:], x.shape[1:]
-    theta_mean, theta_std = zscore_statistics(theta.reshape(theta.shape[0], -1))
+    u = transformed_theta(theta_transform, theta)
+    theta_mean, theta_std = zscore_statistics(u.reshape(u.shape[0], -1))
     x_mean, x_std = zscore_statistics(x)
     embedding_net = nn.Identity() if embedding_net is None else deepcopy(embedding_net)
     with torch.no_grad():
@@ -96,7 +104,7 @@ def build_denoiser(
     )
     if isinstance(net, nn.Module):
         network = deepcopy(network)
-    return Denoiser(
+    denoiser = Denoiser(
         net=network,
         schedule=schedule,
         parameterization=parameterization,
@@ -111,3 +119,5 @@ def build_denoiser(
         condition_dropout=condition_dropout,
         condition_embedding_dim=condition_dim,
     )
+    denoiser.set_theta_transform(theta_transform)
+    return denoiser

@@ -59,7 +59,9 @@ class ProbabilityFlowDensity:
         r"""``log p(theta | x)`` through the probability-flow ODE.
 
         The density is that of the model on ``R^d`` mapped back from standardised
-        space (``- sum log scale``); it is ``-inf`` outside the prior support. It
+        space (``- sum log scale``, and ``+ log |det dT/dtheta|`` for a model
+        trained with a ``theta_transform`` ``T``); it is ``-inf`` outside the
+        prior support. It
         is not renormalised for the mass the model puts outside the support.
 
         For i.i.d. trials ``x`` ``(N, *x_shape)`` it is the density of the
@@ -137,6 +139,10 @@ class ProbabilityFlowDensity:
                 f"*{tuple(self.theta_shape)})."
             )
         z = self.estimator.to_z(theta).reshape(theta.shape[0], -1)
+        # rows a change of variables cannot map (outside the support) get -inf;
+        # a placeholder keeps them from stalling the batch's adaptive steps
+        mapped = torch.isfinite(z).all(dim=1)
+        z = torch.where(mapped[:, None], z, torch.zeros_like(z))
         if x.shape[0] > 1:
             method = self.iid_method if iid_method is None else iid_method
             if method not in ("gauss", "factorized"):
@@ -162,7 +168,9 @@ class ProbabilityFlowDensity:
             atol=atol,
             generator=generator,
         )
-        inside = within_support(self.prior, theta).reshape(-1)
+        log_p = log_p + self.estimator.transform_log_abs_det(theta)
+        inside = within_support(self.prior, theta).reshape(-1) & mapped
+        inside = inside & torch.isfinite(log_p)
         return torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
 
     def standardized_log_prob(

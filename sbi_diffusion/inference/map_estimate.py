@@ -8,7 +8,11 @@ log posterior (Tweedie's formula; Song et al. 2021):
     \frac{\alpha_t \hat\theta(\theta, t) - \theta}{\sigma_t^2},
 
 so Adam steps along ``alpha_t theta_hat - theta`` from posterior samples climb
-the posterior; the end point with the highest ``log_prob`` is returned.
+the posterior; of the end and starting points, the one with the highest
+``log_prob`` is returned. For a
+model trained in ``u = T(theta)`` (a ``theta_transform``) the ascent in
+standardised space adds the gradient of ``log |det dT/dtheta|``, so that it
+climbs ``p(theta | x)`` rather than ``p(u | x)``.
 """
 
 from __future__ import annotations
@@ -56,14 +60,27 @@ def score_ascent_map(
     denoise = posterior.denoiser_for(x_o)
     z = z.requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=learning_rate)
+    estimator = posterior.estimator
+    sigma2 = float(schedule.sigma(t_map.reshape(1))) ** 2
     for _ in tqdm(range(num_iter), disable=not show_progress_bars, desc="MAP"):
         with torch.no_grad():
             direction = denoise(z, t_map) - z * schedule.alpha(t_map)
+        if estimator.transforms_theta:
+            # the mode of p(theta) is not that of p(z): add sigma^2 times the
+            # gradient of log |det dT/dtheta| at theta(z)
+            with torch.enable_grad():
+                point = z.detach().requires_grad_(True)
+                theta = estimator.from_z(point).reshape(-1, *posterior.theta_shape)
+                log_det = estimator.transform_log_abs_det(theta).sum()
+                (grad,) = torch.autograd.grad(log_det, point)
+            direction = direction + sigma2 * torch.nan_to_num(grad)
         optimizer.zero_grad()
         z.grad = -direction
         optimizer.step()
-    candidates = posterior.estimator.from_z(z.detach()).reshape(
-        -1, *posterior.theta_shape
+    # the starting points compete too: a noisy learned score can lead the ascent
+    # away from the mode
+    candidates = torch.cat(
+        [inits, posterior.estimator.from_z(z.detach()).reshape(inits.shape)]
     )
     log_p = posterior.log_prob(candidates, x=x_o, rtol=1e-4, atol=1e-4)
     return candidates[int(torch.argmax(log_p))].unsqueeze(0)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+from torch.distributions.transforms import Transform
 from tqdm.auto import tqdm
 
 from sbi_diffusion.inference.base import InferenceBase
@@ -72,6 +73,10 @@ from sbi_diffusion.inference.validation import (
     validation_size,
 )
 from sbi_diffusion.model import Denoiser
+from sbi_diffusion.model.theta_transform import (
+    check_theta_transform,
+    resolve_theta_transform,
+)
 from sbi_diffusion.nets import check_net_options
 from sbi_diffusion.path.parameterizations import get_parameterization
 from sbi_diffusion.path.schedules import get_schedule
@@ -117,6 +122,14 @@ class VectorFieldInference(InferenceBase):
         sampler: default sampler of the posterior.
         sampler_options: default options of the sampler (e.g. ``{"steps": 30}``).
         schedule_kwargs: options of a named schedule.
+        theta_transform: learn in an unbounded space
+            (:mod:`sbi_diffusion.model.theta_transform`): None (``theta`` as it
+            is), ``"support"`` (``u = T(theta)`` for the bijection ``T`` from
+            the prior's support onto ``R^d``: log for a positive support, logit
+            for a box, as sbi's ``mcmc_transform``) or a
+            ``torch.distributions.Transform`` from ``theta`` to ``u``. The
+            posterior still samples ``theta`` and evaluates ``log p(theta | x)``
+            with the log-determinant of ``T``.
         device: training and sampling device.
         logging_level: as in sbi.
         show_progress_bars: show training and sampling progress.
@@ -147,6 +160,7 @@ class VectorFieldInference(InferenceBase):
         sampler: str | None = None,
         sampler_options: dict | None = None,
         schedule_kwargs: dict | None = None,
+        theta_transform: str | Transform | None = None,
         device: str = "cpu",
         logging_level: int | str = "WARNING",
         show_progress_bars: bool = True,
@@ -180,6 +194,8 @@ class VectorFieldInference(InferenceBase):
                 f"condition_dropout must be in [0, 1), got {condition_dropout}."
             )
         self._condition_dropout = condition_dropout
+        check_theta_transform(theta_transform)
+        self._theta_transform_spec = theta_transform
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
         self._ema_decay = ema_decay
@@ -212,6 +228,9 @@ class VectorFieldInference(InferenceBase):
             schedule=self._schedule,
             parameterization=self._parameterization,
             weighting=self._weighting,
+            theta_transform=resolve_theta_transform(
+                self._theta_transform_spec, self._prior
+            ),
         )
         return denoiser.to(self._device)
 
@@ -401,6 +420,10 @@ class VectorFieldInference(InferenceBase):
             if isinstance(self._net_spec, str)
             else type(self._net_spec).__name__,
             "net_kwargs": self._resolved_net_kwargs(num, int(theta[0].numel())),
+            "theta_transform": self._theta_transform_spec
+            if self._theta_transform_spec is None
+            or isinstance(self._theta_transform_spec, str)
+            else " ".join(repr(self._theta_transform_spec).split()),
             "max_num_steps": budget.total_steps,
             "patience_steps": budget.patience,
             "steps_trained": self._progress.steps_done,
@@ -459,7 +482,7 @@ class VectorFieldInference(InferenceBase):
     @property
     def resolved_training(self) -> dict[str, Any]:
         """What the last ``train()`` resolved its defaults to: the network
-        (``net``, ``net_kwargs``), the step bound (``max_num_steps``, None for
+        (``net``, ``net_kwargs``), the ``theta_transform``, the step bound (``max_num_steps``, None for
         none), the patience in steps, and the steps and epochs trained. Empty
         before training."""
         return dict(self._resolved_training)

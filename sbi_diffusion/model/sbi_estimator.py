@@ -15,6 +15,10 @@ and it is the one place that reads or writes sbi's private attributes (the
 z-scoring buffers ``_theta_shift``/``_theta_scale`` and the flag that tells sbi
 the estimator works in standardised space). Everything else uses the public
 ``theta_shift``, ``theta_scale``, ``to_z``, ``from_z`` and ``embedding_net``.
+
+The standardised space may follow a change of variables ``u = T(theta)`` onto
+an unbounded space (:mod:`sbi_diffusion.model.theta_transform`):
+``z = (T(theta) - shift) / scale``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from __future__ import annotations
 import torch
 from sbi.neural_nets.estimators.base import ConditionalVectorFieldEstimator
 from torch import Tensor, nn
+from torch.distributions.transforms import Transform, identity_transform
 
+from sbi_diffusion.model.theta_transform import is_identity, log_abs_det_jacobian
 from sbi_diffusion.path.schedules import Schedule
 from sbi_diffusion.path.vector_field import ode_drift, score_from_x_hat
 
@@ -75,6 +81,8 @@ class SbiVectorFieldEstimator(ConditionalVectorFieldEstimator):
             self._theta_shift.copy_(theta_shift.reshape(self._theta_shift.shape))
             self._theta_scale.copy_(theta_scale.reshape(self._theta_scale.shape))
         self._compose_standardization.fill_(True)
+        #: the change of variables ``u = T(theta)`` before the z-scoring
+        self.theta_transform: Transform = identity_transform
 
     @property
     def theta_shift(self) -> Tensor:
@@ -92,6 +100,34 @@ class SbiVectorFieldEstimator(ConditionalVectorFieldEstimator):
         with torch.no_grad():
             self._theta_shift.copy_(shift.reshape(self._theta_shift.shape))
             self._theta_scale.copy_(scale.reshape(self._theta_scale.shape))
+
+    def set_theta_transform(self, transform: Transform) -> None:
+        """Learn ``u = transform(theta)`` (set before training; the z-scoring
+        must be that of ``u``)."""
+        self.theta_transform = transform
+
+    @property
+    def transforms_theta(self) -> bool:
+        """Whether ``theta`` goes through a change of variables before the
+        z-scoring."""
+        return not is_identity(self.theta_transform)
+
+    def to_z(self, theta: Tensor) -> Tensor:
+        """``z = (T(theta) - shift) / scale`` (NaN or inf where ``T`` is not
+        finite: outside the prior's support or on its boundary)."""
+        if self.transforms_theta:
+            theta = self.theta_transform(theta)
+        return super().to_z(theta)
+
+    def from_z(self, z: Tensor) -> Tensor:
+        """``theta = T^{-1}(shift + scale z)``."""
+        u = super().from_z(z)
+        return u if not self.transforms_theta else self.theta_transform.inv(u)
+
+    def transform_log_abs_det(self, theta: Tensor) -> Tensor:
+        r"""``log |det dT/dtheta|`` per row ``(batch,)`` (zeros without a
+        transform): ``log p(theta) = log p_u(T(theta)) + transform_log_abs_det``."""
+        return log_abs_det_jacobian(self.theta_transform, theta)
 
     def _flatten_inputs(
         self, input: Tensor, condition: Tensor, time: Tensor
