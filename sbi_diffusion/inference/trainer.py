@@ -482,9 +482,9 @@ class VectorFieldInference(InferenceBase):
     @property
     def resolved_training(self) -> dict[str, Any]:
         """What the last ``train()`` resolved its defaults to: the network
-        (``net``, ``net_kwargs``), the ``theta_transform``, the step bound (``max_num_steps``, None for
-        none), the patience in steps, and the steps and epochs trained. Empty
-        before training."""
+        (``net``, ``net_kwargs``), the ``theta_transform``, the step bound
+        (``max_num_steps``, None for none), the patience in steps, and the steps
+        and epochs trained. Empty before training."""
         return dict(self._resolved_training)
 
     @classmethod
