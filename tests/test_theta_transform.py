@@ -55,9 +55,7 @@ def test_samples_and_density_match_the_log_normal_posterior(log_normal_model):
     samples = posterior.sample((4000,), x=X_O, show_progress_bars=False)
     assert (samples > 0).all()
     log_samples = samples.log()
-    mean_error = (log_samples.mean(0) - exact.base_dist.loc).abs() / math.sqrt(
-        POST_VAR
-    )
+    mean_error = (log_samples.mean(0) - exact.base_dist.loc).abs() / math.sqrt(POST_VAR)
     assert (mean_error < 0.2).all(), mean_error
     std_ratio = log_samples.std(0) / math.sqrt(POST_VAR)
     assert ((std_ratio > 0.8) & (std_ratio < 1.2)).all(), std_ratio
@@ -193,7 +191,5 @@ def test_consistency_takes_the_teachers_transform(log_normal_model):
     teacher = log_normal_model._trained_estimator
     assert model.transforms_theta  # the student alone would learn theta as it is
     assert torch.equal(model.theta_transform(theta), teacher.theta_transform(theta))
-    samples = student.build_posterior().sample(
-        (20,), x=X_O, show_progress_bars=False
-    )
+    samples = student.build_posterior().sample((20,), x=X_O, show_progress_bars=False)
     assert (samples > 0).all()
