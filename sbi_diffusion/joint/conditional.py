@@ -159,6 +159,13 @@ class ConditionalView(nn.Module):
         """``sum log scale`` of the latent block."""
         return torch.log(self.theta_scale).sum()
 
+    #: the joint model learns its values as they are (no change of variables)
+    transforms_theta = False
+
+    def transform_log_abs_det(self, theta: Tensor) -> Tensor:
+        """Zeros ``(batch,)``: no change of variables before the z-scoring."""
+        return torch.zeros(theta.shape[0], dtype=theta.dtype, device=theta.device)
+
     def embed_condition(self, values: Tensor) -> Tensor:
         """Standardised joint rows ``(B, D)`` from observed values
         ``(B, *condition_shape)`` (NaN: missing)."""

@@ -59,7 +59,8 @@ class DenoiseFn(Protocol):
 class ConditionalDenoiser(Protocol):
     r"""A conditional denoiser ``theta_hat(z_t, t | x)`` on a Gaussian path.
 
-    Parameters live in a standardised space ``z = (theta - shift) / scale``;
+    Parameters live in a standardised space ``z = (T(theta) - shift) / scale``
+    (``T`` the identity unless a change of variables is learned);
     conditions are embedded once (:meth:`embed_condition`) and then passed as
     embeddings.
 
@@ -92,7 +93,13 @@ class ConditionalDenoiser(Protocol):
         ...
 
     def log_abs_det(self) -> Tensor:
-        """``sum log scale``: ``log p(theta) = log p(z) - log_abs_det``."""
+        """``sum log scale``: ``log p(u) = log p(z) - log_abs_det``."""
+        ...
+
+    def transform_log_abs_det(self, theta: Tensor) -> Tensor:
+        """``log |det dT/dtheta|`` ``(batch,)`` of the change of variables
+        ``u = T(theta)`` before the z-scoring (zeros without one):
+        ``log p(theta) = log p(u) + transform_log_abs_det(theta)``."""
         ...
 
     def embed_condition(self, x: Tensor) -> Tensor:
