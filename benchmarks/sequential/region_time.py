@@ -27,16 +27,9 @@ import inspect
 import time
 
 import torch
+from default_posterior import add_common_arguments, default_posteriors
 
-from sbi_diffusion.benchmark.methods import parse
 from sbi_diffusion.benchmark.results import append_row
-from sbi_diffusion.benchmark.runner import (
-    device_name,
-    package_versions,
-    resolved_options,
-    train_or_load,
-)
-from sbi_diffusion.benchmark.tasks import load_task
 from sbi_diffusion.inference.truncation import (
     get_density_region,
     get_sample_thresholder,
@@ -45,23 +38,17 @@ from sbi_diffusion.inference.truncation import (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["two_moons"])
-    parser.add_argument("--num-simulations", type=int, default=1000)
-    parser.add_argument("--support-samples", type=int, default=1_000_000)
+    add_common_arguments(
+        parser, ["two_moons"], "benchmarks/sequential/region_time.jsonl"
+    )
     parser.add_argument(
         "--cheap-steps",
         type=int,
         default=inspect.signature(get_density_region).parameters["cheap_steps"].default,
     )
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", default="benchmarks/sequential/region_time.jsonl")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    for task_name in args.tasks:
-        task = load_task(task_name)
-        spec = parse("diffusion")
-        trained = train_or_load(task_name, task, spec, args.num_simulations, 0, "cpu")
-        posterior = trained.posterior.set_default_x(task.get_observation(1))
+    for default in default_posteriors(args):
+        task, posterior = default.task, default.posterior
         torch.manual_seed(0)
         start = time.perf_counter()
         region = get_density_region(
@@ -92,26 +79,17 @@ def main() -> None:
         start = time.perf_counter()
         box = get_sample_thresholder(posterior, num_samples=100_000, quantile=1e-4)
         box_s = time.perf_counter() - start
-        row = {
-            "task": task_name,
-            "dim_parameters": task.dim_parameters,
-            "num_simulations": args.num_simulations,
-            "support_samples": args.support_samples,
-            "density_region_s": round(region_s, 2),
-            "density_region": build,
-            "agreement_with_dopri5": agreement,
-            "decide_1e5_prior_draws_s": round(decide_s, 2),
-            "checked_of_1e5_prior_draws": checked_many,
-            "prior_mass_density_region": inside_density,
-            "box_region_s": round(box_s, 2),
-            "prior_mass_box_region": float(box(many).float().mean()),
-            "resolved": resolved_options(
-                spec, posterior, trained.routed, trained.resolved_training
-            ),
-            "threads": args.threads,
-            "device": device_name("cpu"),
-            "versions": package_versions(),
-        }
+        row = default.row(
+            args,
+            density_region_s=round(region_s, 2),
+            density_region=build,
+            agreement_with_dopri5=agreement,
+            decide_1e5_prior_draws_s=round(decide_s, 2),
+            checked_of_1e5_prior_draws=checked_many,
+            prior_mass_density_region=inside_density,
+            box_region_s=round(box_s, 2),
+            prior_mass_box_region=float(box(many).float().mean()),
+        )
         append_row(args.output, row)
         print(row, flush=True)
 

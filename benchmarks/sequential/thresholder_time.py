@@ -20,36 +20,23 @@ import argparse
 import time
 
 import torch
+from default_posterior import add_common_arguments, default_posteriors
 from sbi.utils import get_density_thresholder
 
-from sbi_diffusion.benchmark.methods import parse
 from sbi_diffusion.benchmark.results import append_row
-from sbi_diffusion.benchmark.runner import (
-    device_name,
-    package_versions,
-    resolved_options,
-    train_or_load,
-)
-from sbi_diffusion.benchmark.tasks import load_task
 from sbi_diffusion.density import LARGE_BATCH_HEUN_STEPS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["two_moons", "bernoulli_glm"])
-    parser.add_argument("--num-simulations", type=int, default=1000)
-    parser.add_argument("--support-samples", type=int, default=1_000_000)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--output", default="benchmarks/sequential/thresholder_time.jsonl"
+    add_common_arguments(
+        parser,
+        ["two_moons", "bernoulli_glm"],
+        "benchmarks/sequential/thresholder_time.jsonl",
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    for task_name in args.tasks:
-        task = load_task(task_name)
-        spec = parse("diffusion")
-        trained = train_or_load(task_name, task, spec, args.num_simulations, 0, "cpu")
-        posterior = trained.posterior.set_default_x(task.get_observation(1))
+    for default in default_posteriors(args):
+        posterior = default.posterior
         torch.manual_seed(0)
         start = time.perf_counter()
         samples = posterior.sample((args.support_samples,), show_progress_bars=False)
@@ -71,28 +58,19 @@ def main() -> None:
         fixed = log_p[:1000]
         error = (fixed - adaptive).abs()
         inside = float(accept(subset).float().mean())
-        row = {
-            "task": task_name,
-            "dim_parameters": task.dim_parameters,
-            "num_simulations": args.num_simulations,
-            "support_samples": args.support_samples,
-            "sample_s": round(sample_s, 2),
-            "log_prob_s": round(log_prob_s, 2),
-            "thresholder_s": round(thresholder_s, 2),
-            "heun16_vs_dopri5_abs_error_median": round(float(error.median()), 4),
-            "heun16_vs_dopri5_abs_error_max": round(float(error.max()), 4),
-            "posterior_samples_inside_region": inside,
-            "resolved": {
-                **resolved_options(
-                    spec, posterior, trained.routed, trained.resolved_training
-                ),
+        row = default.row(
+            args,
+            sample_s=round(sample_s, 2),
+            log_prob_s=round(log_prob_s, 2),
+            thresholder_s=round(thresholder_s, 2),
+            heun16_vs_dopri5_abs_error_median=round(float(error.median()), 4),
+            heun16_vs_dopri5_abs_error_max=round(float(error.max()), 4),
+            posterior_samples_inside_region=inside,
+            resolved={
                 "log_prob_solver": "heun",
                 "log_prob_steps": LARGE_BATCH_HEUN_STEPS,
             },
-            "threads": args.threads,
-            "device": device_name("cpu"),
-            "versions": package_versions(),
-        }
+        )
         append_row(args.output, row)
         print(row, flush=True)
 
