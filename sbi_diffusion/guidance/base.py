@@ -18,7 +18,6 @@ from torch.distributions.transforms import Transform, identity_transform
 
 from sbi_diffusion.composition import DiffusedPrior, diffused_prior
 from sbi_diffusion.model.interface import DenoiseFn
-from sbi_diffusion.model.theta_transform import is_identity
 from sbi_diffusion.path.schedules import Schedule
 from sbi_diffusion.path.vector_field import as_time
 
@@ -78,8 +77,7 @@ class GuidanceContext:
 
     def theta(self, z: Tensor) -> Tensor:
         """``theta = T^{-1}(shift + scale z)`` (differentiable)."""
-        u = self.shift.to(z) + self.scale.to(z) * z
-        return u if is_identity(self.transform) else self.transform.inv(u)
+        return self.transform.inv(self.shift.to(z) + self.scale.to(z) * z)
 
     def prior_max_variance(self) -> float | None:
         """Largest variance of the standardised training prior (None if unknown)."""

@@ -115,14 +115,11 @@ class SbiVectorFieldEstimator(ConditionalVectorFieldEstimator):
     def to_z(self, theta: Tensor) -> Tensor:
         """``z = (T(theta) - shift) / scale`` (NaN or inf where ``T`` is not
         finite: outside the prior's support or on its boundary)."""
-        if self.transforms_theta:
-            theta = self.theta_transform(theta)
-        return super().to_z(theta)
+        return super().to_z(self.theta_transform(theta))
 
     def from_z(self, z: Tensor) -> Tensor:
         """``theta = T^{-1}(shift + scale z)``."""
-        u = super().from_z(z)
-        return u if not self.transforms_theta else self.theta_transform.inv(u)
+        return self.theta_transform.inv(super().from_z(z))
 
     def transform_log_abs_det(self, theta: Tensor) -> Tensor:
         r"""``log |det dT/dtheta|`` per row ``(batch,)`` (zeros without a
