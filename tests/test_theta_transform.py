@@ -193,3 +193,25 @@ def test_consistency_takes_the_teachers_transform(log_normal_model):
     assert torch.equal(model.theta_transform(theta), teacher.theta_transform(theta))
     samples = student.build_posterior().sample((20,), x=X_O, show_progress_bars=False)
     assert (samples > 0).all()
+
+
+def test_estimator_pickled_without_a_transform_still_loads():
+    """An estimator saved before ``theta_transform`` existed has no such
+    attribute; it samples and evaluates as with the identity."""
+    prior = BoxUniform(torch.zeros(2), torch.ones(2))
+    theta = prior.sample((200,))
+    inference = DiffusionNPE(
+        prior, net_kwargs=dict(width=16, depth=1), show_progress_bars=False
+    )
+    inference.append_simulations(theta, theta).train(max_num_epochs=1, seed=0)
+    posterior = inference.build_posterior()
+    points = theta[:3]
+    expected = posterior.log_prob(points, x=theta[0])
+    del posterior.estimator.__dict__["theta_transform"]
+    buffer = io.BytesIO()
+    torch.save(posterior, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert not loaded.estimator.transforms_theta
+    assert torch.allclose(loaded.log_prob(points, x=theta[0]), expected)
+    assert loaded.sample((5,), x=theta[0], show_progress_bars=False).shape == (5, 2)

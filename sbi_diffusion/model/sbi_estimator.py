@@ -51,6 +51,9 @@ class SbiVectorFieldEstimator(ConditionalVectorFieldEstimator):
     SCORE_DEFINED = True
     SDE_DEFINED = True
     MARGINALS_DEFINED = True
+    #: the change of variables ``u = T(theta)`` before the z-scoring; the class
+    #: default keeps estimators pickled before it existed loadable
+    theta_transform: Transform = identity_transform
 
     def __init__(
         self,
@@ -81,8 +84,6 @@ class SbiVectorFieldEstimator(ConditionalVectorFieldEstimator):
             self._theta_shift.copy_(theta_shift.reshape(self._theta_shift.shape))
             self._theta_scale.copy_(theta_scale.reshape(self._theta_scale.shape))
         self._compose_standardization.fill_(True)
-        #: the change of variables ``u = T(theta)`` before the z-scoring
-        self.theta_transform: Transform = identity_transform
 
     @property
     def theta_shift(self) -> Tensor:
