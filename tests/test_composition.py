@@ -213,6 +213,34 @@ def test_gauss_with_estimated_covariances(linear_gaussian):
     assert ((var_ratio > 0.7) & (var_ratio < 1.4)).all(), var_ratio
 
 
+@pytest.mark.parametrize("schedule", ["edm_vp", "rectified_flow"])
+def test_noise_floor_is_exact_for_gaussian_trials(linear_gaussian, schedule):
+    """Below the floor each trial's estimate comes from its denoiser at the
+    floor through a Gaussian of the trial's covariance: for Gaussian trial
+    posteriors that is the denoiser itself, at every noise level."""
+    est, x, plain = _compose(linear_gaussian, schedule, 30, "gauss")
+    _, _, floored = _compose(linear_gaussian, schedule, 30, "gauss", noise_floor=1.0)
+    t_floor = floored._floor[0]
+    t_min = float(floored.schedule.t_min)
+    z = torch.randn(64, 2)
+    for t in (t_min, 0.5 * (t_min + t_floor), t_floor, 0.5 * (t_floor + 1.0)):
+        t = torch.full((64,), t)
+        torch.testing.assert_close(floored(z, t), plain(z, t), atol=2e-4, rtol=2e-4)
+    assert floored._floor_inputs(z, torch.full((64,), t_min))[2].all()
+    assert floored._floor_inputs(z, torch.full((64,), t_floor + 0.05))[2] is None
+    result = _sample(floored, 800)
+    mean, cov = linear_gaussian.posterior(x)
+    mean_err, var_ratio = moment_errors(est.from_z(result.samples), mean, cov)
+    assert mean_err < 0.2
+    assert ((var_ratio > 0.75) & (var_ratio < 1.3)).all(), var_ratio
+
+
+@pytest.mark.parametrize("method,floor", [("factorized", 1.0), ("gauss", 0.0)])
+def test_noise_floor_bad_input(linear_gaussian, method, floor):
+    with pytest.raises(ValueError, match="noise_floor"):
+        _compose(linear_gaussian, "edm_vp", 3, method, noise_floor=floor)
+
+
 def test_unbiased_precision_factor():
     """The inverse of a sample covariance times the factor averages to the
     precision (inverse-Wishart mean); too few samples is an error."""

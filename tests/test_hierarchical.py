@@ -27,6 +27,7 @@ from torch.distributions import Independent, Normal
 from sbi_diffusion import HierarchicalNPE
 from sbi_diffusion.composition import SNRDamping
 from sbi_diffusion.hierarchical import GroupLayout, MaskedSetEmbedding
+from sbi_diffusion.hierarchical.posterior import DEFAULT_NOISE_FLOOR
 from sbi_diffusion.samplers import Solver
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks" / "hierarchical"))
@@ -197,6 +198,19 @@ def test_damping_schedule(trained, observed):
     assert torch.isfinite(samples).all()
 
 
+def test_noise_floor_default_and_record(trained, observed):
+    _, _, x = observed
+    gauss = trained.build_posterior(sampler=FAST)
+    assert gauss.noise_floor == DEFAULT_NOISE_FLOOR
+    assert trained.build_posterior(composition="factorized").noise_floor is None
+    gauss.sample((3,), x=x)
+    assert gauss.last_info["noise_floor"] == DEFAULT_NOISE_FLOOR
+    composed = gauss.global_posterior.iid_denoiser(
+        gauss.layout.check_groups(x), "gauss", **gauss._composition_options()
+    )
+    assert composed._floor is not None
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -213,6 +227,8 @@ def test_errors(trained, observed):
         posterior.sample((2,), x=bad)
     with pytest.raises(ValueError, match="Unknown composition"):
         trained.build_posterior(composition="nope")
+    with pytest.raises(ValueError, match="noise_floor"):
+        trained.build_posterior(composition="factorized", noise_floor=0.5)
     with pytest.raises(ValueError, match="torch Distribution"):
         HierarchicalNPE(MODEL.global_prior, lambda g: g + 1)
     with pytest.raises(ValueError, match="function"):

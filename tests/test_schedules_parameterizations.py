@@ -207,3 +207,16 @@ def test_score_composes_with_torch_func(schedule_name):
     assert jacobians.shape == (4, 3, 1, 2, 1, 2)
     reference = torch.autograd.functional.jacobian(score, inputs[1, 2])
     assert torch.allclose(jacobians[1, 2], reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("schedule_name", SCHEDULES)
+def test_time_at_half_log_snr_inverts_it(schedule_name):
+    schedule = get_schedule(schedule_name)
+    lo = float(schedule.t_min) + 0.05 * (schedule.t_max - schedule.t_min)
+    t = torch.linspace(lo, float(schedule.t_max) - 0.05, 7, dtype=torch.float64)
+    found = schedule.time_at_half_log_snr(schedule.half_log_snr(t))
+    torch.testing.assert_close(found, t, atol=1e-6, rtol=0)
+    ends = schedule.time_at_half_log_snr(torch.tensor([1e6, -1e6]))
+    torch.testing.assert_close(
+        ends, torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64)
+    )

@@ -23,24 +23,31 @@ import torch
 from sbi.utils.metrics import c2st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model import HierarchicalGaussian  # noqa: E402
+from model import HierarchicalGaussian, train_on_single_groups  # noqa: E402
 
-from sbi_diffusion import HierarchicalNPE  # noqa: E402
 from sbi_diffusion.samplers import Solver  # noqa: E402
 
-#: (G, composition, sampler, sampler options, damping SNR_0, group batch size)
+#: (G, composition, sampler, sampler options, damping SNR_0, group batch size,
+#: noise floor)
 CONFIGS = [
-    (10, "gauss", "dopri5", {}, 0.0, None),
-    (100, "gauss", "dopri5", {}, 0.0, None),
-    (100, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 20),
-    (1000, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 100),
-    (1000, "gauss", "euler_maruyama", {"steps": 200}, 1.0, 100),
+    (10, "gauss", "dopri5", {}, 0.0, None, None),
+    (100, "gauss", "dopri5", {}, 0.0, None, None),
+    (100, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 20, None),
+    (1000, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 100, None),
+    (1000, "gauss", "euler_maruyama", {"steps": 200}, 1.0, 100, None),
+    (10, "gauss", "dopri5", {}, 0.0, None, 0.5),
+    (100, "gauss", "dopri5", {}, 0.0, None, 0.5),
+    (1000, "gauss", "dopri5", {}, 0.0, None, 0.5),
+    (100, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 20, 0.5),
+    (1000, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 100, 0.5),
 ]
 
 
 def key(row: dict) -> str:
+    fields = ("G", "composition", "sampler", "damping", "B", "seed")
+    # rows made before the noise floor existed had none
     return json.dumps(
-        {k: row[k] for k in ("G", "composition", "sampler", "damping", "B", "seed")},
+        {**{k: row[k] for k in fields}, "noise_floor": row.get("noise_floor")},
         sort_keys=True,
     )
 
@@ -60,20 +67,17 @@ def main() -> None:
     if out.exists():
         done = {key(json.loads(line)) for line in out.read_text().splitlines()}
     model = HierarchicalGaussian()
-    torch.manual_seed(args.seed)
-    start = time.time()
-    g, loc, x = model.simulate(args.num_simulations)
-    inference = HierarchicalNPE(model.global_prior, model.local_prior)
-    inference.append_simulations(g, loc, x)
-    inference.train(max_num_steps=args.max_num_steps, seed=args.seed)
-    train_time = time.time() - start
-    for G, comp, sampler, options, damping, batch in CONFIGS:
+    inference, train_time = train_on_single_groups(
+        model, args.num_simulations, args.max_num_steps, args.seed
+    )
+    for G, comp, sampler, options, damping, batch, floor in CONFIGS:
         row = {
             "G": G,
             "composition": comp,
             "sampler": Solver(sampler, **options).as_dict(),
             "damping": damping,
             "B": batch,
+            "noise_floor": floor,
             "seed": args.seed,
         }
         if key(row) in done:
@@ -86,6 +90,7 @@ def main() -> None:
             sampler=Solver(sampler, **options),
             damping=damping,
             group_batch_size=batch,
+            noise_floor=floor,
             composition_options={"covariance_samples": args.covariance_samples},
         )
         t0 = time.time()

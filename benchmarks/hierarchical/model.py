@@ -14,6 +14,7 @@ for ``k = 1..T``. With ``xbar_j`` the mean of group ``j``'s ``n_j`` trials,
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -69,3 +70,19 @@ class HierarchicalGaussian:
         q = 1 / self.s_l**2 + n / self.s_x**2
         mean = g[:, None, :] / self.s_l**2 + (n[:, None] * xbar)[None] / self.s_x**2
         return mean / q[None, :, None], 1 / q
+
+
+def train_on_single_groups(
+    model: HierarchicalGaussian, num_simulations: int, max_num_steps: int, seed: int
+):
+    """A ``HierarchicalNPE`` trained on ``num_simulations`` single groups (the
+    global RNG seeded with ``seed`` first), and the seconds it took."""
+    from sbi_diffusion import HierarchicalNPE
+
+    torch.manual_seed(seed)
+    start = time.time()
+    g, loc, x = model.simulate(num_simulations)
+    inference = HierarchicalNPE(model.global_prior, model.local_prior)
+    inference.append_simulations(g, loc, x)
+    inference.train(max_num_steps=max_num_steps, seed=seed)
+    return inference, time.time() - start

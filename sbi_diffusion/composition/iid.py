@@ -16,6 +16,7 @@ simulation-based inference in tall data settings", Eq. 12). The methods
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -150,6 +151,11 @@ class IIDComposedDenoiser:
             ``x_hat = x_hat_prior + d(t) (x_hat_comp - x_hat_prior)``
             (:class:`~sbi_diffusion.composition.damping.SNRDamping`); None for
             none.
+        noise_floor: for ``gauss``: ``kappa``; below the noise level
+            ``sigma / alpha = kappa * s`` (``s`` the median over trials of the
+            root mean variance of their posteriors) each trial's estimate comes
+            from the network at that level, through a Gaussian of the trial's
+            covariance (:meth:`_floored`). None: the network at every level.
 
     Attributes:
         evaluations_per_call: network evaluations per call (for NFE reports).
@@ -176,8 +182,15 @@ class IIDComposedDenoiser:
         show_progress_bars: bool = False,
         trial_batch_size: int | None = None,
         damping: Callable[[Tensor], Tensor] | None = None,
+        noise_floor: float | None = None,
     ):
         prior_precision = _checked_prior_precision(method, prior_precision)
+        if noise_floor is not None and (method != "gauss" or not noise_floor > 0):
+            raise ValueError(
+                f"noise_floor={noise_floor!r} with iid_method={method!r}: a noise "
+                "floor is a positive multiple of the trials' posterior standard "
+                "deviation and applies to iid_method='gauss' only."
+            )
         self.estimator = estimator
         self.schedule = estimator.schedule
         self.prior_precision = prior_precision
@@ -211,6 +224,8 @@ class IIDComposedDenoiser:
         self.trial_precisions: Tensor | None = None
         self.setup_evaluations = 0.0
         self._surrogate: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self._floor: tuple[float, float, float] | None = None
+        self._t_alpha = alpha_floor_time(self.schedule)
         if method == "gauss":
             precision_factor = 1.0
             if trial_covariances is None:
@@ -245,14 +260,16 @@ class IIDComposedDenoiser:
             cov = at_least_prior_precision(cov, prior.cov.to(cov.device))
             self.trial_precisions = inverse_clamped(cov, 1e-8)
             self._precision_sum = self.trial_precisions.sum(0)
+            vals, vecs = torch.linalg.eigh(cov.double())
+            vals, vecs = torch.clamp(vals, min=1e-10).float(), vecs.float()
+            self._trial_eigen = (vals, vecs)
             if trial_means is not None:
                 means = torch.as_tensor(trial_means, dtype=torch.float32)
                 means = means.to(cov.device).reshape(self.num_trials, self.d)
-                vals, vecs = torch.linalg.eigh(cov.double())
-                vals = torch.clamp(vals, min=1e-10)
-                vals = vals.float()
-                self._surrogate = (means, vals, vecs.float(), vals.mean(-1))
-        self._t_alpha = alpha_floor_time(self.schedule)
+                self._surrogate = (means, vals, vecs, vals.mean(-1))
+            if noise_floor is not None:
+                trial_std = float(vals.mean(-1).median()) ** 0.5
+                self._floor = self._floor_level(noise_floor * trial_std)
         prior_variances = torch.linalg.eigvalsh(prior.cov.double())
         self._prior_max_variance = float(prior_variances.max())
         # single-trial posteriors at most 1000 times more precise than the prior
@@ -262,6 +279,14 @@ class IIDComposedDenoiser:
         self.evaluations_per_call = evals + prior.evaluations_per_call
 
     # ------------------------------------------------------------- helpers
+
+    def _floor_level(self, ratio: float) -> tuple[float, float, float]:
+        """The time ``t_f`` with ``sigma / alpha = ratio`` (within the path),
+        ``alpha(t_f)`` and the ratio there squared, ``r_f^2``."""
+        t = self.schedule.time_at_half_log_snr(torch.tensor([-math.log(ratio)]))
+        t = torch.clamp(t, max=self._t_alpha).float()
+        alpha, sigma = alpha_sigma(self.schedule, t)
+        return float(t), float(alpha), float((sigma / alpha) ** 2)
 
     def reseed_trial_batches(self, seed: int) -> None:
         """Restart the random trial subsets of ``trial_batch_size`` from
@@ -404,6 +429,61 @@ class IIDComposedDenoiser:
         lam = s2 / (s2 + a**2 * mean_var[None, :, None])
         return (1 - lam) * x_hat + lam * x_gauss
 
+    def _floor_inputs(
+        self, z: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Network inputs: ``(alpha_f z / alpha, t_f)`` for the rows below the
+        noise floor, ``(z, t)`` for the others; and the rows below it (None
+        without a floor or where no row is below)."""
+        if self._floor is None:
+            return z, t, None
+        t_f, alpha_f, ratio2_f = self._floor
+        alpha, sigma = alpha_sigma(self.schedule, t)
+        below = (sigma / alpha) ** 2 < ratio2_f
+        if not bool(below.any()):
+            return z, t, None
+        z_floor = (alpha_f / alpha)[:, None] * z
+        return (
+            torch.where(below[:, None], z_floor, z),
+            torch.where(below, torch.full_like(t, t_f), t),
+            below,
+        )
+
+    def _floored(
+        self, z: Tensor, t: Tensor, chunk: Tensor, x_floor: Tensor, below: Tensor
+    ) -> Tensor:
+        r"""Each trial's estimate below the noise floor ``r_f = sigma_f /
+        alpha_f``, from the network at the floor.
+
+        With ``u = z / alpha`` and ``r = sigma / alpha``, trial ``i`` is taken
+        to be Gaussian with its covariance ``Sigma_i = V diag(v) V^T`` and the
+        mean ``m_i(u)`` that reproduces the network at the floor,
+        ``m_i = u + (Sigma_i + r_f^2 I)(\hat x_i(alpha_f u, t_f) - u) / r_f^2``
+        (exact for a Gaussian trial posterior, whatever ``u``); its estimate is
+        then
+
+        .. math::
+            \hat x_i(z, t) = u + V \operatorname{diag}\Big(
+            \frac{(v + r_f^2)\, r^2}{(v + r^2)\, r_f^2}\Big) V^T
+            \big(\hat x_i(alpha_f u, t_f) - u\big),
+
+        equal to the network at ``r = r_f`` and tending to ``u`` as ``r -> 0``.
+        The composition weighs the trials by ``alpha^2 / sigma^2`` there, so the
+        network's own errors, of order ``sigma`` at low noise, would add up over
+        the ``N`` trials to many times the width of the ``N``-trial posterior
+        (measured in ``benchmarks/hierarchical/README.md``); the floored
+        estimates keep the trials' errors at their size at the floor.
+        """
+        vals, vecs = (v[chunk] for v in self._trial_eigen)
+        _, _, ratio2_f = self._floor
+        alpha, sigma = alpha_sigma(self.schedule, t)
+        u = z / alpha[:, None]
+        ratio2 = ((sigma / alpha) ** 2)[:, None, None]
+        gain = (vals[None] + ratio2_f) * ratio2 / ((vals[None] + ratio2) * ratio2_f)
+        coords = torch.einsum("nde,bnd->bne", vecs, x_floor - u[:, None])
+        floored = u[:, None] + torch.einsum("nde,bne->bnd", vecs, gain * coords)
+        return torch.where(below[:, None, None], floored, x_floor)
+
     def _gauss(self, z: Tensor, t: Tensor) -> Tensor:
         r"""GAUSS (Linhart et al. 2024, Eq. 12):
 
@@ -426,8 +506,11 @@ class IIDComposedDenoiser:
         snr = signal_to_noise(self.schedule, t)
         eye = eye_like(self.d, z)
         numerator = torch.zeros_like(z)
+        z_net, t_net, below = self._floor_inputs(z, t)
         for chunk in self._trial_chunks(z.shape[0]):
-            x_hat = self.trial_denoise(z, t, chunk)
+            x_hat = self.trial_denoise(z_net, t_net, chunk)
+            if below is not None:
+                x_hat = self._floored(z, t, chunk, x_hat, below)
             if self._surrogate is not None:
                 x_hat = self._blend_surrogate(z, t, chunk, x_hat)
             prec = self.trial_precisions[chunk]

@@ -31,12 +31,19 @@ from sbi_diffusion.hierarchical.groups import GroupLayout
 from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.samplers import Solver
 
-__all__ = ["HierarchicalPosterior", "FULL_BATCH_SAMPLER", "MINI_BATCH_SAMPLER"]
+__all__ = [
+    "HierarchicalPosterior",
+    "FULL_BATCH_SAMPLER",
+    "MINI_BATCH_SAMPLER",
+    "DEFAULT_NOISE_FLOOR",
+]
 
 #: default sampler of the composition over all groups, and over mini-batches of
 #: groups (``benchmarks/hierarchical/README.md``)
 FULL_BATCH_SAMPLER = Solver("dopri5")
 MINI_BATCH_SAMPLER = Solver("euler_maruyama", steps=200)
+#: ``noise_floor`` of the GAUSS composition (``benchmarks/hierarchical/README.md``)
+DEFAULT_NOISE_FLOOR = 0.5
 
 
 class HierarchicalPosterior:
@@ -57,6 +64,16 @@ class HierarchicalPosterior:
         damping: ``SNR_0`` of the damping ``d(t) = SNR / (SNR + SNR_0)`` of the
             composed correction
             (:class:`~sbi_diffusion.composition.SNRDamping`); 0: none.
+        noise_floor: for ``gauss``: below the noise level of ``noise_floor``
+            times the single-group posteriors' standard deviation, each group's
+            estimate comes from the network at that level through a Gaussian of
+            the group's covariance
+            (:class:`~sbi_diffusion.composition.IIDComposedDenoiser`); the
+            composition adds up ``G`` network errors of order ``sigma`` there,
+            which made the composed posterior too narrow (std ratio .7 at
+            ``G = 100``; ``benchmarks/hierarchical/README.md``). None: the
+            network at every noise level. ``"auto"``: :data:`DEFAULT_NOISE_FLOOR`
+            for ``gauss``, else None.
         max_rows: most ``(sample, group)`` pairs evaluated at once, by the
             composition (groups are chunked) and by the local model.
         sampler: sampler of the composed global posterior (a name or a
@@ -80,6 +97,7 @@ class HierarchicalPosterior:
         composition: str = "gauss",
         group_batch_size: int | None = None,
         damping: float = 0.0,
+        noise_floor: float | str | None = "auto",
         max_rows: int = 100_000,
         sampler: str | Solver | None = None,
         composition_options: dict | None = None,
@@ -94,6 +112,14 @@ class HierarchicalPosterior:
         self.composition = composition
         self.group_batch_size = group_batch_size
         self.damping = SNRDamping(global_posterior.estimator.schedule, float(damping))
+        if noise_floor == "auto":
+            noise_floor = DEFAULT_NOISE_FLOOR if composition == "gauss" else None
+        elif noise_floor is not None and composition != "gauss":
+            raise ValueError(
+                f"noise_floor={noise_floor!r} needs composition='gauss' (the "
+                f"groups' covariances); got composition={composition!r}."
+            )
+        self.noise_floor = noise_floor
         self.max_rows = int(max_rows)
         if sampler is None:
             sampler = (
@@ -111,6 +137,7 @@ class HierarchicalPosterior:
             "max_rows": self.max_rows,
             "trial_batch_size": self.group_batch_size,
             "damping": self.damping if self.damping.snr0 > 0 else None,
+            "noise_floor": self.noise_floor,
             **self.composition_options,
         }
 
@@ -171,6 +198,7 @@ class HierarchicalPosterior:
             "composition": self.composition,
             "group_batch_size": self.group_batch_size,
             "damping_snr0": self.damping.snr0,
+            "noise_floor": self.noise_floor,
             "nfe": gp.last_nfe,
             **((gp.last_iid_info or {}) if encoded.shape[0] > 1 else {}),
         }

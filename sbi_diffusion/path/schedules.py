@@ -166,25 +166,34 @@ class Schedule(ABC):
             The grid, or None where the log-SNR is infinite at an end point
             (``alpha(t_max) = 0`` or ``sigma(t_min) = 0``, as for rectified flow).
         """
-        t_max, t_min = float(self.t_max), float(self.t_min)
-
-        def half_log_snr(t: Tensor) -> Tensor:
-            return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
-
-        ends = half_log_snr(torch.tensor([t_max, t_min], dtype=torch.float64))
+        ends = self.half_log_snr(
+            torch.tensor([self.t_max, self.t_min], dtype=torch.float64)
+        )
         if not bool(torch.isfinite(ends).all()):
             return None
         target = torch.linspace(
             float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64
         )
-        lo, hi = torch.full_like(target, t_min), torch.full_like(target, t_max)
+        grid = self.time_at_half_log_snr(target)
+        grid[0], grid[-1] = self.t_max, self.t_min
+        return grid.to(dtype=torch.float32, device=device)
+
+    def half_log_snr(self, t: Tensor) -> Tensor:
+        """``log(alpha(t) / sigma(t))``, decreasing in ``t``."""
+        return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
+
+    def time_at_half_log_snr(self, target: Tensor) -> Tensor:
+        """The times (float64) in ``[t_min, t_max]`` at which
+        ``log(alpha / sigma)`` equals ``target``, by bisection (a target beyond
+        the path's range gives the nearer end)."""
+        target = torch.as_tensor(target, dtype=torch.float64)
+        lo = torch.full_like(target, float(self.t_min))
+        hi = torch.full_like(target, float(self.t_max))
         for _ in range(60):
             mid = 0.5 * (lo + hi)
-            above = half_log_snr(mid) > target  # mid has too little noise
+            above = self.half_log_snr(mid) > target  # mid has too little noise
             lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-        grid = 0.5 * (lo + hi)
-        grid[0], grid[-1] = t_max, t_min
-        return grid.to(dtype=torch.float32, device=device)
+        return 0.5 * (lo + hi)
 
     def prior_std(self) -> float:
         r"""Standard deviation of ``z_{t_max}`` for standardised data.
