@@ -97,23 +97,27 @@ OURS = {
     "ours_gauss_em250_langevin_z": em("gauss", 250, False, corrector="langevin"),
 }
 SBI = ("fnpe", "gauss", "auto_gauss", "jac_gauss")
-PRIOR_PRECISION_SUFFIXES = {"_exactprior": "exact", "_gaussianprior": "gaussian"}
-"""Suffixes of a GAUSS or JAC method of ``OURS`` run with the given
-``prior_precision``: ``_exactprior`` (the exact denoising precision of the
-analytic prior, GAUSS's only one before that option existed; rows of box-prior
-tasks written before carry it) and ``_gaussianprior`` (the moment-matched
-Gaussian prior's, for JAC, whose default is the exact one)."""
+IID_OPTION_SUFFIXES = {
+    "_exactprior": (("gauss", "jac"), {"prior_precision": "exact"}),
+    "_gaussianprior": (("gauss", "jac"), {"prior_precision": "gaussian"}),
+    "_floor": (("gauss",), {"noise_floor": 0.5}),
+}
+"""Suffixes of a method of ``OURS`` run with further composition options:
+``_exactprior`` (the exact denoising precision of the analytic prior, GAUSS's
+only one before that option existed; rows of box-prior tasks written before
+carry it), ``_gaussianprior`` (the moment-matched Gaussian prior's, for JAC,
+whose default is the exact one) and ``_floor`` (GAUSS with ``noise_floor=0.5``,
+the default of the hierarchical composition)."""
 
 
 def ours_method(method: str) -> tuple[str, str, dict] | None:
     """``(iid_method, sampler, options)`` of one of our methods, or None."""
     if method in OURS:
         return OURS[method]
-    for suffix, prior_precision in PRIOR_PRECISION_SUFFIXES.items():
+    for suffix, (methods, iid_options) in IID_OPTION_SUFFIXES.items():
         base = method.removesuffix(suffix)
-        if base != method and base in OURS and OURS[base][0] in ("gauss", "jac"):
+        if base != method and base in OURS and OURS[base][0] in methods:
             iid_method, sampler, options = OURS[base]
-            iid_options = {"prior_precision": prior_precision}
             return iid_method, sampler, {**options, "iid_options": iid_options}
     return None
 
@@ -270,7 +274,8 @@ def run_method(method, posterior, prior, x, num, args) -> tuple[torch.Tensor, di
             show_progress_bars=False,
             **options,
         )
-        return samples, {"nfe_per_sample": posterior.last_nfe}
+        resolved = {"iid_method": iid_method, "sampler": sampler, **options}
+        return samples, {"nfe_per_sample": posterior.last_nfe, "resolved": resolved}
     # sbi 0.27 refuses i.i.d. sampling with composed standardisation, so its
     # methods run where sbi itself would: in the standardised space, with the
     # prior mapped there (z = (theta - shift) / scale), samples mapped back.
