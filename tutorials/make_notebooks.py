@@ -2073,8 +2073,12 @@ HIERARCHICAL = [
         $\sqrt{5}$ times narrower than with ten groups, and the learned
         per-group scores' errors add up over the groups: the composed
         posterior's error grows with $G$ (`benchmarks/hierarchical/README.md`
-        measures it at $G$ = 10, 100 and 1,000). Here it is shown and bounded
-        loosely.
+        measures it at $G$ = 10, 100 and 1,000). Where the noise is narrower
+        than half a single group's posterior, each group's estimate comes from
+        the network at that floor (`build_posterior(noise_floor=0.5)`, the
+        default), because there the composition would add up $G$ network
+        errors that do not shrink with the posterior's width. Here the error
+        is shown and bounded loosely.
         """
     ),
     _code(
@@ -2118,7 +2122,7 @@ HIERARCHICAL = [
           `sample_joint` adds every group's local parameters.
         * Groups of different sizes are padded with NaN rows.
         * The composed posterior is accurate for tens of groups; its error grows
-          with $G$ (the per-group errors add up).
+          with $G$ (the per-group errors add up; a longer training shrinks it).
           `build_posterior(group_batch_size=B)` uses mini-batches of groups and
           `damping=` damps the composed prior correction; their measured effect
           is in `benchmarks/hierarchical/README.md`.

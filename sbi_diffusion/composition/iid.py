@@ -439,6 +439,7 @@ class IIDComposedDenoiser:
             return z, t, None
         t_f, alpha_f, ratio2_f = self._floor
         alpha, sigma = alpha_sigma(self.schedule, t)
+        alpha = torch.clamp(alpha, min=ALPHA_FLOOR)  # finite where not below
         below = (sigma / alpha) ** 2 < ratio2_f
         if not bool(below.any()):
             return z, t, None
@@ -477,6 +478,7 @@ class IIDComposedDenoiser:
         vals, vecs = (v[chunk] for v in self._trial_eigen)
         _, _, ratio2_f = self._floor
         alpha, sigma = alpha_sigma(self.schedule, t)
+        alpha = torch.clamp(alpha, min=ALPHA_FLOOR)
         u = z / alpha[:, None]
         ratio2 = ((sigma / alpha) ** 2)[:, None, None]
         gain = (vals[None] + ratio2_f) * ratio2 / ((vals[None] + ratio2) * ratio2_f)
