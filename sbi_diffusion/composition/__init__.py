@@ -65,7 +65,12 @@ moment-matched Gaussian approximation of the prior.
 Mini-batches of trials (``trial_batch_size``) and a damping of the composed
 correction at high noise (:mod:`~sbi_diffusion.composition.damping`) serve
 compositions over many groups (Arruda et al. 2025;
-:mod:`sbi_diffusion.hierarchical`).
+:mod:`sbi_diffusion.hierarchical`), as does GAUSS's ``noise_floor``: where the
+noise is narrower than the ``N``-trial posterior, ``P_i ~ alpha^2 / sigma^2 I``
+and the composed estimate is about the sum of the ``N`` trials' estimates, so
+the network's errors there add up ``N`` times; below the floor each trial's
+estimate is taken from the network at the floor through a Gaussian of the
+trial's covariance (:meth:`IIDComposedDenoiser._floored`).
 
 Modules: :mod:`~sbi_diffusion.composition.iid` (the composed denoiser),
 :mod:`~sbi_diffusion.composition.diffused_prior` (the prior as a denoiser),
