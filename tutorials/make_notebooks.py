@@ -2150,7 +2150,7 @@ FULL_RUNS: dict[str, tuple[int, float | None]] = {
     "03_joint_model.ipynb": (5_000, 3.9),
     "04_design_choices.ipynb": (10_000, 7.3),
     "05_fields.ipynb": (5_000, None),
-    "06_hierarchical.ipynb": (20_000, 14.3),
+    "06_hierarchical.ipynb": (20_000, 11.1),
 }
 """Each notebook's default budget and the minutes a run at it took on two idle
 CPU cores (``python make_notebooks.py --execute``, which prints them); None
