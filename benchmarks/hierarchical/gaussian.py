@@ -40,6 +40,15 @@ CONFIGS = [
     (1000, "gauss", "dopri5", {}, 0.0, None, 0.5),
     (100, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 20, 0.5),
     (1000, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 100, 0.5),
+    # damping and the mini-batch size, with the floor
+    (100, "gauss", "dopri5", {}, 1.0, None, 0.5),
+    (100, "gauss", "dopri5", {}, 10.0, None, 0.5),
+    (100, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 10, 0.5),
+    (100, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 50, 0.5),
+    (100, "gauss", "euler_maruyama", {"steps": 500}, 0.0, 20, 0.5),
+    (1000, "gauss", "dopri5", {}, 1.0, None, 0.5),
+    (1000, "gauss", "euler_maruyama", {"steps": 500}, 0.0, 100, 0.5),
+    (1000, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 250, 0.5),
 ]
 
 
