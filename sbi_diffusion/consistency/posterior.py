@@ -21,10 +21,28 @@ from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.samplers import consistency as _consistency_sampler  # noqa: F401
 from sbi_diffusion.samplers import solver_call
 
-__all__ = ["CONSISTENCY_SAMPLER", "ConsistencyPosterior"]
+__all__ = ["CONSISTENCY_SAMPLER", "ConsistencyPosterior", "consistency_sampler_options"]
 
 CONSISTENCY_SAMPLER = "consistency"
 """The sampler of a consistency model (:mod:`sbi_diffusion.samplers.consistency`)."""
+
+
+def consistency_sampler_options(
+    steps: int, times: list[float] | Tensor | None
+) -> dict[str, Any]:
+    """The options of the consistency sampler: the intermediate ``times`` where
+    given (they override ``steps``), else the number of ``steps``.
+
+    Args:
+        steps: number of steps (network evaluations per sample).
+        times: decreasing intermediate times, or None.
+
+    Returns:
+        ``{"times": times}`` or ``{"steps": steps}``.
+    """
+    if times is not None:
+        return {"times": times}
+    return {"steps": steps}
 
 
 class ConsistencyPosterior(DiffusionPosterior):
@@ -62,14 +80,11 @@ class ConsistencyPosterior(DiffusionPosterior):
                 f"{type(estimator).__name__}. For a diffusion or flow-matching "
                 "estimator use DiffusionPosterior."
             )
-        options: dict[str, Any] = {"steps": steps}
-        if times is not None:
-            options = {"times": times}
         super().__init__(
             estimator,
             prior,
             sampler=CONSISTENCY_SAMPLER,
-            sampler_options=options,
+            sampler_options=consistency_sampler_options(steps, times),
             max_sampling_batch_size=max_sampling_batch_size,
             device=device,
         )
@@ -156,20 +171,15 @@ class ConsistencyPosterior(DiffusionPosterior):
         The bandwidth defaults to Scott's rule ``h = n^{-1/(d+4)}``. Uses the
         default x (``set_default_x``).
         """
-        if x is not None:
-            raise ValueError(
-                "Passing x to map() is deprecated in sbi; call set_default_x(x) first."
-            )
         unknown = set(kwargs) - {"learning_rate", "init_method", "save_best_every"}
         if unknown:
             raise ValueError(
                 f"Unknown map() arguments {sorted(unknown)}; see "
                 "ConsistencyPosterior.map."
             )
-        if self.default_x is None:
-            raise ValueError("Set an observation with set_default_x(x_o) first.")
-        if self._map is not None and not force_update:
-            return self._map
+        cached = self._cached_map(x, force_update)
+        if cached is not None:
+            return cached
         samples = self.sample(
             (num_init_samples,), x=self.default_x, show_progress_bars=False
         )

@@ -40,6 +40,7 @@ from sbi_diffusion.consistency.model import (
 from sbi_diffusion.consistency.posterior import (
     CONSISTENCY_SAMPLER,
     ConsistencyPosterior,
+    consistency_sampler_options,
 )
 from sbi_diffusion.consistency.teacher import DenoiserTeacher
 from sbi_diffusion.inference.budget import DEFAULT_MAX_NUM_STEPS, total_steps
@@ -126,9 +127,7 @@ class ConsistencyNPE(VectorFieldInference):
                 check_consistency_schedule(get_schedule(schedule))
             defaults = self.default_schedule_kwargs
             schedule_kwargs = {**defaults, **(schedule_kwargs or {})}
-        options: dict[str, Any] = {"steps": steps}
-        if times is not None:
-            options = {"times": times}
+        options = consistency_sampler_options(steps, times)
         super().__init__(
             prior=prior,
             schedule=schedule,

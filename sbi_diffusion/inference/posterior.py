@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
+from sbi_diffusion._deprecation import moved_names
 from sbi_diffusion.composition import (
     warn_if_bridge_without_noise,
 )
@@ -341,41 +342,42 @@ class DiffusionPosterior(
         """
         x = self._check_x(self._resolve_x(x), allow_batch=True)
         sample_shape = torch.Size(sample_shape)
-        num = int(math.prod(sample_shape))
-        iid = x.shape[0] > 1
-        sampler, options = self._sampling_options(
-            sampler, steps, sampler_options, iid=iid, iid_method=iid_method
-        )
-        transforms, context = self._guidance_for(sampler, guidance, composed=iid)
-        if iid:
-            options = self._iid_sampler_options(sampler, options)
-            composed = self.iid_denoiser(
+        if x.shape[0] <= 1:  # one observation: a batch of one
+            samples = self.sample_batched(
+                sample_shape,
                 x,
-                iid_method,
-                generator=generator,
-                show_progress_bars=show_progress_bars,
-                **(iid_options or {}),
+                sampler,
+                steps,
+                show_progress_bars,
+                reject_outside_prior,
+                generator,
+                guidance,
+                **sampler_options,
             )
-            warn_if_bridge_without_noise(composed.method, sampler, options)
-            denoise = apply_guidance(composed, transforms, context)
-            self.last_iid_info = {
-                "method": composed.method,
-                "sampler": sampler,
-                "num_trials": composed.num_trials,
-                "prior_score": composed.prior.description,
-            }
-
-            def make_denoise(rows: Tensor) -> DenoiseFn:
-                return denoise
-
-        else:
-            with torch.no_grad():
-                embedding = self.estimator.embed_condition(x)
-            make_denoise = self._guided_factory(
-                embedding.expand(num, -1), transforms, context
-            )
+            return samples.reshape(*sample_shape, *self.theta_shape)
+        num = int(math.prod(sample_shape))
+        sampler, options = self._sampling_options(
+            sampler, steps, sampler_options, iid=True, iid_method=iid_method
+        )
+        transforms, context = self._guidance_for(sampler, guidance, composed=True)
+        options = self._iid_sampler_options(sampler, options)
+        composed = self.iid_denoiser(
+            x,
+            iid_method,
+            generator=generator,
+            show_progress_bars=show_progress_bars,
+            **(iid_options or {}),
+        )
+        warn_if_bridge_without_noise(composed.method, sampler, options)
+        denoise = apply_guidance(composed, transforms, context)
+        self.last_iid_info = {
+            "method": composed.method,
+            "sampler": sampler,
+            "num_trials": composed.num_trials,
+            "prior_score": composed.prior.description,
+        }
         samples = self._draw(
-            make_denoise,
+            lambda rows: denoise,
             num,
             sampler,
             options,
@@ -384,8 +386,7 @@ class DiffusionPosterior(
             reject_outside_prior,
         )
         setup = context.setup_evaluations if context is not None else 0.0
-        if iid:
-            setup += composed.setup_evaluations
+        setup += composed.setup_evaluations
         self.last_nfe += setup / max(1, num)
         return samples.reshape(*sample_shape, *self.theta_shape)
 
@@ -482,14 +483,9 @@ class DiffusionPosterior(
         ``num_to_optimize`` posterior samples; the end point with the highest
         ``log_prob`` is returned. Uses the default x (``set_default_x``).
         """
-        if x is not None:
-            raise ValueError(
-                "Passing x to map() is deprecated in sbi; call set_default_x(x) first."
-            )
-        if self.default_x is None:
-            raise ValueError("Set an observation with set_default_x(x_o) first.")
-        if self._map is not None and not force_update:
-            return self._map
+        cached = self._cached_map(x, force_update)
+        if cached is not None:
+            return cached
         x_o = self._check_x(self.default_x, allow_batch=False)
         self._map = score_ascent_map(
             self,
@@ -502,6 +498,26 @@ class DiffusionPosterior(
             show_progress_bars,
         )
         return self._map
+
+    def _cached_map(self, x: Tensor | None, force_update: bool) -> Tensor | None:
+        """The estimate of an earlier :meth:`map` call, or None where one is to
+        be computed (none yet, or ``force_update``).
+
+        Args:
+            x: the ``x`` passed to :meth:`map`; must be None.
+            force_update: compute the estimate again.
+
+        Raises:
+            ValueError: if ``x`` is passed (deprecated in sbi: set the default x
+                instead) or no default x is set.
+        """
+        if x is not None:
+            raise ValueError(
+                "Passing x to map() is deprecated in sbi; call set_default_x(x) first."
+            )
+        if self.default_x is None:
+            raise ValueError("Set an observation with set_default_x(x_o) first.")
+        return None if force_update else self._map
 
     # ---------------------------------------------------------------- device
 
@@ -517,16 +533,9 @@ class DiffusionPosterior(
         return self
 
 
-def __getattr__(name: str):
-    """Constants that moved to :mod:`sbi_diffusion.density`."""
-    if name in ("ADAPTIVE_LOG_PROB_ROWS", "LARGE_BATCH_HEUN_STEPS"):
-        from sbi_diffusion import density
-
-        warnings.warn(
-            f"sbi_diffusion.inference.posterior.{name} is deprecated; import it "
-            "from sbi_diffusion.density.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(density, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Constants that moved to :mod:`sbi_diffusion.density`.
+__getattr__ = moved_names(
+    __name__,
+    ("ADAPTIVE_LOG_PROB_ROWS", "LARGE_BATCH_HEUN_STEPS"),
+    "sbi_diffusion.density",
+)

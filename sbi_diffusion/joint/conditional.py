@@ -22,7 +22,31 @@ from sbi_diffusion.path.vector_field import as_time
 if TYPE_CHECKING:
     from sbi_diffusion.joint.model import MaskedJointModel
 
-__all__ = ["JointConditionalDenoiser", "ConditionalView"]
+__all__ = ["JointConditionalDenoiser", "ConditionalView", "as_rows"]
+
+
+def as_rows(
+    values: Tensor | Sequence[float], width: int, name: str, expected: str
+) -> Tensor:
+    """``values`` as float32 rows ``(batch, width)``; a single row ``(width,)``
+    gets a batch dimension of one.
+
+    Args:
+        values: one row ``(width,)`` or rows ``(batch, width)``.
+        width: the number of values per row.
+        name: what ``values`` are, for the error message (plural).
+        expected: the shapes to pass instead, for the error message.
+
+    Raises:
+        ValueError: ``"{name} have shape (...); pass {expected}."`` for any other
+            shape.
+    """
+    values = torch.as_tensor(values, dtype=torch.float32)
+    if values.dim() == 1:
+        values = values[None]
+    if values.dim() != 2 or values.shape[1] != width:
+        raise ValueError(f"{name} have shape {tuple(values.shape)}; pass {expected}.")
+    return values
 
 
 class JointConditionalDenoiser(nn.Module):
@@ -53,14 +77,12 @@ class JointConditionalDenoiser(nn.Module):
         super().__init__()
         mask = check_conditional_mask(condition_mask, model.dim)
         mask = mask.to(model.shift.device)
-        observed = torch.as_tensor(observed, dtype=torch.float32)
-        if observed.dim() == 1:
-            observed = observed[None]
-        if observed.dim() != 2 or observed.shape[1] != model.dim:
-            raise ValueError(
-                f"observed values have shape {tuple(observed.shape)}; pass "
-                f"(1, {model.dim}) or (batch, {model.dim}) standardised joint values."
-            )
+        observed = as_rows(
+            observed,
+            model.dim,
+            "observed values",
+            f"(1, {model.dim}) or (batch, {model.dim}) standardised joint values",
+        )
         self.model = model
         self.schedule = model.schedule
         self.condition_mask = mask

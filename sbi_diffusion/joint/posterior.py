@@ -26,7 +26,7 @@ from torch.distributions import Distribution
 
 from sbi_diffusion.guidance import GuidanceContext, ScoreTransform
 from sbi_diffusion.inference.posterior import DiffusionPosterior
-from sbi_diffusion.joint.conditional import ConditionalView
+from sbi_diffusion.joint.conditional import ConditionalView, as_rows
 from sbi_diffusion.joint.model import MaskedJointModel
 from sbi_diffusion.model import ConditionedDenoiser
 
@@ -424,14 +424,12 @@ class JointConditional:
         Returns:
             ``(B,)`` log densities.
         """
-        values = torch.as_tensor(values, dtype=torch.float32).to(self.device)
-        if values.dim() == 1:
-            values = values[None]
-        if values.dim() != 2 or values.shape[1] != self.num_latent:
-            raise ValueError(
-                f"values have shape {tuple(values.shape)}; pass (batch, "
-                f"{self.num_latent}) values of the latent variables."
-            )
+        values = as_rows(
+            values,
+            self.num_latent,
+            "values",
+            f"(batch, {self.num_latent}) values of the latent variables",
+        ).to(self.device)
         observed = self._observed_values(condition)
         if observed.shape[0] not in (1, values.shape[0]):
             raise ValueError(

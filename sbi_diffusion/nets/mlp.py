@@ -6,10 +6,9 @@ condition and the time input ``c_noise`` — to an output of the shape of ``z``.
 
 from __future__ import annotations
 
-import warnings
-
 from torch import Tensor, nn
 
+from sbi_diffusion._deprecation import moved_names
 from sbi_diffusion.nets.time_embedding import SinusoidalTimeEmbedding
 
 __all__ = ["ResidualMLP", "AdaLNMLP"]
@@ -131,16 +130,5 @@ class AdaLNMLP(ResidualMLP):
     block = _AdaLNBlock
 
 
-def __getattr__(name: str):
-    """``NETS`` and ``build_net``, moved to :mod:`sbi_diffusion.nets.registry`."""
-    if name in ("NETS", "build_net"):
-        from sbi_diffusion import nets
-
-        warnings.warn(
-            f"sbi_diffusion.nets.mlp.{name} is deprecated; import it from "
-            "sbi_diffusion.nets.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(nets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ``NETS`` and ``build_net`` moved to :mod:`sbi_diffusion.nets.registry`.
+__getattr__ = moved_names(__name__, ("NETS", "build_net"), "sbi_diffusion.nets")

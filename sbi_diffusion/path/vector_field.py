@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sbi_diffusion._deprecation import moved_names
 from sbi_diffusion.path.schedules import Schedule
 
 __all__ = [
@@ -73,18 +74,10 @@ def ode_drift(schedule: Schedule, z: Tensor, t: Tensor, x_hat: Tensor) -> Tensor
     return d_alpha * x_hat + d_sigma * eps
 
 
-def __getattr__(name: str):
-    """``DenoiseFn`` moved to :mod:`sbi_diffusion.model.interface`."""
-    if name == "DenoiseFn":
-        import warnings
-
-        from sbi_diffusion.model.interface import DenoiseFn
-
-        warnings.warn(
-            "sbi_diffusion.path.vector_field.DenoiseFn is deprecated; import it from "
-            "sbi_diffusion.model.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return DenoiseFn
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ``DenoiseFn`` moved to :mod:`sbi_diffusion.model.interface`.
+__getattr__ = moved_names(
+    __name__,
+    ("DenoiseFn",),
+    "sbi_diffusion.model",
+    source="sbi_diffusion.model.interface",
+)
