@@ -1,0 +1,262 @@
+"""HierarchicalNPE on the hierarchical drift-diffusion model
+(``sbi_diffusion.benchmark.drift_diffusion``): 100 subjects of 30 trials, 7
+global and 3 local parameters per subject.
+
+Phases, each resumable (the trained model and the NUTS draws are cached under
+``--cache`` as ``.pt`` files, rows already in the JSONL file are skipped):
+
+1. train one ``HierarchicalNPE`` on ``--num-simulations`` single-subject
+   simulations;
+2. per reference data set and sampling configuration, a row ``"reference"``:
+   C2ST of 1,000 global samples against NUTS (pyro, exact likelihood), the
+   error of the posterior means in NUTS standard deviations, the local
+   posterior means' error in local NUTS standard deviations, and the seconds
+   per data set of both;
+3. a row ``"sbc"``: simulation-based calibration and parameter recovery over
+   ``--sbc-datasets`` data sets simulated from the prior.
+
+The network sees each trial as ``(log rt, c)``.
+
+    PYTHONPATH=. python benchmarks/hierarchical/drift_diffusion.py \
+        --out benchmarks/hierarchical/drift_diffusion.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from sbi.utils.metrics import c2st
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).parent))
+from calibration import rank_statistics  # noqa: E402
+
+from sbi_diffusion import HierarchicalNPE  # noqa: E402
+from sbi_diffusion.benchmark import drift_diffusion as ddm  # noqa: E402
+from sbi_diffusion.samplers import Solver  # noqa: E402
+
+#: name -> build_posterior options; "default" is build_posterior()'s default
+CONFIGS: dict[str, dict] = {
+    "default": {},
+    "euler_maruyama 200, B = 20": {
+        "sampler": Solver("euler_maruyama", steps=200),
+        "group_batch_size": 20,
+    },
+    "damping SNR_0 = 1": {"damping": 1.0},
+}
+
+
+def features(x: Tensor) -> Tensor:
+    """What the network sees of trials ``(..., 2)``: ``(log rt, c)``."""
+    return torch.stack([x[..., 0].log(), x[..., 1]], -1)
+
+
+def read_rows(path: Path) -> list[dict]:
+    return (
+        [json.loads(s) for s in path.read_text().splitlines()] if path.exists() else []
+    )
+
+
+def append_row(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps({k: v for k, v in row.items() if k != "ranks"}), flush=True)
+
+
+def trained_model(args, cache: Path) -> tuple[HierarchicalNPE, float]:
+    path = cache / f"ddm_model_{args.num_simulations}_{args.max_num_steps}.pt"
+    if path.exists():
+        stored = torch.load(path, weights_only=False)
+        return stored["inference"], stored["train_seconds"]
+    torch.manual_seed(args.seed)
+    start = time.time()
+    g, loc, x = ddm.simulate(args.num_simulations, args.trials)
+    simulate_seconds = time.time() - start
+    inference = HierarchicalNPE(ddm.global_prior(), ddm.local_prior)
+    inference.append_simulations(g, loc, features(x))
+    inference.train(max_num_steps=args.max_num_steps, seed=args.seed)
+    train_seconds = time.time() - start
+    print(f"simulated in {simulate_seconds:.0f} s, trained in {train_seconds:.0f} s")
+    torch.save({"inference": inference, "train_seconds": train_seconds}, path)
+    return inference, train_seconds
+
+
+def nuts_draws(args, cache: Path, index: int) -> dict:
+    path = cache / f"ddm_nuts_{index}_{args.nuts_warmup}_{args.nuts_samples}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    torch.manual_seed(10_000 + index)
+    g_true = ddm.global_prior().sample()
+    _, l_true, x = ddm.simulate(args.groups, args.trials, global_theta=g_true)
+    g, loc, record = ddm.nuts_reference(
+        x, args.nuts_samples, args.nuts_warmup, seed=index
+    )
+    stored = {"g_true": g_true, "l_true": l_true, "x": x, "g": g, "l": loc, **record}
+    torch.save(stored, path)
+    return stored
+
+
+def reference_rows(args, inference, train_seconds, cache: Path, out: Path) -> None:
+    done = {
+        (r["dataset"], r["config"]) for r in read_rows(out) if r["kind"] == "reference"
+    }
+    for index in range(args.reference_datasets):
+        ref = None
+        for name, options in CONFIGS.items():
+            if (index, name) in done:
+                continue
+            ref = ref or nuts_draws(args, cache, index)
+            posterior = inference.build_posterior(**options)
+            torch.manual_seed(index)
+            start = time.time()
+            g, loc = posterior.sample_joint((args.num_samples,), x=features(ref["x"]))
+            seconds = time.time() - start
+            n = min(len(g), len(ref["g"]))
+            nuts_std, nuts_local_std = ref["g"].std(0), ref["l"].std(0)
+            append_row(
+                out,
+                {
+                    "kind": "reference",
+                    "dataset": index,
+                    "config": name,
+                    "c2st": float(c2st(g[:n], ref["g"][:n])),
+                    "c2st_per_parameter": [
+                        float(c2st(g[:n, k : k + 1], ref["g"][:n, k : k + 1]))
+                        for k in range(g.shape[1])
+                    ],
+                    "mean_error_in_std": (
+                        (g.mean(0) - ref["g"].mean(0)) / nuts_std
+                    ).tolist(),
+                    "std_ratio": (g.std(0) / nuts_std).tolist(),
+                    "local_mean_abs_error_in_std": (
+                        ((loc.mean(0) - ref["l"].mean(0)) / nuts_local_std)
+                        .abs()
+                        .mean(0)
+                        .tolist()
+                    ),
+                    "seconds_per_dataset": seconds,
+                    "nuts_seconds": ref["seconds"],
+                    "speedup": ref["seconds"] / seconds,
+                    "nuts": {
+                        k: ref.get(k)
+                        for k in (
+                            "num_samples",
+                            "warmup_steps",
+                            "step_size",
+                            "divergences",
+                            "global_n_eff",
+                            "global_split_r_hat",
+                        )
+                    },
+                    "resolved": resolved(posterior),
+                    "num_samples": args.num_samples,
+                    **common(args, inference, train_seconds),
+                },
+            )
+
+
+def resolved(posterior) -> dict:
+    """The sampling options a posterior resolved to."""
+    return {
+        "composition": posterior.composition,
+        "sampler": posterior.sampler.as_dict(),
+        "group_batch_size": posterior.group_batch_size,
+        "damping_snr0": posterior.damping.snr0,
+        "noise_floor": posterior.noise_floor,
+        **posterior.composition_options,
+    }
+
+
+def common(args, inference, train_seconds) -> dict:
+    return {
+        "groups": args.groups,
+        "trials": args.trials,
+        "num_simulations": args.num_simulations,
+        "max_num_steps": args.max_num_steps,
+        "train_seconds": train_seconds,
+        "seed": args.seed,
+        "training": inference.global_inference.resolved_training,
+    }
+
+
+def sbc_row(args, inference, train_seconds, out: Path) -> None:
+    if any(r["kind"] == "sbc" for r in read_rows(out)):
+        return
+    posterior = inference.build_posterior()
+    torch.manual_seed(20_000)
+    ranks, truth, means, local_truth, local_means = [], [], [], [], []
+    start = time.time()
+    for _ in range(args.sbc_datasets):
+        g_true = ddm.global_prior().sample()
+        _, l_true, x = ddm.simulate(args.groups, args.trials, global_theta=g_true)
+        g, loc = posterior.sample_joint((args.sbc_samples,), x=features(x))
+        ranks.append((g < g_true).sum(0))
+        truth.append(g_true)
+        means.append(g.mean(0))
+        local_truth.append(l_true)
+        local_means.append(loc.mean(0))
+    seconds = (time.time() - start) / args.sbc_datasets
+    truth, means = torch.stack(truth), torch.stack(means)
+    local_truth = torch.cat(local_truth)
+    local_means = torch.cat(local_means)
+    append_row(
+        out,
+        {
+            "kind": "sbc",
+            "datasets": args.sbc_datasets,
+            "num_samples": args.sbc_samples,
+            **rank_statistics(torch.stack(ranks), args.sbc_samples, 10),
+            "recovery_r2": r_squared(means, truth),
+            "local_recovery_r2": r_squared(local_means, local_truth),
+            "seconds_per_dataset": seconds,
+            "resolved": resolved(posterior),
+            "ranks": torch.stack(ranks).tolist(),
+            **common(args, inference, train_seconds),
+        },
+    )
+
+
+def r_squared(estimate: Tensor, truth: Tensor) -> list[float]:
+    """``1 - sum (estimate - truth)^2 / sum (truth - mean truth)^2`` per column."""
+    residual = ((estimate - truth) ** 2).sum(0)
+    total = ((truth - truth.mean(0)) ** 2).sum(0)
+    return (1 - residual / total).tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--out", default="benchmarks/hierarchical/drift_diffusion.jsonl"
+    )
+    parser.add_argument("--cache", default="benchmarks/hierarchical/cache")
+    parser.add_argument("--num-simulations", type=int, default=20_000)
+    parser.add_argument("--max-num-steps", type=int, default=3000)
+    parser.add_argument("--groups", type=int, default=100)
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--reference-datasets", type=int, default=2)
+    parser.add_argument("--nuts-warmup", type=int, default=500)
+    parser.add_argument("--nuts-samples", type=int, default=1000)
+    parser.add_argument("--sbc-datasets", type=int, default=100)
+    parser.add_argument("--sbc-samples", type=int, default=99)
+    parser.add_argument("--phases", nargs="+", default=["reference", "sbc"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    inference, train_seconds = trained_model(args, cache)
+    if "reference" in args.phases:
+        reference_rows(args, inference, train_seconds, cache, out)
+    if "sbc" in args.phases:
+        sbc_row(args, inference, train_seconds, out)
+
+
+if __name__ == "__main__":
+    main()
