@@ -12,10 +12,10 @@ trained on single pooled groups (``T`` trials flattened). Its exact answer,
 is too narrow when the groups differ (here by ``s_l = 0.5``). Per ``G`` one row
 with the C2ST against the exact hierarchical posterior of the learned and of
 the exact pooled posterior, on the observations of ``gaussian.py`` (seed
-``seed + G``).
+``seed + G``), with or without GAUSS's noise floor (``--noise-floor``).
 
     PYTHONPATH=. python benchmarks/hierarchical/complete_pooling.py \
-        --out benchmarks/hierarchical/complete_pooling.jsonl
+        --out benchmarks/hierarchical/complete_pooling.jsonl [--noise-floor 0.5]
 """
 
 from __future__ import annotations
@@ -45,6 +45,13 @@ def main() -> None:
     parser.add_argument("--max-num-steps", type=int, default=3000)
     parser.add_argument("--num-samples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--noise-floor",
+        type=float,
+        default=None,
+        help="GAUSS noise floor of the i.i.d. composition (HierarchicalNPE's "
+        "default is 0.5); none if not given",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = HierarchicalGaussian()
@@ -67,7 +74,12 @@ def main() -> None:
         pooled_mean = x_o.sum((0, 1)) / model.s_x**2 / precision
         pooled = pooled_mean + precision**-0.5 * torch.randn(args.num_samples, d)
         start = time.time()
-        learned = posterior.sample((args.num_samples,), x=x_o.reshape(G, T * d))
+        iid_options = (
+            {} if args.noise_floor is None else {"noise_floor": args.noise_floor}
+        )
+        learned = posterior.sample(
+            (args.num_samples,), x=x_o.reshape(G, T * d), iid_options=iid_options
+        )
         seconds = time.time() - start
         row = {
             "G": G,
@@ -79,6 +91,7 @@ def main() -> None:
             "mean_error_in_std_learned": ((learned.mean(0) - mean) / var**0.5).tolist(),
             "sample_seconds": seconds,
             "iid": posterior.last_iid_info,
+            "noise_floor": args.noise_floor,
             "num_samples": args.num_samples,
             "num_simulations": args.num_simulations,
             "max_num_steps": args.max_num_steps,

@@ -12,8 +12,12 @@ Phases, each resumable (the trained model and the NUTS draws are cached under
    error of the posterior means in NUTS standard deviations, the local
    posterior means' error in local NUTS standard deviations, and the seconds
    per data set of both;
-3. a row ``"sbc"``: simulation-based calibration and parameter recovery over
-   ``--sbc-datasets`` data sets simulated from the prior.
+3. (``--phases subsets``) rows ``"subset"``: the first ``G'`` subjects of
+   reference data set 0 against NUTS on the same subjects, with and without
+   the noise floor, to see how the error grows with the number of groups;
+4. a row ``"sbc"``: simulation-based calibration and parameter recovery over
+   ``--sbc-datasets`` data sets simulated from the prior (each data set's
+   result is cached as it comes, so a stopped run resumes there).
 
 The network sees each trial as ``(log rt, c)``.
 
@@ -101,9 +105,49 @@ def nuts_draws(args, cache: Path, index: int) -> dict:
     return stored
 
 
+def same_model(row: dict, args) -> bool:
+    """Whether a row was made with the model these arguments train."""
+    return (row["num_simulations"], row["max_num_steps"]) == (
+        args.num_simulations,
+        args.max_num_steps,
+    )
+
+
+def comparison(g: Tensor, loc: Tensor, ref: dict) -> dict:
+    """Global and local samples against NUTS's ``ref["g"]``, ``ref["l"]``."""
+    n = min(len(g), len(ref["g"]))
+    nuts_std, nuts_local_std = ref["g"].std(0), ref["l"].std(0)
+    return {
+        "c2st": float(c2st(g[:n], ref["g"][:n])),
+        "c2st_per_parameter": [
+            float(c2st(g[:n, k : k + 1], ref["g"][:n, k : k + 1]))
+            for k in range(g.shape[1])
+        ],
+        "mean_error_in_std": ((g.mean(0) - ref["g"].mean(0)) / nuts_std).tolist(),
+        "std_ratio": (g.std(0) / nuts_std).tolist(),
+        "local_mean_abs_error_in_std": (
+            ((loc.mean(0) - ref["l"].mean(0)) / nuts_local_std).abs().mean(0).tolist()
+        ),
+        "nuts_seconds": ref["seconds"],
+        "nuts": {
+            k: ref.get(k)
+            for k in (
+                "num_samples",
+                "warmup_steps",
+                "step_size",
+                "divergences",
+                "global_n_eff",
+                "global_split_r_hat",
+            )
+        },
+    }
+
+
 def reference_rows(args, inference, train_seconds, cache: Path, out: Path) -> None:
     done = {
-        (r["dataset"], r["config"]) for r in read_rows(out) if r["kind"] == "reference"
+        (r["dataset"], r["config"])
+        for r in read_rows(out)
+        if r["kind"] == "reference" and same_model(r, args)
     }
     for index in range(args.reference_datasets):
         ref = None
@@ -116,48 +160,64 @@ def reference_rows(args, inference, train_seconds, cache: Path, out: Path) -> No
             start = time.time()
             g, loc = posterior.sample_joint((args.num_samples,), x=features(ref["x"]))
             seconds = time.time() - start
-            n = min(len(g), len(ref["g"]))
-            nuts_std, nuts_local_std = ref["g"].std(0), ref["l"].std(0)
-            append_row(
-                out,
-                {
-                    "kind": "reference",
-                    "dataset": index,
-                    "config": name,
-                    "c2st": float(c2st(g[:n], ref["g"][:n])),
-                    "c2st_per_parameter": [
-                        float(c2st(g[:n, k : k + 1], ref["g"][:n, k : k + 1]))
-                        for k in range(g.shape[1])
-                    ],
-                    "mean_error_in_std": (
-                        (g.mean(0) - ref["g"].mean(0)) / nuts_std
-                    ).tolist(),
-                    "std_ratio": (g.std(0) / nuts_std).tolist(),
-                    "local_mean_abs_error_in_std": (
-                        ((loc.mean(0) - ref["l"].mean(0)) / nuts_local_std)
-                        .abs()
-                        .mean(0)
-                        .tolist()
-                    ),
-                    "seconds_per_dataset": seconds,
-                    "nuts_seconds": ref["seconds"],
-                    "speedup": ref["seconds"] / seconds,
-                    "nuts": {
-                        k: ref.get(k)
-                        for k in (
-                            "num_samples",
-                            "warmup_steps",
-                            "step_size",
-                            "divergences",
-                            "global_n_eff",
-                            "global_split_r_hat",
-                        )
-                    },
-                    "resolved": resolved(posterior),
-                    "num_samples": args.num_samples,
-                    **common(args, inference, train_seconds),
-                },
+            row = {"kind": "reference", "dataset": index, "config": name}
+            row |= comparison(g, loc, ref)
+            row |= {
+                "seconds_per_dataset": seconds,
+                "speedup": ref["seconds"] / seconds,
+                "resolved": resolved(posterior),
+                "num_samples": args.num_samples,
+                **common(args, inference, train_seconds),
+            }
+            append_row(out, row)
+
+
+#: name -> build_posterior options of the "subset" rows
+SUBSET_CONFIGS: dict[str, dict] = {
+    "default": {},
+    "no noise floor": {"noise_floor": None},
+}
+
+
+def subset_rows(args, inference, train_seconds, cache: Path, out: Path) -> None:
+    """Rows ``"subset"``: the first ``G'`` subjects of reference data set 0,
+    against NUTS on the same subjects, to see how the error grows with ``G'``."""
+    done = {
+        (r["groups_used"], r["config"])
+        for r in read_rows(out)
+        if r["kind"] == "subset" and same_model(r, args)
+    }
+    full = nuts_draws(args, cache, 0)
+    for groups in args.subset_groups:
+        path = (
+            cache
+            / f"ddm_nuts_0_first{groups}_{args.nuts_warmup}_{args.nuts_samples}.pt"
+        )
+        if path.exists():
+            ref = torch.load(path, weights_only=False)
+        else:
+            x = full["x"][:groups]
+            g, loc, record = ddm.nuts_reference(
+                x, args.nuts_samples, args.nuts_warmup, seed=0
             )
+            ref = {"x": x, "g": g, "l": loc, **record}
+            torch.save(ref, path)
+        for name, options in SUBSET_CONFIGS.items():
+            if (groups, name) in done:
+                continue
+            posterior = inference.build_posterior(**options)
+            torch.manual_seed(0)
+            start = time.time()
+            g, loc = posterior.sample_joint((args.num_samples,), x=features(ref["x"]))
+            row = {"kind": "subset", "dataset": 0, "groups_used": groups}
+            row |= {"config": name, **comparison(g, loc, ref)}
+            row |= {
+                "seconds_per_dataset": time.time() - start,
+                "resolved": resolved(posterior),
+                "num_samples": args.num_samples,
+                **common(args, inference, train_seconds),
+            }
+            append_row(out, row)
 
 
 def resolved(posterior) -> dict:
@@ -184,23 +244,44 @@ def common(args, inference, train_seconds) -> dict:
     }
 
 
-def sbc_row(args, inference, train_seconds, out: Path) -> None:
-    if any(r["kind"] == "sbc" for r in read_rows(out)):
+def sbc_row(args, inference, train_seconds, cache: Path, out: Path) -> None:
+    if any(r["kind"] == "sbc" and same_model(r, args) for r in read_rows(out)):
         return
     posterior = inference.build_posterior()
-    torch.manual_seed(20_000)
-    ranks, truth, means, local_truth, local_means = [], [], [], [], []
-    start = time.time()
-    for _ in range(args.sbc_datasets):
+    # per data set results, saved after each one so that a stopped run resumes
+    partial_path = cache / (
+        f"ddm_sbc_{args.num_simulations}_{args.max_num_steps}_"
+        f"{args.sbc_datasets}_{args.sbc_samples}.pt"
+    )
+    partial = (
+        torch.load(partial_path, weights_only=False)
+        if partial_path.exists()
+        else {"rows": [], "seconds": 0.0}
+    )
+    for index in range(len(partial["rows"]), args.sbc_datasets):
+        torch.manual_seed(20_000 + index)
+        start = time.time()
         g_true = ddm.global_prior().sample()
         _, l_true, x = ddm.simulate(args.groups, args.trials, global_theta=g_true)
         g, loc = posterior.sample_joint((args.sbc_samples,), x=features(x))
-        ranks.append((g < g_true).sum(0))
-        truth.append(g_true)
-        means.append(g.mean(0))
-        local_truth.append(l_true)
-        local_means.append(loc.mean(0))
-    seconds = (time.time() - start) / args.sbc_datasets
+        partial["seconds"] += time.time() - start
+        partial["rows"].append(
+            {
+                "rank": (g < g_true).sum(0),
+                "truth": g_true,
+                "mean": g.mean(0),
+                "local_truth": l_true,
+                "local_mean": loc.mean(0),
+            }
+        )
+        torch.save(partial, partial_path)
+        print(f"SBC data set {index + 1}/{args.sbc_datasets}", flush=True)
+    rows = partial["rows"]
+    ranks = [r["rank"] for r in rows]
+    truth, means = [r["truth"] for r in rows], [r["mean"] for r in rows]
+    local_truth = [r["local_truth"] for r in rows]
+    local_means = [r["local_mean"] for r in rows]
+    seconds = partial["seconds"] / args.sbc_datasets
     truth, means = torch.stack(truth), torch.stack(means)
     local_truth = torch.cat(local_truth)
     local_means = torch.cat(local_means)
@@ -244,7 +325,13 @@ def main() -> None:
     parser.add_argument("--nuts-samples", type=int, default=1000)
     parser.add_argument("--sbc-datasets", type=int, default=100)
     parser.add_argument("--sbc-samples", type=int, default=99)
-    parser.add_argument("--phases", nargs="+", default=["reference", "sbc"])
+    parser.add_argument("--subset-groups", type=int, nargs="+", default=[10, 30])
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        default=["reference", "sbc"],
+        help="of train, reference, subsets, sbc",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -254,8 +341,10 @@ def main() -> None:
     inference, train_seconds = trained_model(args, cache)
     if "reference" in args.phases:
         reference_rows(args, inference, train_seconds, cache, out)
+    if "subsets" in args.phases:
+        subset_rows(args, inference, train_seconds, cache, out)
     if "sbc" in args.phases:
-        sbc_row(args, inference, train_seconds, out)
+        sbc_row(args, inference, train_seconds, cache, out)
 
 
 if __name__ == "__main__":
