@@ -15,7 +15,10 @@ Phases, each resumable (the trained model and the NUTS draws are cached under
 3. (``--phases subsets``) rows ``"subset"``: the first ``G'`` subjects of
    reference data set 0 against NUTS on the same subjects, with and without
    the noise floor, to see how the error grows with the number of groups;
-4. a row ``"sbc"``: simulation-based calibration and parameter recovery over
+4. (``--phases single``) rows ``"single"``: the network's posterior given one
+   subject against NUTS on that subject, and the share of the information
+   (precision gain over the prior) it captures;
+5. a row ``"sbc"``: simulation-based calibration and parameter recovery over
    ``--sbc-datasets`` data sets simulated from the prior (each data set's
    result is cached as it comes, so a stopped run resumes there).
 
@@ -220,6 +223,57 @@ def subset_rows(args, inference, train_seconds, cache: Path, out: Path) -> None:
             append_row(out, row)
 
 
+def single_rows(args, inference, train_seconds, cache: Path, out: Path) -> None:
+    r"""Rows ``"single"``: the network's posterior of the global parameters
+    given one subject (``G = 1``, no composition) against NUTS on that subject,
+    for the first ``--single-subjects`` subjects of reference data set 0.
+
+    ``information_captured`` is, per parameter, the learned over the exact gain
+    in precision over the prior,
+    ``(1/s_net^2 - 1/s_prior^2) / (1/s_nuts^2 - 1/s_prior^2)``. Composed over
+    ``G`` groups the precisions' gains add up, so a network that captures a
+    share ``r`` of each gain gives a composed posterior about ``1/sqrt(r)``
+    times too wide once the data dominate the prior.
+    """
+    done = {
+        r["subject"]
+        for r in read_rows(out)
+        if r["kind"] == "single" and same_model(r, args)
+    }
+    full = nuts_draws(args, cache, 0)
+    prior_var = ddm.global_prior().variance
+    posterior = inference.build_posterior()
+    for subject in range(args.single_subjects):
+        if subject in done:
+            continue
+        path = cache / (
+            f"ddm_nuts_0_subject{subject}_{args.nuts_warmup}_{args.nuts_samples}.pt"
+        )
+        if path.exists():
+            ref = torch.load(path, weights_only=False)
+        else:
+            x = full["x"][subject : subject + 1]
+            g, loc, record = ddm.nuts_reference(
+                x, args.nuts_samples, args.nuts_warmup, seed=subject
+            )
+            ref = {"x": x, "g": g, "l": loc, **record}
+            torch.save(ref, path)
+        torch.manual_seed(subject)
+        g, loc = posterior.sample_joint((args.num_samples,), x=features(ref["x"]))
+        gain = 1 / g.var(0) - 1 / prior_var
+        exact_gain = 1 / ref["g"].var(0) - 1 / prior_var
+        row = {"kind": "single", "dataset": 0, "subject": subject}
+        row |= comparison(g, loc, ref)
+        row |= {
+            "information_captured": (gain / exact_gain).tolist(),
+            "nuts_std_over_prior_std": (ref["g"].std(0) / prior_var**0.5).tolist(),
+            "resolved": resolved(posterior),
+            "num_samples": args.num_samples,
+            **common(args, inference, train_seconds),
+        }
+        append_row(out, row)
+
+
 def resolved(posterior) -> dict:
     """The sampling options a posterior resolved to."""
     return {
@@ -325,12 +379,13 @@ def main() -> None:
     parser.add_argument("--nuts-samples", type=int, default=1000)
     parser.add_argument("--sbc-datasets", type=int, default=100)
     parser.add_argument("--sbc-samples", type=int, default=99)
+    parser.add_argument("--single-subjects", type=int, default=5)
     parser.add_argument("--subset-groups", type=int, nargs="+", default=[10, 30])
     parser.add_argument(
         "--phases",
         nargs="+",
         default=["reference", "sbc"],
-        help="of train, reference, subsets, sbc",
+        help="of train, reference, single, subsets, sbc",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -341,6 +396,8 @@ def main() -> None:
     inference, train_seconds = trained_model(args, cache)
     if "reference" in args.phases:
         reference_rows(args, inference, train_seconds, cache, out)
+    if "single" in args.phases:
+        single_rows(args, inference, train_seconds, cache, out)
     if "subsets" in args.phases:
         subset_rows(args, inference, train_seconds, cache, out)
     if "sbc" in args.phases:
