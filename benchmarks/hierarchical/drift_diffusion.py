@@ -55,6 +55,7 @@ CONFIGS: dict[str, dict] = {
         "group_batch_size": 20,
     },
     "damping SNR_0 = 1": {"damping": 1.0},
+    "covariance_samples 200": {"composition_options": {"covariance_samples": 200}},
 }
 
 
