@@ -89,24 +89,38 @@ def trained_model(args, cache: Path) -> tuple[HierarchicalNPE, float]:
     inference.append_simulations(g, loc, features(x))
     inference.train(max_num_steps=args.max_num_steps, seed=args.seed)
     train_seconds = time.time() - start
-    print(f"simulated in {simulate_seconds:.0f} s, trained in {train_seconds:.0f} s")
+    print(
+        f"simulated in {simulate_seconds:.0f} s; simulation and training took "
+        f"{train_seconds:.0f} s"
+    )
     torch.save({"inference": inference, "train_seconds": train_seconds}, path)
     return inference, train_seconds
 
 
-def nuts_draws(args, cache: Path, index: int) -> dict:
-    path = cache / f"ddm_nuts_{index}_{args.nuts_warmup}_{args.nuts_samples}.pt"
+def cached_nuts(args, cache: Path, name: str, seed: int, data: dict) -> dict:
+    """NUTS draws for the data set ``data["x"]``: ``data`` with ``g``, ``l`` and
+    the record of :func:`~sbi_diffusion.benchmark.drift_diffusion.nuts_reference`
+    added, loaded from the cache file of ``name`` if there, else drawn and
+    saved."""
+    path = cache / f"ddm_nuts_{name}_{args.nuts_warmup}_{args.nuts_samples}.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
+    g, loc, record = ddm.nuts_reference(
+        data["x"], args.nuts_samples, args.nuts_warmup, seed=seed
+    )
+    stored = {**data, "g": g, "l": loc, **record}
+    torch.save(stored, path)
+    return stored
+
+
+def nuts_draws(args, cache: Path, index: int) -> dict:
+    """NUTS draws for reference data set ``index``, with its true parameters
+    (the data set is simulated again from its seed, which takes a moment)."""
     torch.manual_seed(10_000 + index)
     g_true = ddm.global_prior().sample()
     _, l_true, x = ddm.simulate(args.groups, args.trials, global_theta=g_true)
-    g, loc, record = ddm.nuts_reference(
-        x, args.nuts_samples, args.nuts_warmup, seed=index
-    )
-    stored = {"g_true": g_true, "l_true": l_true, "x": x, "g": g, "l": loc, **record}
-    torch.save(stored, path)
-    return stored
+    data = {"g_true": g_true, "l_true": l_true, "x": x}
+    return cached_nuts(args, cache, str(index), index, data)
 
 
 def same_model(row: dict, args) -> bool:
@@ -193,19 +207,7 @@ def subset_rows(args, inference, train_seconds, cache: Path, out: Path) -> None:
     }
     full = nuts_draws(args, cache, 0)
     for groups in args.subset_groups:
-        path = (
-            cache
-            / f"ddm_nuts_0_first{groups}_{args.nuts_warmup}_{args.nuts_samples}.pt"
-        )
-        if path.exists():
-            ref = torch.load(path, weights_only=False)
-        else:
-            x = full["x"][:groups]
-            g, loc, record = ddm.nuts_reference(
-                x, args.nuts_samples, args.nuts_warmup, seed=0
-            )
-            ref = {"x": x, "g": g, "l": loc, **record}
-            torch.save(ref, path)
+        ref = cached_nuts(args, cache, f"0_first{groups}", 0, {"x": full["x"][:groups]})
         for name, options in SUBSET_CONFIGS.items():
             if (groups, name) in done:
                 continue
@@ -247,18 +249,13 @@ def single_rows(args, inference, train_seconds, cache: Path, out: Path) -> None:
     for subject in range(args.single_subjects):
         if subject in done:
             continue
-        path = cache / (
-            f"ddm_nuts_0_subject{subject}_{args.nuts_warmup}_{args.nuts_samples}.pt"
+        ref = cached_nuts(
+            args,
+            cache,
+            f"0_subject{subject}",
+            subject,
+            {"x": full["x"][subject : subject + 1]},
         )
-        if path.exists():
-            ref = torch.load(path, weights_only=False)
-        else:
-            x = full["x"][subject : subject + 1]
-            g, loc, record = ddm.nuts_reference(
-                x, args.nuts_samples, args.nuts_warmup, seed=subject
-            )
-            ref = {"x": x, "g": g, "l": loc, **record}
-            torch.save(ref, path)
         torch.manual_seed(subject)
         g, loc = posterior.sample_joint((args.num_samples,), x=features(ref["x"]))
         gain = 1 / g.var(0) - 1 / prior_var
@@ -331,27 +328,26 @@ def sbc_row(args, inference, train_seconds, cache: Path, out: Path) -> None:
         )
         torch.save(partial, partial_path)
         print(f"SBC data set {index + 1}/{args.sbc_datasets}", flush=True)
-    rows = partial["rows"]
-    ranks = [r["rank"] for r in rows]
-    truth, means = [r["truth"] for r in rows], [r["mean"] for r in rows]
-    local_truth = [r["local_truth"] for r in rows]
-    local_means = [r["local_mean"] for r in rows]
+
+    def column(key: str, join=torch.stack) -> Tensor:
+        return join([r[key] for r in partial["rows"]])
+
+    ranks, truth, means = column("rank"), column("truth"), column("mean")
+    local_truth = column("local_truth", torch.cat)
+    local_means = column("local_mean", torch.cat)
     seconds = partial["seconds"] / args.sbc_datasets
-    truth, means = torch.stack(truth), torch.stack(means)
-    local_truth = torch.cat(local_truth)
-    local_means = torch.cat(local_means)
     append_row(
         out,
         {
             "kind": "sbc",
             "datasets": args.sbc_datasets,
             "num_samples": args.sbc_samples,
-            **rank_statistics(torch.stack(ranks), args.sbc_samples, 10),
+            **rank_statistics(ranks, args.sbc_samples, 10),
             "recovery_r2": r_squared(means, truth),
             "local_recovery_r2": r_squared(local_means, local_truth),
             "seconds_per_dataset": seconds,
             "resolved": resolved(posterior),
-            "ranks": torch.stack(ranks).tolist(),
+            "ranks": ranks.tolist(),
             **common(args, inference, train_seconds),
         },
     )
