@@ -18,6 +18,7 @@ from sbi_diffusion.inference.truncation import (
     DensityRegion,
     SampleRegion,
     get_density_region,
+    get_density_thresholder,
     get_sample_thresholder,
 )
 from sbi_diffusion.joint import JointDiffusion
@@ -42,6 +43,7 @@ __all__ = [
     "SampleRegion",
     "Solver",
     "get_density_region",
+    "get_density_thresholder",
     "get_sample_thresholder",
     "__version__",
 ]

@@ -699,6 +699,41 @@ def test_denoise_trials_broadcast_matches_flat_rows(net, parameterization):
                 torch.testing.assert_close(pieces, flat, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "net,parameterization", [("mlp", "F"), ("adaln_mlp", "velocity")]
+)
+def test_one_condition_at_one_time_broadcasts_like_flat_rows(
+    net, parameterization, monkeypatch
+):
+    """With one condition and one time for all rows, the network gets them as
+    one row each; the result and the gradients are those of the flat rows."""
+    estimator, theta = _untrained_estimator(net, parameterization)
+    z = torch.randn(50, 3)
+    base = estimator.embed_condition(theta[:1]).detach()
+    cases = [
+        (t, make)
+        for t in (torch.full((50,), 0.37), torch.tensor(0.8))
+        for make in (
+            lambda e: e,
+            lambda e: e.expand(50, -1),
+            lambda e: e.repeat(50, 1),
+        )
+    ]
+
+    def run(t, make):
+        embedding = base.clone().requires_grad_(True)
+        out = estimator.denoise_embedded(z, make(embedding), t)
+        (grad,) = torch.autograd.grad(out.square().sum(), embedding)
+        return out.detach(), grad
+
+    broadcast = [run(t, make) for t, make in cases]
+    monkeypatch.setattr(type(estimator), "_broadcasts_at", lambda self, t: False)
+    for (t, make), (out, grad) in zip(cases, broadcast, strict=True):
+        flat_out, flat_grad = run(t, make)
+        torch.testing.assert_close(out, flat_out, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(grad, flat_grad, rtol=1e-3, atol=1e-4)
+
+
 def test_conditioned_denoiser_in_pieces_matches_one_call():
     from sbi_diffusion.model import ConditionedDenoiser
 

@@ -264,3 +264,73 @@ def test_density_region_errors(small_posterior):
         get_density_region(posterior, num_samples=10, cheap_steps=0)
     with pytest.warns(UserWarning, match="num_candidates"):
         get_density_region(posterior, num_samples=500, quantile=0.2, num_candidates=2)
+
+
+def test_sample_with_log_prob_gives_the_posterior_density(small_posterior):
+    prior, posterior = small_posterior
+    torch.manual_seed(3)
+    theta, log_p = posterior.sample_with_log_prob((300,))
+    assert theta.shape == (300, 2) and log_p.shape == (300,)
+    assert torch.isfinite(log_p).all()
+    adaptive = posterior.log_prob(theta, solver="dopri5")
+    error = (log_p - adaptive).abs()
+    assert error.median() < 0.15 and error.max() < 1.0
+    # the quadrature converges to the adaptive density with more steps
+    torch.manual_seed(3)
+    theta, log_p = posterior.sample_with_log_prob((300,), steps=80)
+    error = (log_p - posterior.log_prob(theta, solver="dopri5")).abs()
+    assert error.median() < 0.02
+    # the samples are the posterior's: same moments as sample()
+    drawn = posterior.sample((2000,), show_progress_bars=False)
+    assert torch.allclose(theta.mean(0), drawn.mean(0), atol=0.15)
+    with pytest.raises(ValueError, match="sample_batched"):
+        posterior.sample_with_log_prob((5,), x=torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="steps"):
+        posterior.sample_with_log_prob((5,), steps=0)
+
+
+def test_sample_with_log_prob_refuses_guidance(small_posterior):
+    from sbi_diffusion import ConstraintGuidance
+    from sbi_diffusion.guidance import interval_constraint
+
+    _, posterior = small_posterior
+    guided = posterior.with_guidance(ConstraintGuidance(interval_constraint(low=0.0)))
+    with pytest.raises(ValueError, match="guidance"):
+        guided.sample_with_log_prob((5,))
+
+
+def test_density_thresholder_drop_in(small_posterior):
+    from sbi_diffusion import get_density_thresholder as ours
+
+    prior, posterior = small_posterior
+    torch.manual_seed(4)
+    region = ours(posterior, quantile=0.05, num_samples_to_estimate_support=4000)
+    record = region.to_dict()
+    json.dumps(record)
+    assert record["divergence"] == "exact" and record["band"] == 0.0
+    # the threshold is the 5% quantile of the posterior's densities: about 95%
+    # of fresh posterior samples fall inside, and the region decides as the
+    # adaptive density does away from the threshold
+    inside = region(posterior.sample((2000,), show_progress_bars=False))
+    assert 0.92 < inside.float().mean() < 0.98
+    draws = prior.sample((300,))
+    adaptive = posterior.log_prob(draws, solver="dopri5")
+    clear = (adaptive - region.threshold).abs() > 0.2
+    assert (region(draws)[clear] == (adaptive >= region.threshold)[clear]).all()
+    proposal = RestrictedPrior(prior, region, sample_with="rejection")
+    assert region(proposal.sample((50,), show_progress_bars=False)).all()
+    # Hutchinson's estimate with probes in the posterior's eigenbasis
+    noisy = ours(
+        posterior,
+        quantile=0.05,
+        num_samples_to_estimate_support=4000,
+        divergence="hutchinson",
+    )
+    assert noisy.build_record["probes"] == "posterior_eigenbasis"
+    assert abs(noisy.threshold - region.threshold) < 0.5
+    with pytest.raises(TypeError, match="sbi.utils.get_density_thresholder"):
+        ours(object())
+    with pytest.raises(ValueError, match="quantile"):
+        ours(posterior, quantile=1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        ours(posterior, num_samples_to_estimate_support=1)

@@ -4,7 +4,9 @@ For one observation, each round draws ``theta`` from the current proposal,
 simulates, appends with ``proposal=``, trains on all rounds with the first-round
 loss, builds the posterior at ``x_o`` and truncates the prior to its
 ``1 - 1e-4`` highest-density region with sbi's ``get_density_thresholder``
-(Deistler et al. 2022, ``--truncation density``), or to a box or ellipsoid
+(Deistler et al. 2022, ``--truncation density``) or with ours, which takes
+the densities along the sampling paths (``--truncation path_density``, our
+posteriors only), or to a box or ellipsoid
 around 10^5 posterior samples with ``get_sample_thresholder`` (``--truncation
 box`` / ``ellipsoid``), which needs no density. The same loop runs for our
 ``DiffusionNPE`` and for sbi's ``NPE``. A row records, per round, the
@@ -42,6 +44,9 @@ from sbi_diffusion.benchmark.tasks import load_task
 from sbi_diffusion.inference.truncation import (
     get_density_region,
     get_sample_thresholder,
+)
+from sbi_diffusion.inference.truncation import (
+    get_density_thresholder as get_path_density_thresholder,
 )
 
 
@@ -115,6 +120,13 @@ def run_one(
                     quantile=quantile,
                     num_samples_to_estimate_support=support_samples,
                 )
+            elif truncation == "path_density":
+                accept = get_path_density_thresholder(
+                    posterior,
+                    quantile=quantile,
+                    num_samples_to_estimate_support=support_samples,
+                )
+                region = {**accept.build_record, "threshold": accept.threshold}
             elif truncation == "density_region":
                 accept = get_density_region(posterior, x_o, quantile=quantile)
                 region = accept.to_dict()
@@ -161,8 +173,8 @@ def run_one(
         "quantile": quantile,
         "truncation": truncation,
         "retrain_from_scratch": retrain_from_scratch,
-        "support_samples": support_samples if truncation == "density" else None,
-        "region_samples": None if truncation == "density" else region_samples,
+        "support_samples": support_samples if "density" in truncation else None,
+        "region_samples": None if "density" in truncation else region_samples,
         "c2st": float(c2st(reference, samples)[0]),
         "sample_s": round(sample_s, 3),
         "rounds": rounds,
@@ -189,10 +201,12 @@ def main() -> None:
     parser.add_argument("--support-samples", type=int, default=1_000_000)
     parser.add_argument(
         "--truncation",
-        choices=["density", "density_region", "box", "ellipsoid"],
+        choices=["density", "path_density", "density_region", "box", "ellipsoid"],
         default="density",
-        help="density: sbi's get_density_thresholder; density_region: "
-        "get_density_region; box, ellipsoid: get_sample_thresholder",
+        help="density: sbi's get_density_thresholder; path_density: "
+        "sbi_diffusion.get_density_thresholder (densities along the sampling "
+        "paths); density_region: get_density_region; box, ellipsoid: "
+        "get_sample_thresholder",
     )
     parser.add_argument("--region-samples", type=int, default=100_000)
     parser.add_argument(

@@ -1,16 +1,23 @@
-"""Time sbi's ``get_density_thresholder`` on our posterior, and the error of the
-fixed-step density it uses on large batches.
+"""Time the density thresholder of truncated sequential inference on our
+posterior: ours (``sbi_diffusion.get_density_thresholder``, densities along the
+sampling path) and, with ``--with-sbi``, sbi's ``get_density_thresholder``
+(samples, then ``log_prob`` on each).
 
-Trains the default ``DiffusionNPE`` on ``--num-simulations`` of each task, then
-runs ``get_density_thresholder(posterior, quantile=1e-4,
-num_samples_to_estimate_support=N)`` as sbi's truncated-sequential loop does
-(``N`` posterior samples, ``log_prob`` on all of them), and compares the
-``log_prob`` of ``solver="auto"`` on a large batch (Heun, 16 steps) with the
-adaptive solver (``solver="dopri5"``) on 1,000 of the samples.
+Trains (or loads from the model cache) the default ``DiffusionNPE`` on
+``--num-simulations`` of each task, builds the ``1 - 1e-4`` highest-density
+region from ``--support-samples`` posterior samples, and records:
+
+- the seconds of each thresholder;
+- the error of the fused densities (``sample_with_log_prob``, the
+  thresholder's divergence), of ``log_prob``'s 16 Heun steps on large batches
+  and of the region's 64 Heun steps, against the adaptive solver (``dopri5``,
+  exact divergence), on 1,000 samples;
+- the fraction of 2,000 fresh posterior samples and of 2,000 prior draws that
+  the region accepts, and the seconds it takes for the prior draws.
 
 Usage:
-    python benchmarks/sequential/thresholder_time.py --tasks two_moons \
-        bernoulli_glm --support-samples 1000000 \
+    python benchmarks/sequential/thresholder_time.py --tasks two_moons \\
+        bernoulli_glm --support-samples 1000000 \\
         --output benchmarks/sequential/thresholder_time.jsonl
 """
 
@@ -21,10 +28,24 @@ import time
 
 import torch
 from default_posterior import add_common_arguments, default_posteriors
-from sbi.utils import get_density_thresholder
+from sbi.utils import get_density_thresholder as sbi_density_thresholder
 
+from sbi_diffusion import get_density_thresholder
 from sbi_diffusion.benchmark.results import append_row
 from sbi_diffusion.density import LARGE_BATCH_HEUN_STEPS
+from sbi_diffusion.inference.log_density import DEFAULT_FUSED_STEPS
+from sbi_diffusion.inference.truncation import posterior_covariance_basis
+from sbi_diffusion.samplers import Solver
+
+
+def error_summary(values: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Median, 99th percentile and largest absolute error, in nats."""
+    error = (values - reference).abs()
+    return {
+        "median": round(float(error.median()), 4),
+        "p99": round(float(error.quantile(0.99)), 4),
+        "max": round(float(error.max()), 4),
+    }
 
 
 def main() -> None:
@@ -34,43 +55,82 @@ def main() -> None:
         ["two_moons", "bernoulli_glm"],
         "benchmarks/sequential/thresholder_time.jsonl",
     )
+    parser.add_argument(
+        "--with-sbi",
+        action="store_true",
+        help="also time sbi's get_density_thresholder (slow: two solves)",
+    )
     args = parser.parse_args()
     for default in default_posteriors(args):
         posterior = default.posterior
         torch.manual_seed(0)
         start = time.perf_counter()
-        samples = posterior.sample((args.support_samples,), show_progress_bars=False)
-        sample_s = time.perf_counter() - start
-        start = time.perf_counter()
-        log_p = posterior.log_prob(samples)
-        log_prob_s = time.perf_counter() - start
-        # what get_density_thresholder does, end to end (it samples again)
-        torch.manual_seed(0)
-        start = time.perf_counter()
-        accept = get_density_thresholder(
+        region = get_density_thresholder(
             posterior,
             quantile=1e-4,
             num_samples_to_estimate_support=args.support_samples,
         )
-        thresholder_s = time.perf_counter() - start
-        subset = samples[:1000]
-        adaptive = posterior.log_prob(subset, solver="dopri5")
-        fixed = log_p[:1000]
-        error = (fixed - adaptive).abs()
-        inside = float(accept(subset).float().mean())
-        row = default.row(
-            args,
-            sample_s=round(sample_s, 2),
-            log_prob_s=round(log_prob_s, 2),
-            thresholder_s=round(thresholder_s, 2),
-            heun16_vs_dopri5_abs_error_median=round(float(error.median()), 4),
-            heun16_vs_dopri5_abs_error_max=round(float(error.max()), 4),
-            posterior_samples_inside_region=inside,
-            resolved={
-                "log_prob_solver": "heun",
-                "log_prob_steps": LARGE_BATCH_HEUN_STEPS,
-            },
+        ours_s = time.perf_counter() - start
+        record = region.build_record
+        divergence = record["divergence"]
+        # accuracy of the fixed-step densities against dopri5, 1,000 samples
+        basis = None
+        if divergence == "hutchinson":
+            basis = posterior_covariance_basis(posterior, posterior.default_x, 10_000)
+        torch.manual_seed(1)
+        samples, fused = posterior.sample_with_log_prob(
+            (1000,), divergence=divergence, probe_basis=basis
         )
+        adaptive = posterior.log_prob(samples, solver="dopri5", divergence="exact")
+        heun = {
+            steps: posterior.log_prob(samples, solver=Solver("heun", steps=steps))
+            for steps in (LARGE_BATCH_HEUN_STEPS, record["density_steps"])
+        }
+        fresh = posterior.sample((2000,), show_progress_bars=False)
+        prior_draws = posterior.prior.sample((2000,))
+        start = time.perf_counter()
+        prior_inside = float(region(prior_draws).float().mean())
+        region_s = time.perf_counter() - start
+        fields = {
+            "thresholder": "sbi_diffusion.get_density_thresholder",
+            "thresholder_s": round(ours_s, 2),
+            "threshold": round(region.threshold, 4),
+            "fused_vs_dopri5_abs_error": error_summary(fused, adaptive),
+            **{
+                f"heun{steps}_vs_dopri5_abs_error": error_summary(values, adaptive)
+                for steps, values in heun.items()
+            },
+            "posterior_samples_inside_region": float(region(fresh).float().mean()),
+            "prior_draws_inside_region": prior_inside,
+            "region_s_per_2000_prior_draws": round(region_s, 2),
+            "resolved": {
+                "divergence": divergence,
+                "probes": record["probes"],
+                "sample_with_log_prob_steps": DEFAULT_FUSED_STEPS,
+                "region_log_prob": {
+                    "solver": "heun",
+                    "steps": record["density_steps"],
+                    "divergence": "exact",
+                },
+                "box_margin": record["box_margin"],
+            },
+        }
+        if args.with_sbi:
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            sbi_accept = sbi_density_thresholder(
+                posterior,
+                quantile=1e-4,
+                num_samples_to_estimate_support=args.support_samples,
+            )
+            fields["sbi_thresholder_s"] = round(time.perf_counter() - start, 2)
+            fields["sbi_posterior_samples_inside_region"] = float(
+                sbi_accept(fresh).float().mean()
+            )
+            fields["sbi_prior_draws_inside_region"] = float(
+                sbi_accept(prior_draws).float().mean()
+            )
+        row = default.row(args, **fields)
         append_row(args.output, row)
         print(row, flush=True)
 

@@ -24,12 +24,23 @@ from typing import Any
 import torch
 from sbi.utils.sbiutils import within_support
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from sbi_diffusion.density import ode_log_prob, resolve_log_prob_solver
+from sbi_diffusion.density import (
+    ode_log_prob,
+    ode_sample_log_prob,
+    resolve_log_prob_solver,
+)
 from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers import Solver
+from sbi_diffusion.samplers.noise import initial_noise
 
-__all__ = ["ProbabilityFlowDensity"]
+__all__ = ["DEFAULT_FUSED_STEPS", "ProbabilityFlowDensity"]
+
+DEFAULT_FUSED_STEPS = 20
+"""Solver steps of :meth:`ProbabilityFlowDensity.sample_with_log_prob`: the
+densities' quadrature error is then about that of ``log_prob``'s 16 Heun steps
+on large batches (measured in ``benchmarks/sequential/README.md``)."""
 
 
 class ProbabilityFlowDensity:
@@ -55,6 +66,7 @@ class ProbabilityFlowDensity:
         iid_options: dict | None = None,
         solver: str | Solver = "auto",
         steps: int | None = None,
+        probe_basis: Tensor | None = None,
     ) -> Tensor:
         r"""``log p(theta | x)`` through the probability-flow ODE.
 
@@ -98,6 +110,10 @@ class ProbabilityFlowDensity:
                 e.g. ``Solver("heun", steps=16)``, which override the keyword
                 arguments.
             steps: Heun steps (default 32, or 16 when ``"auto"`` picks Heun).
+            probe_basis: an orthogonal ``(dim, dim)`` basis of standardised
+                parameter space to draw the Hutchinson probes in (e.g. the
+                eigenvectors of the posterior covariance; lower variance,
+                :func:`~sbi_diffusion.density.ode_log_prob`).
 
         The rows are integrated in pieces of ``max_sampling_batch_size``, so
         memory stays bounded for any batch.
@@ -118,6 +134,7 @@ class ProbabilityFlowDensity:
                 "rtol": rtol,
                 "atol": atol,
                 "steps": steps,
+                "probe_basis": probe_basis,
             }
             unknown = set(solver.options) - set(settings)
             if unknown:
@@ -128,6 +145,7 @@ class ProbabilityFlowDensity:
             settings.update(solver.options)
             divergence, num_probes = settings["divergence"], settings["num_probes"]
             rtol, atol, steps = settings["rtol"], settings["atol"], settings["steps"]
+            probe_basis = settings["probe_basis"]
             solver = solver.name
         x = self._check_x(self._resolve_x(x), allow_batch=True)
         theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
@@ -167,11 +185,116 @@ class ProbabilityFlowDensity:
             rtol=rtol,
             atol=atol,
             generator=generator,
+            probe_basis=probe_basis,
         )
         log_p = log_p + self.estimator.transform_log_abs_det(theta)
         inside = within_support(self.prior, theta).reshape(-1) & mapped
         inside = inside & torch.isfinite(log_p)
         return torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
+
+    def sample_with_log_prob(
+        self,
+        sample_shape: torch.Size | tuple = (),
+        x: Tensor | None = None,
+        steps: int = DEFAULT_FUSED_STEPS,
+        divergence: str = "auto",
+        num_probes: int = 1,
+        generator: torch.Generator | None = None,
+        probe_basis: Tensor | None = None,
+        show_progress_bars: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        r"""Posterior samples and their ``log p(theta | x)`` in one pass.
+
+        Each sample is drawn with DPM-Solver++(2M) on the probability-flow ODE,
+        and its density is integrated along the same trajectory
+        (:func:`~sbi_diffusion.density.ode_sample_log_prob`): ``steps + 1``
+        network evaluations with the divergence per sample, where
+        :meth:`sample` followed by :meth:`log_prob` costs about ``steps``
+        evaluations plus ``32`` with the divergence on large batches. This is
+        what a density threshold over many samples needs (sbi's
+        ``get_density_thresholder`` draws 10^6;
+        :func:`~sbi_diffusion.inference.truncation.get_density_thresholder`
+        uses this method). The densities are those of :meth:`log_prob`
+        (original space, ``-inf`` outside the prior support), with the
+        quadrature error of ``steps`` points instead of a second solve.
+        Samples outside the prior support are redrawn, as in :meth:`sample`.
+
+        Args:
+            sample_shape: shape of the samples.
+            x: one observation; the default x if None.
+            steps: solver steps.
+            divergence, num_probes, generator, probe_basis: as in
+                :meth:`log_prob` (the generator also draws the initial noise).
+            show_progress_bars: show a tqdm bar over the accepted samples.
+
+        Returns:
+            Samples ``(*sample_shape, *theta_shape)`` and log densities
+            ``sample_shape``.
+
+        Raises:
+            ValueError: for several rows of ``x`` (i.i.d. trials) or a posterior
+                with guidance, whose density this pass does not give.
+        """
+        if getattr(self, "guidance", None):
+            raise ValueError(
+                "sample_with_log_prob gives the density of the unguided posterior; "
+                "this posterior has guidance. Use one without guidance."
+            )
+        x = self._check_x(self._resolve_x(x), allow_batch=False)
+        denoise = self.denoiser_for(x)
+        num = int(torch.Size(sample_shape).numel())
+        theta_out = torch.empty(num, *self.theta_shape, device=self._device)
+        log_p_out = torch.empty(num, device=self._device)
+        filled, fruitless = 0, 0
+        progress = tqdm(
+            total=num,
+            disable=not show_progress_bars,
+            desc=f"Drawing {num} posterior samples with their densities",
+            leave=False,
+        )
+        while filled < num:
+            chunk = min(self.max_sampling_batch_size, num - filled)
+            noise = initial_noise(
+                self.estimator.schedule,
+                (chunk, self.estimator.theta_dim),
+                generator=generator,
+            ).to(self._device)
+            with torch.no_grad():
+                z, log_p = ode_sample_log_prob(
+                    denoise,
+                    noise,
+                    steps=steps,
+                    divergence=divergence,
+                    num_probes=num_probes,
+                    generator=generator,
+                    probe_basis=probe_basis,
+                )
+                theta = self.estimator.from_z(z).reshape(chunk, *self.theta_shape)
+                log_p = (
+                    log_p
+                    - self.estimator.log_abs_det()
+                    + self.estimator.transform_log_abs_det(theta)
+                )
+            ok = within_support(self.prior, theta).reshape(-1)
+            ok &= torch.isfinite(log_p) & torch.isfinite(theta.reshape(chunk, -1)).all(
+                1
+            )
+            kept = int(ok.sum())
+            theta_out[filled : filled + kept] = theta[ok]
+            log_p_out[filled : filled + kept] = log_p[ok]
+            filled += kept
+            progress.update(kept)
+            fruitless = 0 if kept else fruitless + 1
+            if fruitless >= 100:
+                progress.close()
+                raise RuntimeError(
+                    f"100 batches in a row drew no sample inside the prior support "
+                    f"({filled} of {num} drawn); the model may be undertrained or "
+                    "x far from the training data."
+                )
+        progress.close()
+        shape = torch.Size(sample_shape)
+        return theta_out.reshape(*shape, *self.theta_shape), log_p_out.reshape(shape)
 
     def standardized_log_prob(
         self,

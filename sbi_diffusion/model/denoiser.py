@@ -37,6 +37,17 @@ def _column(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.dim()))
 
 
+def _shared_row(rows: Tensor) -> Tensor | None:
+    """The one row ``(1, e)`` that every row of ``rows`` ``(batch, e)`` equals, or
+    None. Rows that take gradients count as shared only where they are one row
+    expanded (stride 0), so that ``rows[:1]`` passes the gradient on unchanged."""
+    if rows.shape[0] == 1 or rows.stride(0) == 0:
+        return rows[:1]
+    if not rows.requires_grad and bool((rows == rows[:1]).all()):
+        return rows[:1]
+    return None
+
+
 class Denoiser(SbiVectorFieldEstimator):
     """Conditional denoiser ``x_hat(z_t, t | x)`` for parameters ``theta``.
 
@@ -165,8 +176,17 @@ class Denoiser(SbiVectorFieldEstimator):
 
     def denoise_embedded(self, z: Tensor, embedding: Tensor, t: Tensor) -> Tensor:
         r"""``x_hat`` for standardised ``z`` ``(batch, dim)``, embedded condition
-        ``(batch, e)`` (or ``(1, e)``) and time ``(batch,)`` or scalar."""
-        p_col = self.path_point(as_time(t, z), columns=True)
+        ``(batch, e)`` (or ``(1, e)``) and time ``(batch,)`` or scalar.
+
+        With one condition and one time for all rows (every sampler step and
+        density step for one observation) a network that broadcasts its inputs
+        gets them as one row each, so its time and condition layers run once
+        instead of ``batch`` times."""
+        t = as_time(t, z)
+        shared = _shared_row(embedding)
+        if shared is not None and z.dim() == 2 and self._broadcasts_at(t):
+            return self._denoise_broadcast([(z, shared)], t)[0]
+        p_col = self.path_point(t, columns=True)
         if embedding.shape[0] != z.shape[0]:
             embedding = embedding.expand(z.shape[0], -1)
         out = self.parameterization.network_output(self.net, z, embedding, p_col)
@@ -264,9 +284,10 @@ class Denoiser(SbiVectorFieldEstimator):
     ) -> list[Tensor]:
         """``x_hat`` for each ``(z, condition)`` piece of broadcasting shapes
         (``(..., dim)``, ``(..., e)``), all at the one time ``t[0]``."""
-        p = PathPoint(*(v.reshape(1, 1, 1) for v in self.schedule.derivatives(t[:1])))
+        values = self.schedule.derivatives(t[:1])
         results = []
         for z_piece, conditions in pieces:
+            p = PathPoint(*(v.reshape((1,) * z_piece.dim()) for v in values))
             out = self.parameterization.network_output(self.net, z_piece, conditions, p)
             results.append(self.parameterization.denoise(out, z_piece, p))
         return results
