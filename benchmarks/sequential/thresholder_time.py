@@ -48,6 +48,41 @@ def error_summary(values: torch.Tensor, reference: torch.Tensor) -> dict[str, fl
     }
 
 
+def tail_row(default, args: argparse.Namespace, num_lowest: int = 30) -> dict:
+    """The ``num_lowest`` lowest path densities among ``--tail-samples`` samples,
+    and the 1e-4 quantiles of the path densities and of ``log_prob``'s 16 Heun
+    steps on ``sample()``'s samples (sbi's thresholder), each against the
+    adaptive solver."""
+    posterior = default.posterior
+    divergence = "exact"
+    torch.manual_seed(2)
+    samples, fused = posterior.sample_with_log_prob(
+        (args.tail_samples,), divergence=divergence
+    )
+    lowest = torch.topk(fused, num_lowest, largest=False).indices
+    adaptive = posterior.log_prob(samples[lowest], solver="dopri5")
+    errors = {"fused": error_summary(fused[lowest], adaptive)}
+    for steps in (16, 64):
+        values = posterior.log_prob(samples[lowest], solver=Solver("heun", steps=steps))
+        errors[f"heun{steps}"] = error_summary(values, adaptive)
+    rank = max(1, int(1e-4 * args.tail_samples))
+    drawn = posterior.sample((args.tail_samples,), show_progress_bars=False)
+    heun = posterior.log_prob(drawn, solver=Solver("heun", steps=16))
+    heun_lowest = torch.topk(heun, num_lowest, largest=False).indices
+    heun_adaptive = posterior.log_prob(drawn[heun_lowest], solver="dopri5")
+    return default.row(
+        args,
+        phase="tail",
+        tail_samples=args.tail_samples,
+        num_lowest=num_lowest,
+        lowest_path_density_errors=errors,
+        quantile_1e4_path_density=round(float(fused.kthvalue(rank).values), 4),
+        quantile_1e4_heun16_on_sample=round(float(heun.kthvalue(rank).values), 4),
+        lowest_heun16_on_sample_error=error_summary(heun[heun_lowest], heun_adaptive),
+        resolved={"divergence": divergence},
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(
@@ -60,8 +95,21 @@ def main() -> None:
         action="store_true",
         help="also time sbi's get_density_thresholder (slow: two solves)",
     )
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=["thresholder", "tail"],
+        default=["thresholder", "tail"],
+        help="tail: the densities of the lowest-density samples, which set the "
+        "threshold, against dopri5",
+    )
+    parser.add_argument("--tail-samples", type=int, default=100_000)
     args = parser.parse_args()
     for default in default_posteriors(args):
+        if "tail" in args.phases:
+            append_row(args.output, tail_row(default, args))
+        if "thresholder" not in args.phases:
+            continue
         posterior = default.posterior
         torch.manual_seed(0)
         start = time.perf_counter()
