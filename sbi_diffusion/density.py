@@ -36,6 +36,7 @@ from sbi_diffusion.path.vector_field import as_time, ode_drift
 
 __all__ = [
     "ADAPTIVE_LOG_PROB_ROWS",
+    "DEFAULT_FUSED_STEPS",
     "DIVERGENCES",
     "EXACT_DIVERGENCE_MAX_DIM",
     "LARGE_BATCH_HEUN_STEPS",
@@ -56,6 +57,11 @@ LARGE_BATCH_HEUN_STEPS = 16
 
 DEFAULT_HEUN_STEPS = 32
 """Heun steps where none are given."""
+
+DEFAULT_FUSED_STEPS = 20
+"""Solver steps of :func:`ode_sample_log_prob`: the densities' quadrature error
+is then about that of :data:`LARGE_BATCH_HEUN_STEPS` Heun steps of
+:func:`ode_log_prob` (measured in ``benchmarks/sequential/README.md``)."""
 
 DIVERGENCES = ("auto", "exact", "hutchinson")
 
@@ -286,7 +292,7 @@ class _DivergenceQuadrature:
 def ode_sample_log_prob(
     denoise: DenoiseFn,
     noise: Tensor,
-    steps: int = 24,
+    steps: int = DEFAULT_FUSED_STEPS,
     divergence: str = "auto",
     num_probes: int = 1,
     generator: torch.Generator | None = None,

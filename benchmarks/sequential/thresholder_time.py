@@ -33,7 +33,6 @@ from sbi.utils import get_density_thresholder as sbi_density_thresholder
 from sbi_diffusion import get_density_thresholder
 from sbi_diffusion.benchmark.results import append_row
 from sbi_diffusion.density import LARGE_BATCH_HEUN_STEPS
-from sbi_diffusion.inference.log_density import DEFAULT_FUSED_STEPS
 from sbi_diffusion.inference.truncation import posterior_covariance_basis
 from sbi_diffusion.samplers import Solver
 
@@ -154,7 +153,7 @@ def main() -> None:
             "resolved": {
                 "divergence": divergence,
                 "probes": record["probes"],
-                "sample_with_log_prob_steps": DEFAULT_FUSED_STEPS,
+                "sample_with_log_prob_steps": record["sample_with_log_prob_steps"],
                 "region_log_prob": {
                     "solver": "heun",
                     "steps": record["density_steps"],

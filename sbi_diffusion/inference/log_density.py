@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sbi_diffusion.density import (
+    DEFAULT_FUSED_STEPS,
     ode_log_prob,
     ode_sample_log_prob,
     resolve_log_prob_solver,
@@ -35,12 +36,7 @@ from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers import Solver
 from sbi_diffusion.samplers.noise import initial_noise
 
-__all__ = ["DEFAULT_FUSED_STEPS", "ProbabilityFlowDensity"]
-
-DEFAULT_FUSED_STEPS = 20
-"""Solver steps of :meth:`ProbabilityFlowDensity.sample_with_log_prob`: the
-densities' quadrature error is then about that of ``log_prob``'s 16 Heun steps
-on large batches (measured in ``benchmarks/sequential/README.md``)."""
+__all__ = ["ProbabilityFlowDensity"]
 
 
 class ProbabilityFlowDensity:
@@ -276,9 +272,8 @@ class ProbabilityFlowDensity:
                     + self.estimator.transform_log_abs_det(theta)
                 )
             ok = within_support(self.prior, theta).reshape(-1)
-            ok &= torch.isfinite(log_p) & torch.isfinite(theta.reshape(chunk, -1)).all(
-                1
-            )
+            ok &= torch.isfinite(log_p)
+            ok &= torch.isfinite(theta.reshape(chunk, -1)).all(dim=1)
             kept = int(ok.sum())
             theta_out[filled : filled + kept] = theta[ok]
             log_p_out[filled : filled + kept] = log_p[ok]

@@ -277,8 +277,6 @@ class DensityRegion:
         self.num_checked = 0
         #: what :func:`get_density_region` measured while building the region
         self.build_record: dict[str, Any] = {}
-        #: basis of the Hutchinson probes of the densities (None: Rademacher)
-        self.probe_basis: Tensor | None = None
         #: a region that holds this one (e.g. a box around the support
         #: samples); points outside it are rejected without a density
         self.enclosing_region: SampleRegion | None = None
@@ -295,21 +293,13 @@ class DensityRegion:
     def _decide(self, theta: Tensor) -> Tensor:
         """True where the density of ``theta`` reaches the threshold."""
         with torch.no_grad():
-            cheap = self.posterior.log_prob(
-                theta,
-                x=self.x,
-                solver=self.cheap_solver,
-                probe_basis=self.probe_basis,
-            )
+            cheap = self.posterior.log_prob(theta, x=self.x, solver=self.cheap_solver)
             inside = cheap >= self.threshold
             undecided = (cheap - self.threshold).abs() < self.band
             undecided &= torch.isfinite(cheap)
             if undecided.any():
                 checked = self.posterior.log_prob(
-                    theta[undecided],
-                    x=self.x,
-                    solver=self.checked_solver,
-                    probe_basis=self.probe_basis,
+                    theta[undecided], x=self.x, solver=self.checked_solver
                 )
                 inside[undecided] = checked >= self.threshold
         self.num_evaluated += int(theta.shape[0])
@@ -493,7 +483,7 @@ def get_density_thresholder(
         num_samples_to_estimate_support: samples the quantile is taken over.
         x: the observation; None uses the posterior's default ``x``.
         steps: solver steps of the sampling pass (default
-            :data:`~sbi_diffusion.inference.log_density.DEFAULT_FUSED_STEPS`).
+            :data:`~sbi_diffusion.density.DEFAULT_FUSED_STEPS`).
         divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"``: exact up to
             :data:`THRESHOLDER_EXACT_MAX_DIM` parameters, Hutchinson's estimate
             with one probe above, its probes drawn in the eigenbasis of the
@@ -516,10 +506,8 @@ def get_density_thresholder(
         TypeError: for a posterior without the probability-flow density.
         ValueError: for a quantile outside ``(0, 1)`` or fewer than two samples.
     """
-    from sbi_diffusion.inference.log_density import (
-        DEFAULT_FUSED_STEPS,
-        ProbabilityFlowDensity,
-    )
+    from sbi_diffusion.density import DEFAULT_FUSED_STEPS
+    from sbi_diffusion.inference.log_density import ProbabilityFlowDensity
 
     if not isinstance(posterior, ProbabilityFlowDensity):
         raise TypeError(
