@@ -48,6 +48,13 @@ class HierarchicalGaussian:
         loc, x = self.simulate_groups(g)
         return g, loc, x
 
+    def simulate_datasets(self, n: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``n`` data sets of ``k`` groups that share ``g``: ``g`` ``(n, d)``,
+        ``l`` ``(n, k, d)`` and ``x`` ``(n, k, T, d)``."""
+        g = self.global_prior.sample((n,))
+        loc, x = self.simulate_groups(g.repeat_interleave(k, 0))
+        return g, loc.reshape(n, k, self.dim), x.reshape(n, k, self.trials, self.dim)
+
     def observe(self, num_groups: int, g: Tensor | None = None):
         """A true ``g`` and ``num_groups`` groups simulated from it."""
         g = self.global_prior.sample() if g is None else g

@@ -26,6 +26,7 @@ __all__ = [
     "MaskedSetEmbedding",
     "Standardize",
     "GlobalsAndGroup",
+    "GroupSetEmbedding",
     "group_statistics",
 ]
 
@@ -92,6 +93,54 @@ class MaskedSetEmbedding(nn.Module):
         count = mask.sum(-2)
         pooled = features.sum(-2) / torch.clamp(count, min=1.0)
         return self.rho(torch.cat([pooled, count / x.shape[-2]], -1))
+
+
+class GroupSetEmbedding(nn.Module):
+    r"""Permutation-invariant embedding of a block of up to ``k`` groups
+    ``(batch, k, prod(encoded group shape) + 1)``
+    (:class:`~sbi_diffusion.hierarchical.blocks.GroupBlocks`): the mean of the
+    present groups' embeddings, told how many there are (Zaheer et al. 2017,
+    with ``group_net`` as ``phi``),
+
+    .. math::
+        e(x_{1:k}) = \rho\Big(\frac{1}{m} \sum_{i=1}^{k} p_i\,
+        \mathrm{group\_net}(x_i),\; \frac{m}{k}\Big),
+        \qquad m = \sum_i p_i,
+
+    with ``p_i`` the block's last column.
+
+    Args:
+        group_net: embedding of one encoded group.
+        encoded_group_shape: shape of an encoded group.
+        hidden: width of ``rho``.
+        output_dim: size of the embedding.
+    """
+
+    def __init__(
+        self,
+        group_net: nn.Module,
+        encoded_group_shape: tuple[int, ...],
+        hidden: int = 64,
+        output_dim: int = 32,
+    ):
+        super().__init__()
+        self.group_net = group_net
+        self.encoded_group_shape = tuple(encoded_group_shape)
+        with torch.no_grad():
+            probe = group_net(torch.zeros(1, *self.encoded_group_shape))
+        group_dim = int(probe.reshape(1, -1).shape[1])
+        self.norm = nn.LayerNorm(group_dim)
+        self.rho = _mlp([group_dim + 1, hidden, output_dim])
+        self.output_dim = output_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, size = x.shape[0], x.shape[1]
+        groups = x[..., :-1].reshape(batch * size, *self.encoded_group_shape)
+        embedded = self.group_net(groups).reshape(batch, size, -1)
+        present = x[..., -1:]
+        count = present.sum(-2)
+        pooled = (embedded * present).sum(-2) / torch.clamp(count, min=1.0)
+        return self.rho(torch.cat([self.norm(pooled), count / size], -1))
 
 
 class GlobalsAndGroup(nn.Module):

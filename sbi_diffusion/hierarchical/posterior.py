@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from sbi_diffusion.composition import IID_METHODS, SNRDamping
+from sbi_diffusion.hierarchical.blocks import GroupBlocks
 from sbi_diffusion.hierarchical.groups import GroupLayout
 from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.samplers import Solver
@@ -55,6 +56,11 @@ class HierarchicalPosterior:
         local_posterior: posterior of one group's local parameters given the
             global parameters and that group, ``p(l_j | g, x_j)``.
         layout: the shape of a group and its encoding.
+        blocks: for a global model of blocks of ``k`` groups
+            (:mod:`~sbi_diffusion.hierarchical.blocks`), their layout: the ``G``
+            groups are then split into ``ceil(G / k)`` blocks, which are
+            composed as the groups are otherwise (and ``group_batch_size``
+            counts blocks). None: the global model takes one group.
         composition: ``"gauss"`` (default; GAUSS, precision-weighted, Linhart et
             al. 2024, exact for Gaussian denoising posteriors) or
             ``"factorized"`` (the sum of diffused scores, Geffner et al. 2023,
@@ -94,6 +100,7 @@ class HierarchicalPosterior:
         global_posterior: DiffusionPosterior,
         local_posterior: DiffusionPosterior,
         layout: GroupLayout,
+        blocks: GroupBlocks | None = None,
         composition: str = "gauss",
         group_batch_size: int | None = None,
         damping: float = 0.0,
@@ -109,6 +116,7 @@ class HierarchicalPosterior:
         self.global_posterior = global_posterior
         self.local_posterior = local_posterior
         self.layout = layout
+        self.blocks = blocks
         self.composition = composition
         self.group_batch_size = group_batch_size
         self.damping = SNRDamping(global_posterior.estimator.schedule, float(damping))
@@ -165,14 +173,15 @@ class HierarchicalPosterior:
             ``(*sample_shape, d_global)``.
         """
         encoded = self.layout.check_groups(x)
+        conditions = encoded if self.blocks is None else self.blocks.partition(encoded)
         gp = self.global_posterior
         options: dict[str, Any] = {}
-        if encoded.shape[0] > 1:
+        if conditions.shape[0] > 1:
             # the composition's set-up (GAUSS's single-group samples) draws from
             # its own seeded generator, so a call is reproducible whether or not
             # the composition of these groups is cached
             composed = gp.iid_denoiser(
-                encoded,
+                conditions,
                 self.composition,
                 generator=torch.Generator().manual_seed(self.setup_seed),
                 show_progress_bars=show_progress_bars,
@@ -186,7 +195,7 @@ class HierarchicalPosterior:
             }
         samples = gp.sample(
             sample_shape,
-            x=encoded,
+            x=conditions,
             sampler=sampler_options.pop("sampler", self.sampler),
             generator=generator,
             show_progress_bars=show_progress_bars,
@@ -195,12 +204,14 @@ class HierarchicalPosterior:
         )
         self.last_info = {
             "num_groups": int(encoded.shape[0]),
+            "groups_per_block": 1 if self.blocks is None else self.blocks.size,
+            "num_blocks": int(conditions.shape[0]),
             "composition": self.composition,
             "group_batch_size": self.group_batch_size,
             "damping_snr0": self.damping.snr0,
             "noise_floor": self.noise_floor,
             "nfe": gp.last_nfe,
-            **((gp.last_iid_info or {}) if encoded.shape[0] > 1 else {}),
+            **((gp.last_iid_info or {}) if conditions.shape[0] > 1 else {}),
         }
         return samples
 

@@ -25,8 +25,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from sbi_diffusion.hierarchical.blocks import GroupBlocks, random_subsets
 from sbi_diffusion.hierarchical.embedding import (
     GlobalsAndGroup,
+    GroupSetEmbedding,
     MaskedSetEmbedding,
     Standardize,
     group_statistics,
@@ -122,6 +124,9 @@ class HierarchicalNPE:
         show_progress_bars: show training progress.
     """
 
+    #: ``k`` of simulations of ``k`` groups per row; None: one group per row
+    groups_per_simulation: int | None = None
+
     def __init__(
         self,
         global_prior: Distribution,
@@ -142,7 +147,7 @@ class HierarchicalNPE:
         self.device = device
         self.show_progress_bars = show_progress_bars
         self.layout: GroupLayout | None = None
-        self._rounds: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._rounds: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         self.global_inference: DiffusionNPE | None = None
         self.local_inference: DiffusionNPE | None = None
 
@@ -155,16 +160,27 @@ class HierarchicalNPE:
         x: Tensor,
         exclude_invalid_x: bool = True,
     ) -> HierarchicalNPE:
-        """Store simulations of single groups, one per row.
+        """Store simulations: one group per row, or one data set of ``k`` groups
+        that share their global parameters per row.
+
+        With ``local_theta`` of shape ``(n, d_local)`` each row is one group,
+        and the global model learns ``p(g | x_j)``. With ``(n, k, d_local)``
+        each row is a data set of ``k`` groups, and the global model learns
+        ``p(g | x_1, ..., x_k)`` (:mod:`~sbi_diffusion.hierarchical.blocks`:
+        its composition over ``G`` groups multiplies the network's error by
+        ``sqrt(G / k)`` instead of ``sqrt(G)``); the local model is trained on
+        every group.
 
         Args:
             global_theta: ``(n, d_global)``.
-            local_theta: ``(n, d_local)``.
-            x: ``(n, d_x)`` (a vector per group) or ``(n, T, d_x)`` (up to ``T``
-                trials per group; pad groups with fewer trials with all-NaN
-                rows).
+            local_theta: ``(n, d_local)``, or ``(n, k, d_local)``.
+            x: ``(n, *group_shape)``, or ``(n, k, *group_shape)``, with
+                ``group_shape`` ``(d_x,)`` (a vector per group) or ``(T, d_x)``
+                (up to ``T`` trials per group; pad groups with fewer trials with
+                all-NaN rows).
             exclude_invalid_x: drop (with a warning) groups with NaN or inf
-                values outside padding rows, or raise.
+                values outside padding rows (from a data set of ``k`` groups,
+                only the group, whose ``local_theta`` may then be NaN), or raise.
 
         Returns:
             self, for chaining.
@@ -181,31 +197,60 @@ class HierarchicalNPE:
             raise ValueError(
                 f"global_theta, local_theta and x have {g.shape[0]}, "
                 f"{loc.shape[0]} and {x.shape[0]} rows; pass one simulated group "
-                "per row of each."
+                "(or data set of groups) per row of each."
             )
-        for name, value, dim in (
-            ("global_theta", g, self.global_dim),
-            ("local_theta", loc, self.local_dim),
-        ):
-            if value.dim() != 2 or value.shape[1] != dim:
-                raise ValueError(
-                    f"{name} has shape {tuple(value.shape)}; its prior draws "
-                    f"{dim} parameters: pass ({value.shape[0]}, {dim})."
+        if g.dim() != 2 or g.shape[1] != self.global_dim:
+            raise ValueError(
+                f"global_theta has shape {tuple(g.shape)}; its prior draws "
+                f"{self.global_dim} parameters: pass ({g.shape[0]}, "
+                f"{self.global_dim})."
+            )
+        if loc.dim() not in (2, 3) or loc.shape[-1] != self.local_dim:
+            raise ValueError(
+                f"local_theta has shape {tuple(loc.shape)}; its prior draws "
+                f"{self.local_dim} parameters: pass ({loc.shape[0]}, "
+                f"{self.local_dim}) for one group per row, or ({loc.shape[0]}, k, "
+                f"{self.local_dim}) for k groups per row."
+            )
+        groups_per_row = None if loc.dim() == 2 else int(loc.shape[1])
+        if self._rounds and groups_per_row != self.groups_per_simulation:
+            raise ValueError(
+                f"local_theta has shape {tuple(loc.shape)}, but earlier "
+                "simulations have "
+                + (
+                    "one group per row"
+                    if self.groups_per_simulation is None
+                    else f"{self.groups_per_simulation} groups per row"
                 )
-            if not torch.isfinite(value).all():
-                raise ValueError(f"{name} contains NaN or inf values.")
-        layout = GroupLayout.of(x)
+                + "; pass every round in the same form."
+            )
+        if groups_per_row is None:
+            loc, x = loc[:, None], x[:, None]
+        elif x.dim() < 3 or x.shape[1] != groups_per_row:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}, but local_theta holds "
+                f"{groups_per_row} groups per row: pass x of shape "
+                f"({x.shape[0]}, {groups_per_row}, *group_shape)."
+            )
+        n, k = loc.shape[:2]
+        layout = GroupLayout.of(x.reshape(n * k, *x.shape[2:]))
         if self.layout is not None and layout != self.layout:
             raise ValueError(
                 f"x has groups of shape {layout.group_shape}, but earlier "
                 f"simulations have {self.layout.group_shape}."
             )
-        valid = layout.valid(x)
-        if not valid.all():
-            num_invalid = int((~valid).sum())
-            if not exclude_invalid_x or not valid.any():
+        present = layout.valid(x.reshape(n * k, *x.shape[2:])).reshape(n, k)
+        if not torch.isfinite(g).all():
+            raise ValueError("global_theta contains NaN or inf values.")
+        if not torch.isfinite(loc[present]).all():
+            raise ValueError(
+                "local_theta contains NaN or inf values (of groups that are kept)."
+            )
+        if not present.all():
+            num_invalid = int((~present).sum())
+            if not exclude_invalid_x or not present.any():
                 raise ValueError(
-                    f"{num_invalid} of {x.shape[0]} groups contain NaN or inf "
+                    f"{num_invalid} of {n * k} groups contain NaN or inf "
                     "values outside padding rows (trial rows that are all NaN) "
                     "or hold no trial. Pass exclude_invalid_x=True to drop them."
                 )
@@ -217,10 +262,12 @@ class HierarchicalNPE:
                 stacklevel=2,
             )
         self.layout = layout
-        self._rounds.append((g[valid], loc[valid], x[valid]))
+        self.groups_per_simulation = groups_per_row
+        rows = present.any(1)
+        self._rounds.append((g[rows], loc[rows], x[rows], present[rows]))
         return self
 
-    def _simulations(self) -> tuple[Tensor, Tensor, Tensor]:
+    def _simulations(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if not self._rounds:
             raise ValueError("No simulations: call append_simulations() first.")
         return tuple(torch.cat(parts) for parts in zip(*self._rounds, strict=True))
@@ -249,8 +296,9 @@ class HierarchicalNPE:
         local_kwargs: dict | None = None,
         **kwargs: Any,
     ) -> HierarchicalNPE:
-        """Train the global model ``p(g | x)`` and the local model
-        ``p(l | g, x)`` on the stored simulations.
+        """Train the global model ``p(g | x)`` (``x`` one group, or a block of
+        up to ``k`` groups) and the local model ``p(l | g, x)`` on the stored
+        simulations.
 
         Args:
             global_kwargs, local_kwargs: options of each model's
@@ -262,26 +310,56 @@ class HierarchicalNPE:
         Returns:
             self, for chaining.
         """
-        g, loc, x = self._simulations()
-        encoded = self.layout.encode(x)
+        g, loc, x, present = self._simulations()
+        groups = x[present]
+        encoded = self.layout.encode(groups)
         global_options = dict(self.global_options)
-        global_options.setdefault("embedding_net", self._group_net(x))
+        if self.groups_per_simulation is None:
+            global_options.setdefault("embedding_net", self._group_net(groups))
+            global_theta, global_x = g, encoded
+        else:
+            blocks = self.blocks
+            global_options.setdefault(
+                "embedding_net",
+                GroupSetEmbedding(
+                    self._group_net(groups),
+                    self.layout.encoded_shape,
+                    **self.embedding_kwargs,
+                ),
+            )
+            seed = int(kwargs.get("seed", 0) or 0)
+            subsets = random_subsets(present, torch.Generator().manual_seed(seed))
+            smaller = subsets.sum(1) < present.sum(1)
+            global_theta = torch.cat([g, g[smaller]])
+            global_x = torch.cat(
+                [blocks.encode(x, present), blocks.encode(x[smaller], subsets[smaller])]
+            )
         self.global_inference = self._trainer(self.global_prior, global_options)
-        self.global_inference.append_simulations(g, encoded)
+        self.global_inference.append_simulations(global_theta, global_x)
         self.global_inference.train(**{**kwargs, **(global_kwargs or {})})
 
         local_options = dict(self.local_options)
-        group_net = local_options.pop("embedding_net", None) or self._group_net(x)
-        g_shift, g_scale = group_statistics(g, has_trials=False)
+        group_net = local_options.pop("embedding_net", None) or self._group_net(groups)
+        g_groups = g[:, None].expand(-1, present.shape[1], -1)[present]
+        g_shift, g_scale = group_statistics(g_groups, has_trials=False)
         local_options["embedding_net"] = GlobalsAndGroup(
             self.global_dim, self.layout.encoded_shape, group_net, g_shift, g_scale
         )
         self.local_inference = self._trainer(None, local_options)
         self.local_inference.append_simulations(
-            loc, torch.cat([g, encoded.reshape(encoded.shape[0], -1)], -1)
+            loc[present],
+            torch.cat([g_groups, encoded.reshape(encoded.shape[0], -1)], -1),
         )
         self.local_inference.train(**{**kwargs, **(local_kwargs or {})})
         return self
+
+    @property
+    def blocks(self) -> GroupBlocks | None:
+        """The blocks of groups the global model takes; None for a global model
+        of single groups."""
+        if self.groups_per_simulation is None:
+            return None
+        return GroupBlocks(self.layout, self.groups_per_simulation)
 
     # ------------------------------------------------------------ posterior
 
@@ -303,5 +381,6 @@ class HierarchicalNPE:
             self.global_inference.build_posterior(),
             self.local_inference.build_posterior(),
             self.layout,
+            blocks=self.blocks,
             **options,
         )
