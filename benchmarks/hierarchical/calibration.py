@@ -25,7 +25,7 @@ import torch
 from scipy.stats import chisquare
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model import HierarchicalGaussian, train_on_single_groups  # noqa: E402
+from model import HierarchicalGaussian, train_on_groups  # noqa: E402
 
 
 def rank_statistics(ranks: torch.Tensor, num_samples: int, bins: int) -> dict:
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = HierarchicalGaussian()
-    inference, train_time = train_on_single_groups(
+    inference, train_time = train_on_groups(
         model, args.num_simulations, args.max_num_steps, args.seed
     )
     posterior = inference.build_posterior(

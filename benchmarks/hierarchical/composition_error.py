@@ -32,7 +32,7 @@ import torch
 from sbi.utils.metrics import c2st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model import HierarchicalGaussian, train_on_single_groups  # noqa: E402
+from model import HierarchicalGaussian, train_on_groups  # noqa: E402
 
 from sbi_diffusion.composition.path import alpha_sigma  # noqa: E402
 from sbi_diffusion.joint import GaussianJointDenoiser, JointPosterior  # noqa: E402
@@ -213,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = HierarchicalGaussian()
-    inference, train_time = train_on_single_groups(
+    inference, train_time = train_on_groups(
         model, args.num_simulations, args.max_num_steps, args.seed
     )
     schedule = inference.global_inference.build_posterior().estimator.schedule

@@ -6,7 +6,8 @@ Phases, each resumable (the trained model and the NUTS draws are cached under
 ``--cache`` as ``.pt`` files, rows already in the JSONL file are skipped):
 
 1. train one ``HierarchicalNPE`` on ``--num-simulations`` single-subject
-   simulations;
+   simulations (with ``--groups-per-simulation k``: that many subjects, in data
+   sets of ``k`` subjects that share the global parameters);
 2. per reference data set and sampling configuration, a row ``"reference"``:
    C2ST of 1,000 global samples against NUTS (pyro, exact likelihood), the
    error of the posterior means in NUTS standard deviations, the local
@@ -77,13 +78,24 @@ def append_row(path: Path, row: dict) -> None:
 
 
 def trained_model(args, cache: Path) -> tuple[HierarchicalNPE, float]:
-    path = cache / f"ddm_model_{args.num_simulations}_{args.max_num_steps}.pt"
+    k = args.groups_per_simulation
+    suffix = "" if k == 1 else f"_k{k}"
+    path = cache / f"ddm_model_{args.num_simulations}_{args.max_num_steps}{suffix}.pt"
     if path.exists():
         stored = torch.load(path, weights_only=False)
         return stored["inference"], stored["train_seconds"]
     torch.manual_seed(args.seed)
     start = time.time()
-    g, loc, x = ddm.simulate(args.num_simulations, args.trials)
+    if k == 1:
+        g, loc, x = ddm.simulate(args.num_simulations, args.trials)
+    else:
+        # data sets of k subjects that share their global parameters
+        g = ddm.global_prior().sample((args.num_simulations // k,))
+        _, loc, x = ddm.simulate(
+            g.shape[0] * k, args.trials, global_theta=g.repeat_interleave(k, 0)
+        )
+        loc = loc.reshape(g.shape[0], k, -1)
+        x = x.reshape(g.shape[0], k, *x.shape[1:])
     simulate_seconds = time.time() - start
     inference = HierarchicalNPE(ddm.global_prior(), ddm.local_prior)
     inference.append_simulations(g, loc, features(x))
@@ -125,10 +137,11 @@ def nuts_draws(args, cache: Path, index: int) -> dict:
 
 def same_model(row: dict, args) -> bool:
     """Whether a row was made with the model these arguments train."""
-    return (row["num_simulations"], row["max_num_steps"]) == (
-        args.num_simulations,
-        args.max_num_steps,
-    )
+    return (
+        row["num_simulations"],
+        row["max_num_steps"],
+        row.get("groups_per_simulation", 1),
+    ) == (args.num_simulations, args.max_num_steps, args.groups_per_simulation)
 
 
 def comparison(g: Tensor, loc: Tensor, ref: dict) -> dict:
@@ -290,6 +303,7 @@ def common(args, inference, train_seconds) -> dict:
         "trials": args.trials,
         "num_simulations": args.num_simulations,
         "max_num_steps": args.max_num_steps,
+        "groups_per_simulation": args.groups_per_simulation,
         "train_seconds": train_seconds,
         "seed": args.seed,
         "training": inference.global_inference.resolved_training,
@@ -385,6 +399,13 @@ def main() -> None:
         help="of train, reference, single, subsets, sbc",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--groups-per-simulation",
+        type=int,
+        default=1,
+        help="k: train the global model on data sets of k subjects "
+        "(--num-simulations counts subjects)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = Path(args.cache)

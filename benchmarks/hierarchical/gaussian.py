@@ -4,8 +4,10 @@ For each configuration (number of groups G, composition, sampler, damping,
 mini-batch of groups) one row is appended to a JSONL file: the C2ST of the
 global posterior's samples against exact ones, the mean absolute error of the
 local posterior means (given the sampled g) in local posterior standard
-deviations, the timings and all resolved options. Rows already present (same
-key) are skipped, so an interrupted run resumes.
+deviations, the timings and all resolved options. ``--groups-per-simulation
+k`` trains the global model on data sets of ``k`` groups instead of single
+groups. Rows already present (same key) are skipped, so an interrupted run
+resumes.
 
     PYTHONPATH=. python benchmarks/hierarchical/gaussian.py \
         --out benchmarks/hierarchical/results.jsonl
@@ -23,7 +25,7 @@ import torch
 from sbi.utils.metrics import c2st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model import HierarchicalGaussian, train_on_single_groups  # noqa: E402
+from model import HierarchicalGaussian, train_on_groups  # noqa: E402
 
 from sbi_diffusion.samplers import Solver  # noqa: E402
 
@@ -50,13 +52,26 @@ CONFIGS = [
     (1000, "gauss", "euler_maruyama", {"steps": 500}, 0.0, 100, 0.5),
     (1000, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 250, 0.5),
 ]
+#: configurations of a global model of data sets of k > 1 groups (B counts
+#: blocks of k groups)
+BLOCK_CONFIGS = [
+    (10, "gauss", "dopri5", {}, 0.0, None, 0.5),
+    (100, "gauss", "dopri5", {}, 0.0, None, 0.5),
+    (1000, "gauss", "dopri5", {}, 0.0, None, 0.5),
+    (1000, "gauss", "dopri5", {}, 0.0, None, None),
+    (1000, "gauss", "euler_maruyama", {"steps": 200}, 0.0, 20, 0.5),
+]
 
 
 def key(row: dict) -> str:
     fields = ("G", "composition", "sampler", "damping", "B", "seed")
-    # rows made before the noise floor existed had none
+    # rows made before the noise floor (and blocks of groups) existed had none
     return json.dumps(
-        {**{k: row[k] for k in fields}, "noise_floor": row.get("noise_floor")},
+        {
+            **{k: row[k] for k in fields},
+            "noise_floor": row.get("noise_floor"),
+            "groups_per_simulation": row.get("groups_per_simulation", 1),
+        },
         sort_keys=True,
     )
 
@@ -69,6 +84,13 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=500)
     parser.add_argument("--covariance-samples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--groups-per-simulation",
+        type=int,
+        default=1,
+        help="k: train the global model on data sets of k groups (the budget "
+        "--num-simulations counts groups)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -76,10 +98,13 @@ def main() -> None:
     if out.exists():
         done = {key(json.loads(line)) for line in out.read_text().splitlines()}
     model = HierarchicalGaussian()
-    inference, train_time = train_on_single_groups(
-        model, args.num_simulations, args.max_num_steps, args.seed
+    k = args.groups_per_simulation
+    inference, train_time = train_on_groups(
+        model, args.num_simulations, args.max_num_steps, args.seed, k
     )
-    for G, comp, sampler, options, damping, batch, floor in CONFIGS:
+    for G, comp, sampler, options, damping, batch, floor in (
+        CONFIGS if k == 1 else BLOCK_CONFIGS
+    ):
         row = {
             "G": G,
             "composition": comp,
@@ -88,6 +113,7 @@ def main() -> None:
             "B": batch,
             "noise_floor": floor,
             "seed": args.seed,
+            "groups_per_simulation": k,
         }
         if key(row) in done:
             continue
@@ -106,6 +132,7 @@ def main() -> None:
         samples = posterior.sample((args.num_samples,), x=x_o)
         sample_time = time.time() - t0
         nfe = posterior.last_info["nfe"]
+        num_blocks = posterior.last_info["num_blocks"]
         exact = mean + var**0.5 * torch.randn(args.num_samples, model.dim)
         finite = torch.isfinite(samples).all(1)
         score = float(c2st(samples[finite], exact[: int(finite.sum())]))
@@ -120,6 +147,7 @@ def main() -> None:
             std_ratio=(samples.std(0) / var**0.5).tolist(),
             local_mean_abs_error_in_std=float(local_err.abs().mean()),
             nfe_per_sample=nfe,
+            num_blocks=num_blocks,
             sample_seconds=sample_time,
             local_seconds=local_time,
             train_seconds=train_time,

@@ -79,16 +79,27 @@ class HierarchicalGaussian:
         return mean / q[None, :, None], 1 / q
 
 
-def train_on_single_groups(
-    model: HierarchicalGaussian, num_simulations: int, max_num_steps: int, seed: int
+def train_on_groups(
+    model: HierarchicalGaussian,
+    num_simulations: int,
+    max_num_steps: int,
+    seed: int,
+    groups_per_simulation: int = 1,
 ):
-    """A ``HierarchicalNPE`` trained on ``num_simulations`` single groups (the
-    global RNG seeded with ``seed`` first), and the seconds it took."""
+    """A ``HierarchicalNPE`` trained on ``num_simulations`` simulated groups (the
+    global RNG seeded with ``seed`` first), and the seconds it took: single
+    groups for ``groups_per_simulation=1``, else ``num_simulations // k`` data
+    sets of ``k`` groups that share ``g``."""
     from sbi_diffusion import HierarchicalNPE
 
     torch.manual_seed(seed)
     start = time.time()
-    g, loc, x = model.simulate(num_simulations)
+    if groups_per_simulation == 1:
+        g, loc, x = model.simulate(num_simulations)
+    else:
+        g, loc, x = model.simulate_datasets(
+            num_simulations // groups_per_simulation, groups_per_simulation
+        )
     inference = HierarchicalNPE(model.global_prior, model.local_prior)
     inference.append_simulations(g, loc, x)
     inference.train(max_num_steps=max_num_steps, seed=seed)

@@ -129,18 +129,38 @@ class GroupSetEmbedding(nn.Module):
         with torch.no_grad():
             probe = group_net(torch.zeros(1, *self.encoded_group_shape))
         group_dim = int(probe.reshape(1, -1).shape[1])
-        self.norm = nn.LayerNorm(group_dim)
+        self.standardize = Standardize(torch.zeros(group_dim), torch.ones(group_dim))
         self.rho = _mlp([group_dim + 1, hidden, output_dim])
         self.output_dim = output_dim
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _pooled(self, x: Tensor) -> tuple[Tensor, Tensor]:
         batch, size = x.shape[0], x.shape[1]
         groups = x[..., :-1].reshape(batch * size, *self.encoded_group_shape)
         embedded = self.group_net(groups).reshape(batch, size, -1)
         present = x[..., -1:]
         count = present.sum(-2)
-        pooled = (embedded * present).sum(-2) / torch.clamp(count, min=1.0)
-        return self.rho(torch.cat([self.norm(pooled), count / size], -1))
+        return (embedded * present).sum(-2) / torch.clamp(count, min=1.0), count
+
+    @torch.no_grad()
+    def standardize_on(self, blocks: Tensor) -> None:
+        """Set the standardisation of the pooled group embeddings to their mean
+        and standard deviation over ``blocks`` (training blocks, before
+        training).
+
+        At initialisation the group embeddings vary little with the data
+        compared with their offsets; standardised, the data's signal reaches
+        ``rho`` and the denoiser at unit scale from the first step (without it
+        the training sat on a plateau that ignores ``x`` for hundreds of
+        steps, on some seeds for all of them).
+        """
+        pooled, _ = self._pooled(blocks)
+        std = pooled.std(0)
+        self.standardize.shift.copy_(pooled.mean(0))
+        self.standardize.scale.copy_(torch.where(std < 1e-8, torch.ones_like(std), std))
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled, count = self._pooled(x)
+        return self.rho(torch.cat([self.standardize(pooled), count / x.shape[1]], -1))
 
 
 class GlobalsAndGroup(nn.Module):
