@@ -64,7 +64,16 @@ BLOCK_CONFIGS = [
 
 
 def key(row: dict) -> str:
-    fields = ("G", "composition", "sampler", "damping", "B", "seed")
+    fields = (
+        "G",
+        "composition",
+        "sampler",
+        "damping",
+        "B",
+        "seed",
+        "num_simulations",
+        "max_num_steps",
+    )
     # rows made before the noise floor (and blocks of groups) existed had none
     return json.dumps(
         {
@@ -114,6 +123,8 @@ def main() -> None:
             "noise_floor": floor,
             "seed": args.seed,
             "groups_per_simulation": k,
+            "num_simulations": args.num_simulations,
+            "max_num_steps": args.max_num_steps,
         }
         if key(row) in done:
             continue
