@@ -31,26 +31,18 @@ from sbi_diffusion.hierarchical.posterior import DEFAULT_NOISE_FLOOR
 from sbi_diffusion.samplers import Solver
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks" / "hierarchical"))
-from model import HierarchicalGaussian  # noqa: E402
+from model import HierarchicalGaussian, small_estimator  # noqa: E402
 
 torch.set_num_threads(1)
 
 MODEL = HierarchicalGaussian()
-SMALL = {"net_kwargs": {"width": 64, "depth": 2}}
 FAST = Solver("euler", steps=4)
 
 
 def train_small(device: str = "cpu", num: int = 2500, steps: int = 700):
     torch.manual_seed(0)
     g, loc, x = MODEL.simulate(num)
-    inference = HierarchicalNPE(
-        MODEL.global_prior,
-        MODEL.local_prior,
-        global_options=SMALL,
-        local_options=SMALL,
-        embedding_kwargs={"hidden": 32},
-        device=device,
-    )
+    inference = small_estimator(MODEL, device)
     inference.append_simulations(g, loc, x)
     return inference.train(max_num_steps=steps, seed=0, training_batch_size=128)
 

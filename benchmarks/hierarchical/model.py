@@ -79,6 +79,22 @@ class HierarchicalGaussian:
         return mean / q[None, :, None], 1 / q
 
 
+def small_estimator(model: HierarchicalGaussian, device: str = "cpu"):
+    """An untrained ``HierarchicalNPE`` of ``model`` with small networks (width
+    64, depth 2; set embedding width 32), for tests and quick runs."""
+    from sbi_diffusion import HierarchicalNPE
+
+    small = {"net_kwargs": {"width": 64, "depth": 2}}
+    return HierarchicalNPE(
+        model.global_prior,
+        model.local_prior,
+        global_options=small,
+        local_options=small,
+        embedding_kwargs={"hidden": 32},
+        device=device,
+    )
+
+
 def train_on_groups(
     model: HierarchicalGaussian,
     num_simulations: int,
