@@ -125,6 +125,48 @@ def test_local_model_is_trained_on_every_group(trained):
     assert local.shape == (300, 5, 2) and (err.abs() < 0.5).all()
 
 
+@pytest.fixture(scope="module")
+def trained_on_proposal() -> HierarchicalNPE:
+    """Data sets whose ``g`` come from the prior widened 2.5 times."""
+    torch.manual_seed(1)
+    g, loc, x = MODEL.simulate_datasets(800, K, proposal_scale=2.5)
+    inference = small_estimator(MODEL)
+    inference.global_proposal = MODEL.proposal(2.5)
+    inference.append_simulations(g, loc, x)
+    return inference.train(max_num_steps=1500, seed=0, training_batch_size=128)
+
+
+@pytest.mark.parametrize("num_groups", [1, 6])
+def test_a_global_proposal_is_divided_out(trained_on_proposal, num_groups):
+    """One block (1 group: reweighted by ``p / q``) or two (6 groups: composed
+    with ``-N`` proposal terms and one prior term instead of ``1 - N``
+    proposal terms): either way the correction adds the precision
+    ``P_p - P_q`` of the two zero-mean Gaussians, so a posterior
+    ``N(m, 1 / L)`` under the proposal becomes ``N(L m / (L + P_p - P_q),
+    1 / (L + P_p - P_q))``. Checked on the same network and noise with and
+    without the correction, with ``g`` 2.5 prior standard deviations out."""
+    torch.manual_seed(7)
+    _, _, x = MODEL.observe(num_groups, g=torch.tensor([3.75, -3.75]))
+    posterior = trained_on_proposal.build_posterior()
+    assert posterior.target_prior is trained_on_proposal.global_prior
+    samples = {}
+    for target in (posterior.target_prior, None):
+        posterior.target_prior = target
+        torch.manual_seed(8)
+        samples[target is None] = posterior.sample((1000,), x=x)
+    added = 1 / MODEL.s_g**2 - 1 / (2.5 * MODEL.s_g) ** 2
+    precision = 1 / samples[True].var(0)
+    predicted = samples[True].mean(0) * precision / (precision + added)
+    std = samples[False].std(0)
+    assert ((samples[True].mean(0) - predicted).abs() > 0.25 * std).all()
+    assert ((samples[False].mean(0) - predicted).abs() < 0.1 * std).all()
+    ratio = std * (precision + added) ** 0.5
+    assert ((ratio > 0.9) & (ratio < 1.1)).all()
+    # and near the exact posterior under the prior
+    mean, var = MODEL.global_posterior(x)
+    assert ((samples[False].mean(0) - mean).abs() < 0.6 * var**0.5).all()
+
+
 # --------------------------------------------------------------- errors
 
 

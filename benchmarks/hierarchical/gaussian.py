@@ -74,12 +74,13 @@ def key(row: dict) -> str:
         "num_simulations",
         "max_num_steps",
     )
-    # rows made before the noise floor (and blocks of groups) existed had none
+    # rows made before the noise floor (blocks of groups, proposals) had none
     return json.dumps(
         {
             **{k: row[k] for k in fields},
             "noise_floor": row.get("noise_floor"),
             "groups_per_simulation": row.get("groups_per_simulation", 1),
+            "proposal_scale": row.get("proposal_scale", 1.0),
         },
         sort_keys=True,
     )
@@ -100,6 +101,13 @@ def main() -> None:
         help="k: train the global model on data sets of k groups (the budget "
         "--num-simulations counts groups)",
     )
+    parser.add_argument(
+        "--proposal-scale",
+        type=float,
+        default=1.0,
+        help="draw the training data sets' g from the prior widened this many "
+        "times (HierarchicalNPE's global_proposal; with --groups-per-simulation)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -109,7 +117,12 @@ def main() -> None:
     model = HierarchicalGaussian()
     k = args.groups_per_simulation
     inference, train_time = train_on_groups(
-        model, args.num_simulations, args.max_num_steps, args.seed, k
+        model,
+        args.num_simulations,
+        args.max_num_steps,
+        args.seed,
+        k,
+        args.proposal_scale,
     )
     for G, comp, sampler, options, damping, batch, floor in (
         CONFIGS if k == 1 else BLOCK_CONFIGS
@@ -125,6 +138,7 @@ def main() -> None:
             "groups_per_simulation": k,
             "num_simulations": args.num_simulations,
             "max_num_steps": args.max_num_steps,
+            "proposal_scale": args.proposal_scale,
         }
         if key(row) in done:
             continue

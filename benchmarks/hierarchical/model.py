@@ -48,10 +48,16 @@ class HierarchicalGaussian:
         loc, x = self.simulate_groups(g)
         return g, loc, x
 
-    def simulate_datasets(self, n: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``n`` data sets of ``k`` groups that share ``g``: ``g`` ``(n, d)``,
-        ``l`` ``(n, k, d)`` and ``x`` ``(n, k, T, d)``."""
-        g = self.global_prior.sample((n,))
+    def proposal(self, scale: float) -> Distribution:
+        """``N(0, (scale s_g)^2 I)``: the global prior widened ``scale`` times."""
+        return Independent(Normal(torch.zeros(self.dim), scale * self.s_g), 1)
+
+    def simulate_datasets(
+        self, n: int, k: int, proposal_scale: float = 1.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``n`` data sets of ``k`` groups that share ``g``: ``g`` ``(n, d)``
+        (from :meth:`proposal`), ``l`` ``(n, k, d)`` and ``x`` ``(n, k, T, d)``."""
+        g = self.proposal(proposal_scale).sample((n,))
         loc, x = self.simulate_groups(g.repeat_interleave(k, 0))
         return g, loc.reshape(n, k, self.dim), x.reshape(n, k, self.trials, self.dim)
 
@@ -101,11 +107,13 @@ def train_on_groups(
     max_num_steps: int,
     seed: int,
     groups_per_simulation: int = 1,
+    proposal_scale: float = 1.0,
 ):
     """A ``HierarchicalNPE`` trained on ``num_simulations`` simulated groups (the
     global RNG seeded with ``seed`` first), and the seconds it took: single
     groups for ``groups_per_simulation=1``, else ``num_simulations // k`` data
-    sets of ``k`` groups that share ``g``."""
+    sets of ``k`` groups that share ``g``; with ``proposal_scale`` != 1 their
+    ``g`` come from :meth:`HierarchicalGaussian.proposal` (data sets only)."""
     from sbi_diffusion import HierarchicalNPE
 
     torch.manual_seed(seed)
@@ -114,9 +122,14 @@ def train_on_groups(
         g, loc, x = model.simulate(num_simulations)
     else:
         g, loc, x = model.simulate_datasets(
-            num_simulations // groups_per_simulation, groups_per_simulation
+            num_simulations // groups_per_simulation,
+            groups_per_simulation,
+            proposal_scale,
         )
-    inference = HierarchicalNPE(model.global_prior, model.local_prior)
+    proposal = None if proposal_scale == 1.0 else model.proposal(proposal_scale)
+    inference = HierarchicalNPE(
+        model.global_prior, model.local_prior, global_proposal=proposal
+    )
     inference.append_simulations(g, loc, x)
     inference.train(max_num_steps=max_num_steps, seed=seed)
     return inference, time.time() - start

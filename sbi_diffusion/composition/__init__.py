@@ -76,10 +76,12 @@ Modules: :mod:`~sbi_diffusion.composition.iid` (the composed denoiser),
 :mod:`~sbi_diffusion.composition.diffused_prior` (the prior as a denoiser),
 :mod:`~sbi_diffusion.composition.moments` (denoising precisions from Jacobians
 and from samples), :mod:`~sbi_diffusion.composition.linalg` (symmetric
-eigen-decompositions and clamped inverses) and
+eigen-decompositions and clamped inverses),
+:mod:`~sbi_diffusion.composition.bridge` (the sampler the bridge needs) and
 :mod:`~sbi_diffusion.composition.path` (noise levels of the path).
 """
 
+from sbi_diffusion.composition.bridge import warn_if_bridge_without_noise
 from sbi_diffusion.composition.damping import SNRDamping
 from sbi_diffusion.composition.diffused_prior import (
     PRIOR_SCORES,
@@ -94,7 +96,6 @@ from sbi_diffusion.composition.iid import (
     IID_METHODS,
     PRIOR_PRECISIONS,
     IIDComposedDenoiser,
-    warn_if_bridge_without_noise,
 )
 from sbi_diffusion.composition.linalg import (
     clamp_eigenvalues,

@@ -17,7 +17,6 @@ simulation-based inference in tall data settings", Eq. 12). The methods
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -49,14 +48,12 @@ from sbi_diffusion.model import (
     expand_trial_rows,
 )
 from sbi_diffusion.path.vector_field import as_time
-from sbi_diffusion.samplers import get_sampler, runs_deterministically
 
 __all__ = [
     "IID_METHODS",
     "PRIOR_PRECISIONS",
     "DEFAULT_PRIOR_PRECISION",
     "IIDComposedDenoiser",
-    "warn_if_bridge_without_noise",
 ]
 
 IID_METHODS = ("factorized", "factorized_bridge", "gauss", "jac")
@@ -156,6 +153,11 @@ class IIDComposedDenoiser:
             root mean variance of their posteriors) each trial's estimate comes
             from the network at that level, through a Gaussian of the trial's
             covariance (:meth:`_floored`). None: the network at every level.
+        target_prior: the prior of the composed posterior where the trials'
+            posteriors were learned under another, ``prior`` (a proposal
+            ``q``): ``p(theta | x_1..N) ∝ p(theta) prod_i q(theta | x_i) /
+            q(theta)``, the ``1 - N`` prior terms becoming ``-N`` of ``q`` and
+            one of ``p``. None: ``prior``.
 
     Attributes:
         evaluations_per_call: network evaluations per call (for NFE reports).
@@ -183,8 +185,14 @@ class IIDComposedDenoiser:
         trial_batch_size: int | None = None,
         damping: Callable[[Tensor], Tensor] | None = None,
         noise_floor: float | None = None,
+        target_prior: DiffusedPrior | None = None,
     ):
         prior_precision = _checked_prior_precision(method, prior_precision)
+        if target_prior is not None and method == "factorized_bridge":
+            raise ValueError(
+                "target_prior needs iid_method 'factorized', 'gauss' or 'jac'; "
+                "'factorized_bridge' anneals one prior's score."
+            )
         if noise_floor is not None and (method != "gauss" or not noise_floor > 0):
             raise ValueError(
                 f"noise_floor={noise_floor!r} with iid_method={method!r}: a noise "
@@ -195,6 +203,7 @@ class IIDComposedDenoiser:
         self.schedule = estimator.schedule
         self.prior_precision = prior_precision
         self.prior = prior
+        self.target_prior = target_prior
         self.method = method
         self.max_rows = int(max_rows)
         self.d = int(estimator.theta_dim)
@@ -343,7 +352,7 @@ class IIDComposedDenoiser:
         if self.damping is None:
             return x_hat
         d = torch.as_tensor(self.damping(t)).to(x_hat).reshape(-1, 1)
-        prior = self.prior(z, t)
+        prior = self.composed_prior(z, t)
         return prior + d * (x_hat - prior)
 
     def _inside_support(self, x_hat: Tensor) -> Tensor:
@@ -358,9 +367,9 @@ class IIDComposedDenoiser:
         composed estimate can leave the box and diverge (measured in
         ``benchmarks/iid/README.md``, "Evidence behind defaults").
         """
-        if self.prior.bounds is None:
+        if self.composed_prior.bounds is None:
             return x_hat
-        low, high = (b.to(x_hat) for b in self.prior.bounds)
+        low, high = (b.to(x_hat) for b in self.composed_prior.bounds)
         return torch.minimum(torch.maximum(x_hat, low), high)
 
     def _sum_trials(self, z: Tensor, t: Tensor) -> Tensor:
@@ -371,8 +380,21 @@ class IIDComposedDenoiser:
             total = total + self.trial_denoise(z, t, chunk).sum(1)
         return self._sum_scale * total
 
+    @property
+    def composed_prior(self) -> DiffusedPrior:
+        """The prior of the composed posterior."""
+        return self.prior if self.target_prior is None else self.target_prior
+
+    def _prior_terms(self) -> list[tuple[int, DiffusedPrior]]:
+        """``(weight, prior)`` of the composition's prior terms: ``1 - N``
+        times ``prior``, or ``-N`` times it and once the ``target_prior``."""
+        if self.target_prior is None:
+            return [(1 - self.num_trials, self.prior)]
+        return [(-self.num_trials, self.prior), (1, self.target_prior)]
+
     def _factorized(self, z: Tensor, t: Tensor) -> Tensor:
-        return self._sum_trials(z, t) + (1 - self.num_trials) * self.prior(z, t)
+        terms = [w * prior(z, t) for w, prior in self._prior_terms()]
+        return self._sum_trials(z, t) + sum(terms)
 
     def _bridge(self, z: Tensor, t: Tensor) -> Tensor:
         alpha, sigma = alpha_sigma(self.schedule, t)
@@ -385,12 +407,23 @@ class IIDComposedDenoiser:
         alpha_safe = torch.clamp(alpha, min=ALPHA_FLOOR)
         return (z + sigma**2 * score) / alpha_safe
 
-    def _prior_precision(self, z: Tensor, t: Tensor) -> Tensor:
-        """``P_prior`` as ``prior_precision`` selects (exact where available)."""
+    def _prior_precision(self, z: Tensor, t: Tensor, prior=None) -> Tensor:
+        """``P_0`` of ``prior`` (default: :attr:`prior`) as ``prior_precision``
+        selects (exact where available)."""
+        prior = self.prior if prior is None else prior
         if self.prior_precision == "gaussian":
-            return self.prior.gaussian_precision(z, t)
-        exact = self.prior.precision(z, t)
-        return exact if exact is not None else self.prior.gaussian_precision(z, t)
+            return prior.gaussian_precision(z, t)
+        exact = prior.precision(z, t)
+        return exact if exact is not None else prior.gaussian_precision(z, t)
+
+    def _with_prior_terms(self, z, t, numerator, lam) -> Tensor:
+        """The composed estimate from the trials' ``sum_i P_i x_hat_i`` and
+        ``sum_i P_i`` and the weighted prior terms ``w P_0 x_hat_0``, ``w P_0``."""
+        for w, prior in self._prior_terms():
+            p_prec = self._prior_precision(z, t, prior)
+            numerator = numerator + w * (p_prec @ prior(z, t)[:, :, None])[:, :, 0]
+            lam = lam + w * p_prec
+        return self._finish(z, t, numerator, lam)
 
     def _finish(self, z, t, numerator, lam) -> Tensor:
         # the N-trial posterior is at least as precise as the widest prior
@@ -525,10 +558,7 @@ class IIDComposedDenoiser:
             else self._sum_scale * self.trial_precisions[self._active].sum(0)
         )
         lam = precision_sum + self.num_trials * snr[:, None, None] * eye
-        p_prec = self._prior_precision(z, t)
-        w = 1 - self.num_trials
-        numerator = numerator + w * (p_prec @ self.prior(z, t)[:, :, None])[:, :, 0]
-        return self._finish(z, t, numerator, lam + w * p_prec)
+        return self._with_prior_terms(z, t, numerator, lam)
 
     def _jac(self, z: Tensor, t: Tensor) -> Tensor:
         alpha, sigma = alpha_sigma(self.schedule, t)
@@ -558,30 +588,4 @@ class IIDComposedDenoiser:
         numerator, lam = self._sum_scale * numerator, self._sum_scale * lam
         # the prior's precision is analytic, or that of its moments (as in GAUSS):
         # a learned unconditional Jacobian is too noisy for the (1 - N) weight
-        p_prec = self._prior_precision(z, t)
-        p_x_hat = self.prior(z, t)
-        w = 1 - self.num_trials
-        numerator = numerator + w * (p_prec @ p_x_hat[:, :, None])[:, :, 0]
-        return self._finish(z, t, numerator, lam + w * p_prec)
-
-
-def warn_if_bridge_without_noise(method: str, sampler: str, options: dict) -> None:
-    """Warn when ``factorized_bridge`` runs on a sampler that injects no noise.
-
-    The bridge anneals the undiffused prior score in time (Geffner et al. 2023,
-    Sec. 3.2): its scores are not those of one diffusion process, so only a
-    stochastic sampler (or a Langevin corrector) mixes towards the target; the
-    probability-flow ODE of these scores is biased (measured in
-    ``benchmarks/iid/README.md``, "Evidence behind defaults").
-    """
-    if method != "factorized_bridge":
-        return
-    if runs_deterministically(get_sampler(sampler), options):
-        warnings.warn(
-            f"iid_method='factorized_bridge' anneals the prior score in time and "
-            f"needs a stochastic sampler; with the deterministic sampler "
-            f"{sampler!r} the samples are biased. Pass sampler='euler_maruyama' "
-            "(e.g. steps=500), sampler='adaptive_sde', or corrector='langevin'.",
-            UserWarning,
-            stacklevel=3,
-        )
+        return self._with_prior_terms(z, t, numerator, lam)

@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from sbi_diffusion.composition import IID_METHODS, SNRDamping
+from sbi_diffusion.guidance import PriorSwap
 from sbi_diffusion.hierarchical.blocks import GroupBlocks
 from sbi_diffusion.hierarchical.groups import GroupLayout
 from sbi_diffusion.inference.posterior import DiffusionPosterior
@@ -93,6 +95,12 @@ class HierarchicalPosterior:
         composition_options: further options of
             :class:`~sbi_diffusion.composition.IIDComposedDenoiser` (e.g.
             ``covariance_samples``).
+        target_prior: the prior of ``g`` when the global model was trained on a
+            proposal ``q`` (its posterior's prior): the blocks are composed as
+            ``p(g) prod_b q(g | x_b) / q(g)``, and a single block is reweighted
+            by ``p(g) / q(g)``
+            (:class:`~sbi_diffusion.guidance.PriorSwap`). None: the model's
+            prior.
     """
 
     def __init__(
@@ -108,6 +116,7 @@ class HierarchicalPosterior:
         max_rows: int = 100_000,
         sampler: str | Solver | None = None,
         composition_options: dict | None = None,
+        target_prior: Distribution | None = None,
     ):
         if composition not in IID_METHODS:
             raise ValueError(
@@ -135,17 +144,22 @@ class HierarchicalPosterior:
             )
         self.sampler = sampler
         self.composition_options = dict(composition_options or {})
+        self.target_prior = target_prior
         self.setup_seed = 0
         self.last_info: dict[str, Any] | None = None
 
     # -------------------------------------------------------------- global
 
     def _composition_options(self) -> dict[str, Any]:
+        target = {}
+        if self.target_prior is not None:
+            target["target_prior"] = self.target_prior
         return {
             "max_rows": self.max_rows,
             "trial_batch_size": self.group_batch_size,
             "damping": self.damping if self.damping.snr0 > 0 else None,
             "noise_floor": self.noise_floor,
+            **target,
             **self.composition_options,
         }
 
@@ -193,6 +207,8 @@ class HierarchicalPosterior:
                 "iid_method": self.composition,
                 "iid_options": self._composition_options(),
             }
+        elif self.target_prior is not None:
+            options = {"guidance": PriorSwap(self.target_prior)}
         samples = gp.sample(
             sample_shape,
             x=conditions,

@@ -135,6 +135,12 @@ class HierarchicalNPE:
             ``output_dim``).
         device: training and sampling device.
         show_progress_bars: show training progress.
+        global_proposal: the distribution the simulations' ``global_theta`` were
+            drawn from, if not ``global_prior`` (e.g. a wider one, so that the
+            global model also learns the prior's tails). The global model learns
+            ``q(g | x)`` under it, and the posterior composes
+            ``p(g) prod_b q(g | x_b) / q(g)``: exact for the composition, which
+            divides by the training prior once per block anyway.
     """
 
     #: ``k`` of simulations of ``k`` groups per row; None: one group per row
@@ -149,8 +155,10 @@ class HierarchicalNPE:
         embedding_kwargs: dict | None = None,
         device: str = "cpu",
         show_progress_bars: bool = False,
+        global_proposal: Distribution | None = None,
     ):
         self.global_prior = global_prior
+        self.global_proposal = global_proposal
         self.local_prior = local_prior
         self.local_dim = check_local_prior(local_prior, global_prior)
         self.global_dim = int(global_prior.sample((1,)).reshape(1, -1).shape[1])
@@ -347,7 +355,10 @@ class HierarchicalNPE:
                 )
                 net.standardize_on(global_x[:STANDARDIZATION_ROWS])
                 global_options["embedding_net"] = net
-        self.global_inference = self._trainer(self.global_prior, global_options)
+        self.global_inference = self._trainer(
+            self.global_prior if self.global_proposal is None else self.global_proposal,
+            global_options,
+        )
         self.global_inference.append_simulations(global_theta, global_x)
         self.global_inference.train(**{**kwargs, **(global_kwargs or {})})
 
@@ -395,5 +406,6 @@ class HierarchicalNPE:
             self.local_inference.build_posterior(),
             self.layout,
             blocks=self.blocks,
+            target_prior=None if self.global_proposal is None else self.global_prior,
             **options,
         )

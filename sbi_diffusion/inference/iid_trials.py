@@ -105,7 +105,9 @@ class IIDTrials:
             generator: random generator of GAUSS's covariance estimate.
             show_progress_bars: show progress of that estimate.
             **iid_options: ``prior_score`` (``auto``, ``analytic``, ``network``,
-                ``gaussian``) and the options of
+                ``gaussian``), ``target_prior`` (a torch ``Distribution``: the
+                prior of the composed posterior when the model was trained
+                under a proposal, its ``prior``) and the options of
                 :class:`~sbi_diffusion.composition.IIDComposedDenoiser`.
         """
         method = self.iid_method if iid_method is None else iid_method
@@ -115,8 +117,9 @@ class IIDTrials:
             )
         options = {**self.iid_options, **iid_options}
         prior_score = options.pop("prior_score", "auto")
+        target_prior = options.pop("target_prior", None)
         x = self._check_x(x, allow_batch=True)
-        key = (method, prior_score, repr(sorted(options.items())))
+        key = (method, prior_score, id(target_prior), repr(sorted(options.items())))
         cached = getattr(self, "_iid_cache", None)
         if (
             cached is not None
@@ -126,6 +129,10 @@ class IIDTrials:
         ):
             return cached[2]
         prior = diffused_prior(self.estimator, self.prior, prior_score)
+        if target_prior is not None:
+            options["target_prior"] = diffused_prior(
+                self.estimator, target_prior, prior_score
+            )
         denoise = IIDComposedDenoiser(
             self.estimator,
             x,
