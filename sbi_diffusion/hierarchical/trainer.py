@@ -117,10 +117,9 @@ class HierarchicalNPE:
     ``(n, k, *group_shape)``: the global model then learns ``p(g | x_{1:k})``
     and is composed over ``ceil(G / k)`` blocks of groups
     (:mod:`~sbi_diffusion.hierarchical.blocks`), which divides the
-    composition's amplification of the network's error by about ``sqrt(k)``.
-    On the hierarchical Gaussian at ``G = 1000`` from 2x10^4 simulated groups
-    this took C2ST from .73-.79 (single groups) to below .6
-    (``benchmarks/hierarchical/README.md``).
+    composition's amplification of the network's error by about ``sqrt(k)``,
+    at the price of ``k`` times fewer training values of ``g`` for the same
+    number of simulated groups (``benchmarks/hierarchical/README.md``).
 
     Args:
         global_prior: prior of ``g`` ``(d_global,)``.
