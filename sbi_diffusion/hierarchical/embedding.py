@@ -53,6 +53,13 @@ class Standardize(nn.Module):
         return (x - self.shift) / self.scale
 
 
+def _masked_mean(features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean of ``features`` ``(..., n, f)`` over the rows whose ``mask``
+    ``(..., n, 1)`` is 1, and their count ``(..., 1)``."""
+    count = mask.sum(-2)
+    return (features * mask).sum(-2) / torch.clamp(count, min=1.0), count
+
+
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
@@ -89,9 +96,7 @@ class MaskedSetEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         values, mask = x[..., :-1], x[..., -1:]
-        features = self.phi(self.standardize(values)) * mask
-        count = mask.sum(-2)
-        pooled = features.sum(-2) / torch.clamp(count, min=1.0)
+        pooled, count = _masked_mean(self.phi(self.standardize(values)), mask)
         return self.rho(torch.cat([pooled, count / x.shape[-2]], -1))
 
 
@@ -137,9 +142,7 @@ class GroupSetEmbedding(nn.Module):
         batch, size = x.shape[0], x.shape[1]
         groups = x[..., :-1].reshape(batch * size, *self.encoded_group_shape)
         embedded = self.group_net(groups).reshape(batch, size, -1)
-        present = x[..., -1:]
-        count = present.sum(-2)
-        return (embedded * present).sum(-2) / torch.clamp(count, min=1.0), count
+        return _masked_mean(embedded, x[..., -1:])
 
     @torch.no_grad()
     def standardize_on(self, blocks: Tensor) -> None:
@@ -153,10 +156,9 @@ class GroupSetEmbedding(nn.Module):
         the training sat on a plateau that ignores ``x`` for hundreds of
         steps, on some seeds for all of them).
         """
-        pooled, _ = self._pooled(blocks)
-        std = pooled.std(0)
-        self.standardize.shift.copy_(pooled.mean(0))
-        self.standardize.scale.copy_(torch.where(std < 1e-8, torch.ones_like(std), std))
+        shift, scale = group_statistics(self._pooled(blocks)[0], has_trials=False)
+        self.standardize.shift.copy_(shift)
+        self.standardize.scale.copy_(scale)
 
     def forward(self, x: Tensor) -> Tensor:
         pooled, count = self._pooled(x)
