@@ -11,8 +11,45 @@ from torch.distributions import MultivariateNormal
 from sbi_diffusion.path.gaussian import linear_gaussian_posterior
 
 
+NOTEBOOK_RUNS_LONGEST_FIRST = (
+    "00_inverse_kinematics",
+    "03_joint_model",
+    "04_design_choices",
+    "01_quickstart",
+    "05_fields",
+    "06_hierarchical",
+    "02_iid_trials_and_guidance",
+)
+"""The tutorial runs, longest first (at the test budget, on two CPU cores)."""
+
+
+def pytest_configure(config):
+    """Give each pytest-xdist worker one torch thread.
+
+    With ``-n 2`` on two cores, two workers with two intra-op threads each
+    oversubscribe the cores, and torch's threads then wait on each other. The
+    notebook kernels the tutorial tests start inherit ``OMP_NUM_THREADS``.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+def _run_order(item: pytest.Item) -> int:
+    """Position of a tutorial run in :data:`NOTEBOOK_RUNS_LONGEST_FIRST`; every
+    other test after them."""
+    if item.originalname == "test_notebook_runs":
+        for rank, name in enumerate(NOTEBOOK_RUNS_LONGEST_FIRST):
+            if name in item.name:
+                return rank
+    return len(NOTEBOOK_RUNS_LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``gpu`` when CUDA is not available."""
+    """Run the tutorials first, longest first, so that pytest-xdist's workers
+    share them and fill the rest of their time with the short tests; skip tests
+    marked ``gpu`` when CUDA is not available."""
+    items.sort(key=_run_order)  # stable: the other tests keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
