@@ -14,11 +14,11 @@ from sbi_diffusion.inference import (
     DiffusionPosterior,
     FlowMatchingNPE,
 )
+from sbi_diffusion.inference.density_thresholder import get_density_thresholder
 from sbi_diffusion.inference.truncation import (
     DensityRegion,
     SampleRegion,
     get_density_region,
-    get_density_thresholder,
     get_sample_thresholder,
 )
 from sbi_diffusion.joint import JointDiffusion

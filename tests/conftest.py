@@ -10,7 +10,6 @@ from torch.distributions import MultivariateNormal
 
 from sbi_diffusion.path.gaussian import linear_gaussian_posterior
 
-
 NOTEBOOK_RUNS_LONGEST_FIRST = (
     "00_inverse_kinematics",
     "03_joint_model",

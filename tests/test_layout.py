@@ -123,6 +123,8 @@ def test_the_package_does_not_import_its_deprecated_paths():
         ("sbi_diffusion.inference.posterior", "ADAPTIVE_LOG_PROB_ROWS"),
         ("sbi_diffusion.nets.mlp", "build_net"),
         ("sbi_diffusion.nets.mlp", "NETS"),
+        ("sbi_diffusion.inference.truncation", "get_density_thresholder"),
+        ("sbi_diffusion.inference.truncation", "posterior_covariance_basis"),
     ],
 )
 def test_moved_names_warn_and_still_work(module, name):

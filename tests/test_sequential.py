@@ -307,7 +307,17 @@ def test_density_thresholder_drop_in(small_posterior):
     region = ours(posterior, quantile=0.05, num_samples_to_estimate_support=4000)
     record = region.to_dict()
     json.dumps(record)
-    assert record["divergence"] == "exact" and record["band"] == 0.0
+    assert record["divergence"] == "exact" and record["cheap_steps"] == 8
+    # the band is the measured error of the 8-step pass, with a safety factor
+    assert record["band"] == pytest.approx(1.5 * record["cheap_error_max"])
+    assert record["band_probes"] > 0 and record["cheap_solver"]["steps"] == 8
+    assert record["checked_solver"] == {"name": "heun", "steps": 64}
+    # points outside the enclosing box or ellipsoid are rejected without a
+    # density
+    assert [r.shape for r in region.enclosing_regions] == ["box", "ellipsoid"]
+    seen = region.num_evaluated
+    assert not region(torch.tensor([[6.0, 6.0]])).any()
+    assert region.num_evaluated == seen
     # the threshold is the 5% quantile of the posterior's densities: about 95%
     # of fresh posterior samples fall inside, and the region decides as the
     # adaptive density does away from the threshold
@@ -319,6 +329,17 @@ def test_density_thresholder_drop_in(small_posterior):
     assert (region(draws)[clear] == (adaptive >= region.threshold)[clear]).all()
     proposal = RestrictedPrior(prior, region, sample_with="rejection")
     assert region(proposal.sample((50,), show_progress_bars=False)).all()
+    # without the cheap pass every point gets the 64-step density, and the
+    # decisions agree with the two-pass ones
+    torch.manual_seed(4)
+    full = ours(
+        posterior,
+        quantile=0.05,
+        num_samples_to_estimate_support=4000,
+        cheap_steps=None,
+    )
+    assert full.band == 0.0 and full.threshold == region.threshold
+    assert (full(draws) == region(draws)).all()
     # Hutchinson's estimate with probes in the posterior's eigenbasis
     noisy = ours(
         posterior,

@@ -41,12 +41,12 @@ from sbi_diffusion.benchmark.runner import (
     seed_everything,
 )
 from sbi_diffusion.benchmark.tasks import load_task
+from sbi_diffusion.inference.density_thresholder import (
+    get_density_thresholder as get_path_density_thresholder,
+)
 from sbi_diffusion.inference.truncation import (
     get_density_region,
     get_sample_thresholder,
-)
-from sbi_diffusion.inference.truncation import (
-    get_density_thresholder as get_path_density_thresholder,
 )
 
 

@@ -33,7 +33,7 @@ from sbi.utils import get_density_thresholder as sbi_density_thresholder
 from sbi_diffusion import get_density_thresholder
 from sbi_diffusion.benchmark.results import append_row
 from sbi_diffusion.density import LARGE_BATCH_HEUN_STEPS
-from sbi_diffusion.inference.truncation import posterior_covariance_basis
+from sbi_diffusion.inference.density_thresholder import posterior_covariance_basis
 from sbi_diffusion.samplers import Solver
 
 

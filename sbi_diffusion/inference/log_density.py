@@ -209,7 +209,7 @@ class ProbabilityFlowDensity:
         evaluations plus ``32`` with the divergence on large batches. This is
         what a density threshold over many samples needs (sbi's
         ``get_density_thresholder`` draws 10^6;
-        :func:`~sbi_diffusion.inference.truncation.get_density_thresholder`
+        :func:`~sbi_diffusion.inference.density_thresholder.get_density_thresholder`
         uses this method). The densities are those of :meth:`log_prob`
         (original space, ``-inf`` outside the prior support), with the
         quadrature error of ``steps`` points instead of a second solve.

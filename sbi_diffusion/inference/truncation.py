@@ -62,6 +62,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sbi_diffusion._deprecation import moved_names
 from sbi_diffusion.samplers import Solver
 
 __all__ = [
@@ -69,20 +70,10 @@ __all__ = [
     "DensityRegion",
     "SampleRegion",
     "get_density_region",
-    "get_density_thresholder",
     "get_sample_thresholder",
-    "posterior_covariance_basis",
 ]
 
 REGION_SHAPES = ("box", "ellipsoid")
-
-THRESHOLDER_EXACT_MAX_DIM = 2
-"""Parameter dimensions up to this get the exact divergence in
-:func:`get_density_thresholder` with ``divergence="auto"``."""
-
-PROBE_BASIS_SAMPLES = 10_000
-"""Posterior samples the probe basis of :func:`get_density_thresholder` is
-estimated from (:func:`posterior_covariance_basis`)."""
 
 
 class SampleRegion:
@@ -117,7 +108,7 @@ class SampleRegion:
             raise ValueError(
                 f"Unknown region shape {shape!r}. Pass one of {list(REGION_SHAPES)}."
             )
-        _check_quantile(quantile)
+        check_quantile(quantile)
         if margin < 0.0:
             raise ValueError(f"margin must be >= 0, got {margin}.")
         if samples.dim() != 2 or samples.shape[0] < 2:
@@ -190,7 +181,7 @@ class SampleRegion:
         return record
 
 
-def _check_quantile(quantile: float) -> None:
+def check_quantile(quantile: float) -> None:
     """Raise a ValueError unless ``0 < quantile < 1``."""
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must lie in (0, 1), got {quantile}.")
@@ -277,18 +268,21 @@ class DensityRegion:
         self.num_checked = 0
         #: what :func:`get_density_region` measured while building the region
         self.build_record: dict[str, Any] = {}
-        #: a region that holds this one (e.g. a box around the support
-        #: samples); points outside it are rejected without a density
-        self.enclosing_region: SampleRegion | None = None
+        #: regions that each hold this one (e.g. a box and an ellipsoid around
+        #: the support samples); points outside any of them are rejected
+        #: without a density
+        self.enclosing_regions: list[SampleRegion] = []
 
     def __call__(self, theta: Tensor) -> Tensor:
         """True where ``theta`` lies in the region."""
-        if self.enclosing_region is not None:
-            inside = self.enclosing_region(theta)
-            if inside.any():
-                inside[inside.clone()] = self._decide(theta[inside])
-            return inside
-        return self._decide(theta)
+        if not self.enclosing_regions:
+            return self._decide(theta)
+        inside = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device)
+        for enclosing in self.enclosing_regions:
+            inside &= enclosing(theta)
+        if inside.any():
+            inside[inside.clone()] = self._decide(theta[inside])
+        return inside
 
     def _decide(self, theta: Tensor) -> Tensor:
         """True where the density of ``theta`` reaches the threshold."""
@@ -377,7 +371,7 @@ def get_density_region(
             f"{type(posterior).__name__}; for sbi's posteriors use "
             "sbi.utils.get_density_thresholder, or get_sample_thresholder."
         )
-    _check_quantile(quantile)
+    check_quantile(quantile)
     if int(num_samples) < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}.")
     if isinstance(cheap_steps, bool) or int(cheap_steps) < 1:
@@ -436,141 +430,8 @@ def get_density_region(
     return region
 
 
-def get_density_thresholder(
-    posterior: Any,
-    quantile: float = 1e-4,
-    num_samples_to_estimate_support: int = 1_000_000,
-    x: Tensor | None = None,
-    steps: int | None = None,
-    divergence: str = "auto",
-    density_steps: int = 64,
-    box_margin: float = 0.1,
-    show_progress_bars: bool = False,
-) -> DensityRegion:
-    r"""sbi's ``get_density_thresholder`` for this package's posteriors, with the
-    density of each support sample taken along its own sampling path.
-
-    A drop-in for ``sbi.utils.get_density_thresholder`` (same first three
-    arguments, same region)::
-
-        from sbi_diffusion import get_density_thresholder
-        accept_reject_fn = get_density_thresholder(posterior, quantile=1e-4)
-        proposal = RestrictedPrior(prior, accept_reject_fn, sample_with="rejection")
-
-    sbi's version draws the samples and then solves the probability-flow ODE
-    again for each density; here
-    :meth:`~sbi_diffusion.inference.log_density.ProbabilityFlowDensity.
-    sample_with_log_prob` integrates the divergence along the sampling
-    trajectory, so the 10^6 samples and densities cost one pass. The threshold
-    ``tau`` is the ``quantile`` quantile of these densities, and the region
-    ``{theta : log q(theta | x_o) >= tau}`` decides a new point with
-    ``density_steps`` fixed Heun steps of ``log_prob`` (exact divergence up to
-    32 parameters). Points outside the box around the support samples above
-    the threshold, widened by ``box_margin`` of its width on each side, are
-    rejected without a density, so that rejection sampling from the prior
-    spends densities only near the region. The densities that set the
-    threshold follow the sampling paths, where they stay accurate in the
-    posterior's tail; a few fixed steps of ``log_prob`` from the far end are
-    not (``benchmarks/sequential/README.md``), which is why sbi's thresholder
-    on this posterior truncates more than it should and the region takes 64
-    steps. For a region decided by the adaptive solver near the threshold, use
-    :func:`get_density_region`.
-
-    Args:
-        posterior: one of this package's ODE posteriors, with a default ``x``
-            or ``x`` given.
-        quantile: ``epsilon``, the posterior mass left out.
-        num_samples_to_estimate_support: samples the quantile is taken over.
-        x: the observation; None uses the posterior's default ``x``.
-        steps: solver steps of the sampling pass (default
-            :data:`~sbi_diffusion.density.DEFAULT_FUSED_STEPS`).
-        divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"``: exact up to
-            :data:`THRESHOLDER_EXACT_MAX_DIM` parameters, Hutchinson's estimate
-            with one probe above, its probes drawn in the eigenbasis of the
-            posterior covariance of 10^4 samples
-            (:func:`posterior_covariance_basis`). The exact trace costs one
-            backward pass per parameter at every step; Hutchinson's costs one,
-            and its noise widens the region (a noisy density spreads the
-            sample quantile downwards), which keeps the posterior's mass
-            inside at the price of a looser truncation.
-        density_steps: Heun steps of the region's density for new points.
-        box_margin: margin of the enclosing box, in units of its width.
-        show_progress_bars: show a tqdm bar over the support samples.
-
-    Returns:
-        A :class:`DensityRegion` (no adaptive band), callable as
-        ``accept_reject_fn``; its ``build_record`` holds the threshold and the
-        seconds of the sampling pass.
-
-    Raises:
-        TypeError: for a posterior without the probability-flow density.
-        ValueError: for a quantile outside ``(0, 1)`` or fewer than two samples.
-    """
-    from sbi_diffusion.density import DEFAULT_FUSED_STEPS
-    from sbi_diffusion.inference.log_density import ProbabilityFlowDensity
-
-    if not isinstance(posterior, ProbabilityFlowDensity):
-        raise TypeError(
-            f"get_density_thresholder needs one of this package's posteriors, got "
-            f"{type(posterior).__name__}; for sbi's posteriors use "
-            "sbi.utils.get_density_thresholder."
-        )
-    _check_quantile(quantile)
-    num_samples = int(num_samples_to_estimate_support)
-    if num_samples < 2:
-        raise ValueError(
-            f"num_samples_to_estimate_support must be at least 2, got {num_samples}."
-        )
-    x = posterior._resolve_x(x)
-    dim = int(posterior.estimator.theta_dim)
-    if divergence == "auto":
-        divergence = "exact" if dim <= THRESHOLDER_EXACT_MAX_DIM else "hutchinson"
-    steps = DEFAULT_FUSED_STEPS if steps is None else int(steps)
-    start = time.perf_counter()
-    basis = None
-    if divergence == "hutchinson":
-        basis = posterior_covariance_basis(
-            posterior, x, min(num_samples, PROBE_BASIS_SAMPLES)
-        )
-    samples, log_p = posterior.sample_with_log_prob(
-        (num_samples,),
-        x=x,
-        steps=steps,
-        divergence=divergence,
-        probe_basis=basis,
-        show_progress_bars=show_progress_bars,
-    )
-    seconds = time.perf_counter() - start
-    rank = max(1, int(quantile * num_samples))
-    threshold = float(torch.kthvalue(log_p.double().cpu(), rank).values)
-    region_solver = Solver("heun", steps=int(density_steps))
-    region = DensityRegion(
-        posterior, x, threshold, 0.0, region_solver, Solver("dopri5")
-    )
-    flat = samples.reshape(num_samples, -1)
-    region.enclosing_region = SampleRegion(
-        flat[log_p >= threshold], shape="box", quantile=1e-12, margin=box_margin
-    )
-    region.build_record = {
-        "quantile": float(quantile),
-        "num_samples": num_samples,
-        "divergence": divergence,
-        "probes": "posterior_eigenbasis" if basis is not None else None,
-        "box_margin": float(box_margin),
-        "density_steps": int(density_steps),
-        "sample_with_log_prob_steps": steps,
-        "sample_with_log_prob_s": round(seconds, 3),
-    }
-    return region
-
-
-def posterior_covariance_basis(posterior: Any, x: Tensor, num_samples: int) -> Tensor:
-    r"""The eigenvectors ``U`` ``(dim, dim)`` of the covariance of
-    ``num_samples`` posterior samples in the model's standardised space: the
-    basis in which Hutchinson's probes have the least variance for a Gaussian
-    posterior (:func:`~sbi_diffusion.density._probes`)."""
-    with torch.no_grad():
-        samples = posterior.sample((int(num_samples),), x=x, show_progress_bars=False)
-        z = posterior.estimator.to_z(samples).reshape(samples.shape[0], -1)
-    _, basis = torch.linalg.eigh(torch.cov(z.T.double()))
-    return basis.to(z.dtype)
+__getattr__ = moved_names(
+    __name__,
+    ("get_density_thresholder", "posterior_covariance_basis"),
+    "sbi_diffusion.inference.density_thresholder",
+)
