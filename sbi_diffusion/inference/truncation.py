@@ -232,11 +232,13 @@ def get_sample_thresholder(
 class DensityRegion:
     """The highest-density region ``log q(theta | x_o) >= threshold`` of one of
     our posteriors, callable as sbi's ``accept_reject_fn`` (build it with
-    :func:`get_density_region`).
+    :func:`get_density_region` or ``get_density_thresholder``).
 
     A point is accepted when its cheap density (``cheap_solver``) exceeds
     ``threshold + band``, rejected below ``threshold - band``, and decided by
-    the adaptive solver (``checked_solver``) in between.
+    ``checked_solver`` in between (the adaptive solver in
+    :func:`get_density_region`; 64 Heun steps in
+    :func:`~sbi_diffusion.inference.density_thresholder.get_density_thresholder`).
 
     Args:
         posterior: a posterior with the probability-flow ``log_prob``
