@@ -355,3 +355,5 @@ def test_density_thresholder_drop_in(small_posterior):
         ours(posterior, quantile=1.0)
     with pytest.raises(ValueError, match="at least 2"):
         ours(posterior, num_samples_to_estimate_support=1)
+    with pytest.raises(ValueError, match="cheap_steps"):
+        ours(posterior, num_samples_to_estimate_support=10, cheap_steps=0)

@@ -135,7 +135,8 @@ def get_density_thresholder(
 
     Raises:
         TypeError: for a posterior without the probability-flow density.
-        ValueError: for a quantile outside ``(0, 1)`` or fewer than two samples.
+        ValueError: for a quantile outside ``(0, 1)``, fewer than two samples,
+            or ``cheap_steps`` below 1.
     """
     from sbi_diffusion.density import DEFAULT_FUSED_STEPS
     from sbi_diffusion.inference.log_density import ProbabilityFlowDensity
@@ -151,6 +152,12 @@ def get_density_thresholder(
     if num_samples < 2:
         raise ValueError(
             f"num_samples_to_estimate_support must be at least 2, got {num_samples}."
+        )
+    if cheap_steps is not None and (
+        isinstance(cheap_steps, bool) or int(cheap_steps) < 1
+    ):
+        raise ValueError(
+            f"cheap_steps must be a positive integer or None, got {cheap_steps}."
         )
     x = posterior._resolve_x(x)
     dim = int(posterior.estimator.theta_dim)
@@ -188,11 +195,9 @@ def get_density_thresholder(
     else:
         cheap_solver = Solver("heun", steps=int(cheap_steps))
         lowest = torch.topk(log_p, min(BAND_PROBES, num_samples), largest=False)
+        inside = _draws_inside(posterior.prior, enclosing, BAND_PROBES)
         probes = torch.cat(
-            [
-                _draws_inside(posterior.prior, enclosing, BAND_PROBES),
-                flat[lowest.indices],
-            ]
+            [inside.reshape(-1, *samples.shape[1:]), samples[lowest.indices]]
         )
         band, measured = _measured_band(
             posterior, x, probes, cheap_solver, region_solver
