@@ -27,7 +27,9 @@ from sbi_diffusion.inference.truncation import (
     REGION_SHAPES,
     DensityRegion,
     SampleRegion,
+    cheap_error_summary,
     check_quantile,
+    inside_all,
 )
 from sbi_diffusion.samplers import Solver
 
@@ -129,9 +131,10 @@ def get_density_thresholder(
         show_progress_bars: show a tqdm bar over the support samples.
 
     Returns:
-        A :class:`DensityRegion` (no adaptive band), callable as
-        ``accept_reject_fn``; its ``build_record`` holds the threshold and the
-        seconds of the sampling pass.
+        A :class:`DensityRegion`, callable as ``accept_reject_fn``; its
+        ``build_record`` holds the seconds of the sampling pass and the band
+        with the cheap pass's measured errors (band 0 with
+        ``cheap_steps=None``).
 
     Raises:
         TypeError: for a posterior without the probability-flow density.
@@ -223,10 +226,7 @@ def _draws_inside(prior: Any, regions: list[SampleRegion], num: int) -> Tensor:
     """Up to ``num`` prior draws that lie in every one of ``regions`` (from at
     most :data:`BAND_PRIOR_DRAWS` draws); shape ``(<= num, dim)``."""
     draws = prior.sample((BAND_PRIOR_DRAWS,)).reshape(BAND_PRIOR_DRAWS, -1)
-    inside = torch.ones(BAND_PRIOR_DRAWS, dtype=torch.bool, device=draws.device)
-    for region in regions:
-        inside &= region(draws)
-    return draws[inside][:num]
+    return draws[inside_all(regions, draws)][:num]
 
 
 def _measured_band(
@@ -238,14 +238,12 @@ def _measured_band(
     with torch.no_grad():
         cheap_log_p = posterior.log_prob(probes, x=x, solver=cheap)
         reference_log_p = posterior.log_prob(probes, x=x, solver=reference)
-    finite = torch.isfinite(cheap_log_p) & torch.isfinite(reference_log_p)
-    errors = (cheap_log_p - reference_log_p)[finite].abs()
-    largest = float(errors.max()) if errors.numel() else 0.0
+    median, largest = cheap_error_summary(cheap_log_p, reference_log_p)
     band = BAND_SAFETY * largest
     return band, {
         "band": band,
         "band_probes": int(probes.shape[0]),
-        "cheap_error_median": float(errors.median()) if errors.numel() else 0.0,
+        "cheap_error_median": median,
         "cheap_error_max": largest,
         "band_s": round(time.perf_counter() - start, 3),
     }

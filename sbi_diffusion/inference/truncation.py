@@ -181,6 +181,25 @@ class SampleRegion:
         return record
 
 
+def inside_all(regions: list[SampleRegion], theta: Tensor) -> Tensor:
+    """True where ``theta`` ``(n, dim)`` lies in every one of ``regions``
+    (everywhere for no regions)."""
+    inside = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device)
+    for region in regions:
+        inside &= region(theta)
+    return inside
+
+
+def cheap_error_summary(cheap: Tensor, reference: Tensor) -> tuple[float, float]:
+    """Median and largest ``|cheap - reference|`` over the entries where both
+    densities are finite, in nats (0 where there is none)."""
+    finite = torch.isfinite(cheap) & torch.isfinite(reference)
+    errors = (cheap - reference)[finite].abs()
+    if not errors.numel():
+        return 0.0, 0.0
+    return float(errors.median()), float(errors.max())
+
+
 def check_quantile(quantile: float) -> None:
     """Raise a ValueError unless ``0 < quantile < 1``."""
     if not 0.0 < quantile < 1.0:
@@ -279,9 +298,7 @@ class DensityRegion:
         """True where ``theta`` lies in the region."""
         if not self.enclosing_regions:
             return self._decide(theta)
-        inside = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device)
-        for enclosing in self.enclosing_regions:
-            inside &= enclosing(theta)
+        inside = inside_all(self.enclosing_regions, theta)
         if inside.any():
             inside[inside.clone()] = self._decide(theta[inside])
         return inside
@@ -406,9 +423,7 @@ def get_density_region(
     values[candidates] = checked
     rank = max(1, int(quantile * num_samples))
     threshold = float(torch.kthvalue(values.double().cpu(), rank).values)
-    finite = torch.isfinite(checked) & torch.isfinite(cheap[candidates])
-    errors = (cheap[candidates] - checked)[finite].abs()
-    band = float(errors.max()) if errors.numel() else 0.0
+    error_median, band = cheap_error_summary(cheap[candidates], checked)
     covered = num_candidates == num_samples or (
         float(cheap[candidates].max()) - band >= threshold
     )
@@ -424,7 +439,7 @@ def get_density_region(
         "quantile": float(quantile),
         "num_samples": num_samples,
         "num_candidates": num_candidates,
-        "cheap_error_median": float(errors.median()) if errors.numel() else 0.0,
+        "cheap_error_median": error_median,
         "cheap_error_max": band,
         "candidates_cover_threshold": bool(covered),
         **{key: round(value, 3) for key, value in seconds.items()},
