@@ -279,3 +279,27 @@ def test_hierarchical_on_cuda():
     g, loc = posterior.sample_joint((5,), x=x.cuda())
     assert g.device.type == "cuda" and loc.device.type == "cuda"
     assert torch.isfinite(g).all() and torch.isfinite(loc).all()
+
+
+def test_global_ensemble_composes_the_mean_of_its_members(observed):
+    from sbi_diffusion.model import DenoiserEnsemble
+
+    _, _, x = observed
+    torch.manual_seed(0)
+    g, loc, x_sim = MODEL.simulate(600)
+    inference = small_estimator(MODEL).append_simulations(g, loc, x_sim)
+    with pytest.raises(ValueError, match="global_ensemble_size must be at least 1"):
+        inference.train(global_ensemble_size=0)
+    inference.train(max_num_steps=30, seed=4, global_ensemble_size=2)
+    first, second = inference.global_members
+    assert first.resolved_training["seed"] == 4
+    assert second.resolved_training["seed"] == 5
+    posterior = inference.build_posterior(sampler=FAST)
+    ensemble = posterior.global_posterior.estimator
+    assert isinstance(ensemble, DenoiserEnsemble) and len(ensemble.members) == 2
+    # each member has its own group embedding, trained apart
+    nets = [m.embedding_net for m in ensemble.members]
+    assert nets[0] is not nets[1]
+    assert not torch.equal(next(nets[0].parameters()), next(nets[1].parameters()))
+    samples = posterior.sample((20,), x=x)
+    assert samples.shape == (20, 2) and torch.isfinite(samples).all()

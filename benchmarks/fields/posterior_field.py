@@ -70,14 +70,37 @@ SCALARS = (
 )
 
 
-def unet_kwargs(size: int) -> dict[str, Any]:
-    """The U-Net options for an ``size x size`` field: two levels of 16 and 32
-    channels, no attention (the package's default, ``(32, 64)`` with attention,
+DEFAULT_CHANNELS = (16, 32)
+"""U-Net widths of the rows made before ``--channels`` existed."""
+
+
+def unet_kwargs(size: int, channels: tuple[int, ...] = DEFAULT_CHANNELS) -> dict:
+    """The U-Net options for an ``size x size`` field: levels of ``channels``
+    widths, no attention (the package's default, ``(32, 64)`` with attention,
     costs about 6x more per training step on a CPU; ``README.md`` here)."""
-    return {"shape": (1, size, size), "channels": (16, 32), "attention": False}
+    return {"shape": (1, size, size), "channels": tuple(channels), "attention": False}
 
 
-def build(method: str, problem: GaussianRandomFieldProblem, size: int):
+def parse_sampler(text: str) -> dict[str, Any]:
+    """``"name:steps"`` (or ``"name"``) as keywords of ``posterior.sample``."""
+    name, _, steps = text.partition(":")
+    return {"sampler": name, **({"steps": int(steps)} if steps else {})}
+
+
+def run_key(row: dict[str, Any]) -> tuple:
+    """What makes two rows the same run (a rerun skips it)."""
+    channels = row.get("unet_channels")
+    if row["method"] in OURS:
+        channels = tuple(channels or DEFAULT_CHANNELS)
+    return (row["size"], row["method"], row["num_simulations"], row["seed"], channels)
+
+
+def build(
+    method: str,
+    problem: GaussianRandomFieldProblem,
+    size: int,
+    channels: tuple[int, ...] = DEFAULT_CHANNELS,
+):
     """The untrained inference object of ``method`` and whether it takes images."""
     from sbi.inference import FMPE, NPE, NPSE
 
@@ -87,7 +110,10 @@ def build(method: str, problem: GaussianRandomFieldProblem, size: int):
     if method in OURS:
         cls = DiffusionNPE if method == "diffusion_unet" else FlowMatchingNPE
         return cls(
-            prior, net="unet", net_kwargs=unet_kwargs(size), show_progress_bars=False
+            prior,
+            net="unet",
+            net_kwargs=unet_kwargs(size, channels),
+            show_progress_bars=False,
         ), True
     if method.startswith("npe_"):
         estimator = method.removeprefix("npe_")
@@ -115,7 +141,7 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(args.seed)
     theta = problem.sample_prior(args.num_simulations, generator=generator)
     x = problem.simulate(theta, generator=generator)
-    inference, takes_images = build(method, problem, size)
+    inference, takes_images = build(method, problem, size, tuple(args.channels))
     data = x if takes_images else x.reshape(len(x), -1)
     start = time.perf_counter()
     inference.append_simulations(theta, data)
@@ -144,6 +170,11 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
             round(float(r), 4)
             for r in metrics["spectrum_samples"] / metrics["spectrum_exact"]
         ]
+        if method in OURS:
+            entry["extra_samplers"] = [
+                score_sampler(posterior, problem, x_o, condition[0], text)
+                for text in args.extra_samplers
+            ]
         per_observation.append(entry)
     row: dict[str, Any] = {
         "size": size,
@@ -161,7 +192,42 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
         row[key] = round(sum(values) / len(values), 4)
     if method in OURS:
         row["resolved_training"] = inference.resolved_training
+        row["unet_channels"] = list(args.channels)
+        row["extra_samplers"] = [
+            {
+                "sampler": text,
+                **{
+                    key: round(
+                        sum(e["extra_samplers"][i][key] for e in per_observation)
+                        / len(per_observation),
+                        4,
+                    )
+                    for key in SCALARS + ("sample_s",)
+                },
+            }
+            for i, text in enumerate(args.extra_samplers)
+        ]
     return row
+
+
+def score_sampler(
+    posterior: Any,
+    problem: GaussianRandomFieldProblem,
+    x_o: torch.Tensor,
+    condition: torch.Tensor,
+    text: str,
+) -> dict[str, Any]:
+    """Time and score 1,000 fields drawn with the sampler ``text``
+    (``"name:steps"``) from the trained posterior."""
+    start = time.perf_counter()
+    samples = posterior.sample(
+        (NUM_SAMPLES,), x=condition, show_progress_bars=False, **parse_sampler(text)
+    )
+    sample_s = time.perf_counter() - start
+    metrics = field_posterior_metrics(samples.reshape(NUM_SAMPLES, -1), problem, x_o)
+    entry = {"sampler": text, "sample_s": round(sample_s, 3)}
+    entry.update({key: round(float(metrics[key]), 4) for key in SCALARS})
+    return entry
 
 
 def child(args: argparse.Namespace, size: int, method: str, queue) -> None:
@@ -189,6 +255,19 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=128, help="ours")
     parser.add_argument(
+        "--channels",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_CHANNELS),
+        help="ours: U-Net widths per level",
+    )
+    parser.add_argument(
+        "--extra-samplers",
+        nargs="*",
+        default=[],
+        help='ours: further samplers scored on the same training, e.g. "dpm++2m:8"',
+    )
+    parser.add_argument(
         "--timeout-minutes", type=float, default=45.0, help="per (size, method)"
     )
     parser.add_argument("--output", default="benchmarks/fields/results.jsonl")
@@ -198,14 +277,19 @@ def main() -> None:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    done = {
-        (r["size"], r["method"], r["num_simulations"], r["seed"])
-        for _, r in iter_json_lines(output)
-    }
+    done = {run_key(r) for _, r in iter_json_lines(output)}
     context = multiprocessing.get_context("spawn")
     for size in args.sizes:
         for method in args.methods:
-            key = (size, method, args.num_simulations, args.seed)
+            key = run_key(
+                {
+                    "size": size,
+                    "method": method,
+                    "num_simulations": args.num_simulations,
+                    "seed": args.seed,
+                    "unet_channels": args.channels,
+                }
+            )
             if key in done:
                 print(f"skip {key}: in {output}", flush=True)
                 continue
@@ -232,6 +316,7 @@ def main() -> None:
                 method=method,
                 num_simulations=args.num_simulations,
                 seed=args.seed,
+                **({"unet_channels": list(args.channels)} if method in OURS else {}),
                 wall_s=round(time.perf_counter() - start, 1),
                 threads=args.threads,
                 device=device_name("cpu"),

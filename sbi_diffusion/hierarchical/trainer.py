@@ -19,6 +19,7 @@ groups (:class:`~sbi_diffusion.hierarchical.posterior.HierarchicalPosterior`).
 from __future__ import annotations
 
 import warnings
+from copy import deepcopy
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ from sbi_diffusion.hierarchical.embedding import (
 from sbi_diffusion.hierarchical.groups import GroupLayout
 from sbi_diffusion.hierarchical.posterior import HierarchicalPosterior
 from sbi_diffusion.inference import DiffusionNPE
-from sbi_diffusion.model import Denoiser
+from sbi_diffusion.model import Denoiser, DenoiserEnsemble
 
 __all__ = ["HierarchicalNPE", "check_local_prior"]
 
@@ -169,6 +170,7 @@ class HierarchicalNPE:
         self.layout: GroupLayout | None = None
         self._rounds: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         self.global_inference: DiffusionNPE | None = None
+        self.global_members: list[DiffusionNPE] = []
         self.local_inference: DiffusionNPE | None = None
 
     # ---------------------------------------------------------- simulations
@@ -304,6 +306,24 @@ class HierarchicalNPE:
             )
         return Standardize(shift, scale)
 
+    def _global_options(self, groups: Tensor, global_x: Tensor) -> dict:
+        """The global model's constructor options, with a new group embedding
+        (or a copy of the one passed in ``global_options``)."""
+        options = dict(self.global_options)
+        if "embedding_net" in options:
+            options["embedding_net"] = deepcopy(options["embedding_net"])
+        elif self.groups_per_simulation is None:
+            options["embedding_net"] = self._group_net(groups)
+        else:
+            net = GroupSetEmbedding(
+                self._group_net(groups),
+                self.layout.encoded_shape,
+                **self.embedding_kwargs,
+            )
+            net.standardize_on(global_x[:STANDARDIZATION_ROWS])
+            options["embedding_net"] = net
+        return options
+
     def _trainer(self, prior: Distribution | None, options: dict) -> DiffusionNPE:
         options = {"show_progress_bars": self.show_progress_bars, **options}
         return _GroupDiffusionNPE(prior, device=self.device, **options)
@@ -314,6 +334,7 @@ class HierarchicalNPE:
         self,
         global_kwargs: dict | None = None,
         local_kwargs: dict | None = None,
+        global_ensemble_size: int = 1,
         **kwargs: Any,
     ) -> HierarchicalNPE:
         """Train the global model ``p(g | x)`` (``x`` one group, or a block of
@@ -324,42 +345,57 @@ class HierarchicalNPE:
             global_kwargs, local_kwargs: options of each model's
                 :meth:`~sbi_diffusion.inference.DiffusionNPE.train`, added to
                 ``kwargs``.
+            global_ensemble_size: ``K``: train ``K`` global models on the same
+                simulations with the seeds ``seed, ..., seed + K - 1`` and
+                compose their mean estimate
+                (:class:`~sbi_diffusion.model.DenoiserEnsemble`). The
+                composition over ``G`` groups adds up the single-group model's
+                errors that the groups share; averaging ``K`` trainings shrinks
+                the part that comes from training noise, at ``K`` times the
+                global model's training and sampling cost
+                (``benchmarks/hierarchical/README.md``).
             **kwargs: options of both trainings (e.g. ``max_num_steps``,
                 ``training_batch_size``, ``seed``).
 
         Returns:
             self, for chaining.
+
+        Raises:
+            ValueError: for ``global_ensemble_size`` < 1.
         """
+        if int(global_ensemble_size) < 1:
+            raise ValueError(
+                f"global_ensemble_size must be at least 1, got {global_ensemble_size}."
+            )
         g, loc, x, present = self._simulations()
         groups = x[present]
         encoded = self.layout.encode(groups)
-        global_options = dict(self.global_options)
+        seed = int(kwargs.get("seed", 0) or 0)
         if self.groups_per_simulation is None:
-            global_options.setdefault("embedding_net", self._group_net(groups))
             global_theta, global_x = g, encoded
         else:
             blocks = self.blocks
-            seed = int(kwargs.get("seed", 0) or 0)
             subsets = random_subsets(present, torch.Generator().manual_seed(seed))
             smaller = subsets.sum(1) < present.sum(1)
             global_theta = torch.cat([g, g[smaller]])
             global_x = torch.cat(
                 [blocks.encode(x, present), blocks.encode(x[smaller], subsets[smaller])]
             )
-            if "embedding_net" not in global_options:
-                net = GroupSetEmbedding(
-                    self._group_net(groups),
-                    self.layout.encoded_shape,
-                    **self.embedding_kwargs,
-                )
-                net.standardize_on(global_x[:STANDARDIZATION_ROWS])
-                global_options["embedding_net"] = net
-        self.global_inference = self._trainer(
-            self.global_prior if self.global_proposal is None else self.global_proposal,
-            global_options,
-        )
-        self.global_inference.append_simulations(global_theta, global_x)
-        self.global_inference.train(**{**kwargs, **(global_kwargs or {})})
+        self.global_members = []
+        for member in range(int(global_ensemble_size)):
+            inference = self._trainer(
+                self.global_prior
+                if self.global_proposal is None
+                else self.global_proposal,
+                self._global_options(groups, global_x),
+            )
+            inference.append_simulations(global_theta, global_x)
+            member_kwargs = {**kwargs, **(global_kwargs or {})}
+            if member > 0:
+                member_kwargs["seed"] = int(member_kwargs.get("seed", 0) or 0) + member
+            inference.train(**member_kwargs)
+            self.global_members.append(inference)
+        self.global_inference = self.global_members[0]
 
         local_options = dict(self.local_options)
         group_net = local_options.pop("embedding_net", None) or self._group_net(groups)
@@ -400,8 +436,13 @@ class HierarchicalNPE:
         """
         if self.global_inference is None or self.local_inference is None:
             raise ValueError("call train() before build_posterior().")
+        estimator = None
+        if len(self.global_members) > 1:
+            estimator = DenoiserEnsemble(
+                [m._estimator_or_trained(None, "train()") for m in self.global_members]
+            )
         return HierarchicalPosterior(
-            self.global_inference.build_posterior(),
+            self.global_inference.build_posterior(estimator=estimator),
             self.local_inference.build_posterior(),
             self.layout,
             blocks=self.blocks,

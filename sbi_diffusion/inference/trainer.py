@@ -428,6 +428,7 @@ class VectorFieldInference(InferenceBase):
             "patience_steps": budget.patience,
             "steps_trained": self._progress.steps_done,
             "epochs_trained": self._progress.epochs,
+            "seed": seed,
         }
         self._trained_estimator = rule.estimator(self._ema.model)
         self._best_val_loss = rule.best_loss

@@ -5,6 +5,8 @@
   posteriors type against.
 * :mod:`~sbi_diffusion.model.denoiser`: :class:`Denoiser`, network + schedule +
   parameterisation, and its training loss.
+* :mod:`~sbi_diffusion.model.ensemble`: :class:`DenoiserEnsemble`, the mean
+  estimate of denoisers trained on the same simulations.
 * :mod:`~sbi_diffusion.model.conditioned`: :class:`ConditionedDenoiser`, the
   denoiser with its condition fixed.
 * :mod:`~sbi_diffusion.model.rows`: evaluating many (parameter, condition) pairs
@@ -15,6 +17,7 @@
 
 from sbi_diffusion.model.conditioned import ConditionedDenoiser
 from sbi_diffusion.model.denoiser import Denoiser
+from sbi_diffusion.model.ensemble import DenoiserEnsemble
 from sbi_diffusion.model.interface import ConditionalDenoiser, DenoiseFn
 from sbi_diffusion.model.rows import (
     CPU_NETWORK_ROWS,
@@ -31,6 +34,7 @@ __all__ = [
     "ConditionedDenoiser",
     "DenoiseFn",
     "Denoiser",
+    "DenoiserEnsemble",
     "SbiVectorFieldEstimator",
     "default_network_rows",
     "denoise_rows_in_pieces",
