@@ -7,7 +7,9 @@ Phases, each resumable (the trained model and the NUTS draws are cached under
 
 1. train one ``HierarchicalNPE`` on ``--num-simulations`` single-subject
    simulations (with ``--groups-per-simulation k``: that many subjects, in data
-   sets of ``k`` subjects that share the global parameters);
+   sets of ``k`` subjects that share the global parameters; with
+   ``--global-ensemble-size K``: ``K`` global models, composed through their
+   mean estimate);
 2. per reference data set and sampling configuration, a row ``"reference"``:
    C2ST of 1,000 global samples against NUTS (pyro, exact likelihood), the
    error of the posterior means in NUTS standard deviations, the local
@@ -80,6 +82,8 @@ def append_row(path: Path, row: dict) -> None:
 def trained_model(args, cache: Path) -> tuple[HierarchicalNPE, float]:
     k = args.groups_per_simulation
     suffix = "" if k == 1 else f"_k{k}"
+    if args.global_ensemble_size > 1:
+        suffix += f"_e{args.global_ensemble_size}"
     path = cache / f"ddm_model_{args.num_simulations}_{args.max_num_steps}{suffix}.pt"
     if path.exists():
         stored = torch.load(path, weights_only=False)
@@ -99,7 +103,11 @@ def trained_model(args, cache: Path) -> tuple[HierarchicalNPE, float]:
     simulate_seconds = time.time() - start
     inference = HierarchicalNPE(ddm.global_prior(), ddm.local_prior)
     inference.append_simulations(g, loc, features(x))
-    inference.train(max_num_steps=args.max_num_steps, seed=args.seed)
+    inference.train(
+        max_num_steps=args.max_num_steps,
+        seed=args.seed,
+        global_ensemble_size=args.global_ensemble_size,
+    )
     train_seconds = time.time() - start
     print(
         f"simulated in {simulate_seconds:.0f} s; simulation and training took "
@@ -141,7 +149,13 @@ def same_model(row: dict, args) -> bool:
         row["num_simulations"],
         row["max_num_steps"],
         row.get("groups_per_simulation", 1),
-    ) == (args.num_simulations, args.max_num_steps, args.groups_per_simulation)
+        row.get("global_ensemble_size", 1),
+    ) == (
+        args.num_simulations,
+        args.max_num_steps,
+        args.groups_per_simulation,
+        args.global_ensemble_size,
+    )
 
 
 def comparison(g: Tensor, loc: Tensor, ref: dict) -> dict:
@@ -183,7 +197,7 @@ def reference_rows(args, inference, train_seconds, cache: Path, out: Path) -> No
     for index in range(args.reference_datasets):
         ref = None
         for name, options in CONFIGS.items():
-            if (index, name) in done:
+            if (index, name) in done or name not in args.configs:
                 continue
             ref = ref or nuts_draws(args, cache, index)
             posterior = inference.build_posterior(**options)
@@ -304,6 +318,7 @@ def common(args, inference, train_seconds) -> dict:
         "num_simulations": args.num_simulations,
         "max_num_steps": args.max_num_steps,
         "groups_per_simulation": args.groups_per_simulation,
+        "global_ensemble_size": args.global_ensemble_size,
         "train_seconds": train_seconds,
         "seed": args.seed,
         "training": inference.global_inference.resolved_training,
@@ -405,6 +420,20 @@ def main() -> None:
         default=1,
         help="k: train the global model on data sets of k subjects "
         "(--num-simulations counts subjects)",
+    )
+    parser.add_argument(
+        "--global-ensemble-size",
+        type=int,
+        default=1,
+        help="K: compose the mean of K global models trained on the same "
+        "simulations (HierarchicalNPE.train(global_ensemble_size=K))",
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(CONFIGS),
+        choices=list(CONFIGS),
+        help="sampling configurations of the reference rows",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
