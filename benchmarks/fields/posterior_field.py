@@ -89,9 +89,9 @@ def parse_sampler(text: str) -> dict[str, Any]:
 
 def run_key(row: dict[str, Any]) -> tuple:
     """What makes two rows the same run (a rerun skips it)."""
-    channels = row.get("unet_channels")
+    channels = None
     if row["method"] in OURS:
-        channels = tuple(channels or DEFAULT_CHANNELS)
+        channels = tuple(row.get("unet_channels") or DEFAULT_CHANNELS)
     return (row["size"], row["method"], row["num_simulations"], row["seed"], channels)
 
 
