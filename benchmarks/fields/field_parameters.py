@@ -44,7 +44,9 @@ from sbi.neural_nets.embedding_nets import CNNEmbedding
 
 from sbi_diffusion.benchmark.fields import FieldParametersProblem
 from sbi_diffusion.benchmark.results import append_row, iter_json_lines
-from sbi_diffusion.benchmark.runner import device_name, package_versions
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run_record import run_record  # noqa: E402
 
 METHODS = ("diffusion", "flow_matching", "npe_maf", "npe_nsf")
 
@@ -160,18 +162,10 @@ def main() -> None:
             start = time.perf_counter()
             row = run_one(args, size, method)
             row.update(
-                size=size,
-                method=method,
-                num_simulations=args.num_simulations,
-                seed=args.seed,
-                wall_s=round(time.perf_counter() - start, 1),
+                run_record(args, size, method, start),
                 peak_rss_mb=round(
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
                 ),
-                threads=args.threads,
-                device=device_name("cpu"),
-                versions=package_versions(),
-                command="python " + " ".join(sys.argv),
             )
             append_row(output, row)
             summary = {

@@ -47,7 +47,9 @@ from sbi_diffusion.benchmark.fields import (
     field_posterior_metrics,
 )
 from sbi_diffusion.benchmark.results import append_row, iter_json_lines
-from sbi_diffusion.benchmark.runner import device_name, package_versions
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run_record import run_record  # noqa: E402
 
 OURS = ("diffusion_unet", "flow_matching_unet")
 SBI_METHODS = ("npe_maf", "npe_nsf", "npse", "fmpe")
@@ -311,18 +313,9 @@ def main() -> None:
                     if not queue.empty()
                     else {"status": "failed", "error": "no result"}
                 )
-            row.update(
-                size=size,
-                method=method,
-                num_simulations=args.num_simulations,
-                seed=args.seed,
-                **({"unet_channels": list(args.channels)} if method in OURS else {}),
-                wall_s=round(time.perf_counter() - start, 1),
-                threads=args.threads,
-                device=device_name("cpu"),
-                versions=package_versions(),
-                command="python " + " ".join(sys.argv),
-            )
+            row.update(run_record(args, size, method, start))
+            if method in OURS:
+                row["unet_channels"] = list(args.channels)
             append_row(output, row)
             summary = {k: row.get(k) for k in ("status", "train_s", "sample_s")}
             summary.update({k: row.get(k) for k in SCALARS[:3] + SCALARS[-2:]})
