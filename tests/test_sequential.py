@@ -340,6 +340,31 @@ def test_density_thresholder_drop_in(small_posterior):
     )
     assert full.band == 0.0 and full.threshold == region.threshold
     assert (full(draws) == region(draws)).all()
+    # "auto" measures each candidate cheap pass on the same probes and takes
+    # the one of least expected steps per point; it decides alike
+    torch.manual_seed(4)
+    auto = ours(
+        posterior,
+        quantile=0.05,
+        num_samples_to_estimate_support=4000,
+        cheap_steps="auto",
+    )
+    record = auto.build_record
+    candidates = record["cheap_step_candidates"]
+    assert [c["cheap_steps"] for c in candidates] == [8, 16, 32]
+    for c in candidates:
+        assert c["expected_steps"] == pytest.approx(
+            c["cheap_steps"] + 64 * c["fraction_in_band"]
+        )
+        assert c["band"] == pytest.approx(1.5 * c["cheap_error_max"])
+    best = min(candidates, key=lambda c: c["expected_steps"])
+    assert (
+        record["cheap_steps"]
+        == best["cheap_steps"]
+        == auto.cheap_solver.options["steps"]
+    )
+    assert record["cheap_steps_requested"] == "auto" and auto.band == best["band"]
+    assert (auto(draws) == full(draws)).all()
     # Hutchinson's estimate with probes in the posterior's eigenbasis
     noisy = ours(
         posterior,
@@ -357,3 +382,5 @@ def test_density_thresholder_drop_in(small_posterior):
         ours(posterior, num_samples_to_estimate_support=1)
     with pytest.raises(ValueError, match="cheap_steps"):
         ours(posterior, num_samples_to_estimate_support=10, cheap_steps=0)
+    with pytest.raises(ValueError, match="'auto'"):
+        ours(posterior, num_samples_to_estimate_support=10, cheap_steps="fast")

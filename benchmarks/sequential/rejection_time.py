@@ -11,6 +11,8 @@ needs a posterior density. Trains (or loads from the model cache) the default
   of every candidate inside it (``cheap_steps=None``, the box alone);
 - ``two_pass``: the box and the ellipsoid, then 8 Heun steps with the 64-step
   density only within the measured band of the threshold (the default),
+- ``two_pass_auto`` (with ``--variants``): the same with ``cheap_steps="auto"``,
+  the cheap pass of 8, 16 or 32 steps with the least expected cost,
 
 and records, for ``--draws`` samples of ``RestrictedPrior(prior, region,
 sample_with="rejection")`` from each: the seconds, the acceptance rate, the
@@ -35,6 +37,9 @@ from sbi.utils import RestrictedPrior
 from sbi_diffusion import get_density_thresholder
 from sbi_diffusion.benchmark.results import append_row
 
+#: region name -> ``cheap_steps`` of ``get_density_thresholder``
+VARIANTS = {"one_pass": None, "two_pass": 8, "two_pass_auto": "auto"}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,16 +49,24 @@ def main() -> None:
         "benchmarks/sequential/rejection_time.jsonl",
     )
     parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["one_pass", "two_pass"],
+        choices=list(VARIANTS),
+        help="regions to time; one_pass is always built (the reference)",
+    )
     args = parser.parse_args()
+    names = ["one_pass"] + [v for v in args.variants if v != "one_pass"]
     for default in default_posteriors(args):
         regions, build_s = {}, {}
-        for name, cheap_steps in (("one_pass", None), ("two_pass", 8)):
+        for name in names:
             torch.manual_seed(1)
             start = time.perf_counter()
             regions[name] = get_density_thresholder(
                 default.posterior,
                 num_samples_to_estimate_support=args.support_samples,
-                cheap_steps=cheap_steps,
+                cheap_steps=VARIANTS[name],
             )
             build_s[name] = round(time.perf_counter() - start, 3)
         regions["one_pass"].enclosing_regions = regions["one_pass"].enclosing_regions[
@@ -76,19 +89,20 @@ def main() -> None:
                 "checked": region.num_checked,
                 "build_s": build_s[name],
             }
-        agreement = {
-            "one_pass_accepts_two_pass_samples": float(
-                regions["one_pass"](drawn["two_pass"]).float().mean()
-            ),
-            "two_pass_accepts_one_pass_samples": float(
-                regions["two_pass"](drawn["one_pass"]).float().mean()
-            ),
-        }
+        agreement = {}
+        for name in names[1:]:
+            agreement[f"one_pass_accepts_{name}_samples"] = float(
+                regions["one_pass"](drawn[name]).float().mean()
+            )
+            agreement[f"{name}_accepts_one_pass_samples"] = float(
+                regions[name](drawn["one_pass"]).float().mean()
+            )
+        fields = {f"{name}_region": regions[name].to_dict() for name in names[1:]}
         row = default.row(
             args,
             draws=args.draws,
-            threshold=regions["two_pass"].threshold,
-            two_pass_region=regions["two_pass"].to_dict(),
+            threshold=regions["one_pass"].threshold,
+            **fields,
             sampling=sampling,
             agreement=agreement,
         )

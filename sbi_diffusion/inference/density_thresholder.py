@@ -50,6 +50,9 @@ THRESHOLDER_EXACT_MAX_DIM = 2
 """Parameter dimensions up to this get the exact divergence in
 :func:`get_density_thresholder` with ``divergence="auto"``."""
 
+CHEAP_STEP_CHOICES = (8, 16, 32)
+"""The cheap passes ``cheap_steps="auto"`` chooses among."""
+
 PROBE_BASIS_SAMPLES = 10_000
 """Posterior samples the probe basis of :func:`get_density_thresholder` is
 estimated from (:func:`posterior_covariance_basis`)."""
@@ -64,7 +67,7 @@ def get_density_thresholder(
     divergence: str = "auto",
     density_steps: int = 64,
     box_margin: float = 0.1,
-    cheap_steps: int | None = 8,
+    cheap_steps: int | str | None = 8,
     show_progress_bars: bool = False,
 ) -> DensityRegion:
     r"""sbi's ``get_density_thresholder`` for this package's posteriors, with the
@@ -127,7 +130,19 @@ def get_density_thresholder(
         box_margin: margin ``m`` of the enclosing box and ellipsoid, in units of
             the box's width and of the ellipsoid's radius.
         cheap_steps: Heun steps of the first pass of a new point's density;
-            None decides every point with ``density_steps``.
+            None decides every point with ``density_steps``; ``"auto"`` takes
+            the one of :data:`CHEAP_STEP_CHOICES` with the least expected
+            cost per point inside the enclosing regions,
+
+            .. math::
+                c(s) = s + f(s)\,\text{density\_steps},
+
+            where ``f(s)`` is the fraction of the prior-draw probes whose
+            ``s``-step density lies within that pass's band of the threshold
+            (the points the checked pass must decide). A sharp posterior makes
+            the probability-flow ODE stiff, the 8-step density's error large
+            and its band wide, so that nearly every point needs the checked
+            pass; a longer cheap pass then costs less.
         show_progress_bars: show a tqdm bar over the support samples.
 
     Returns:
@@ -139,7 +154,7 @@ def get_density_thresholder(
     Raises:
         TypeError: for a posterior without the probability-flow density.
         ValueError: for a quantile outside ``(0, 1)``, fewer than two samples,
-            or ``cheap_steps`` below 1.
+            or ``cheap_steps`` below 1 (or a string other than ``"auto"``).
     """
     from sbi_diffusion.density import DEFAULT_FUSED_STEPS
     from sbi_diffusion.inference.log_density import ProbabilityFlowDensity
@@ -156,11 +171,14 @@ def get_density_thresholder(
         raise ValueError(
             f"num_samples_to_estimate_support must be at least 2, got {num_samples}."
         )
-    if cheap_steps is not None and (
-        isinstance(cheap_steps, bool) or int(cheap_steps) < 1
+    if (
+        cheap_steps is not None
+        and cheap_steps != "auto"
+        and (isinstance(cheap_steps, bool | str) or int(cheap_steps) < 1)
     ):
         raise ValueError(
-            f"cheap_steps must be a positive integer or None, got {cheap_steps}."
+            f"cheap_steps must be a positive integer, 'auto' or None, got "
+            f"{cheap_steps!r}."
         )
     x = posterior._resolve_x(x)
     dim = int(posterior.estimator.theta_dim)
@@ -192,18 +210,27 @@ def get_density_thresholder(
         )
         for shape in REGION_SHAPES
     ]
-    band_record: dict[str, Any] = {"cheap_steps": cheap_steps}
+    band_record: dict[str, Any] = {
+        "cheap_steps": cheap_steps,
+        "cheap_steps_requested": cheap_steps,
+    }
     if cheap_steps is None:
         cheap_solver, band = region_solver, 0.0
     else:
-        cheap_solver = Solver("heun", steps=int(cheap_steps))
         lowest = torch.topk(log_p, min(BAND_PROBES, num_samples), largest=False)
         inside = _draws_inside(posterior.prior, enclosing, BAND_PROBES)
         probes = torch.cat(
             [inside.reshape(-1, *samples.shape[1:]), samples[lowest.indices]]
         )
-        band, measured = _measured_band(
-            posterior, x, probes, cheap_solver, region_solver
+        choices = CHEAP_STEP_CHOICES if cheap_steps == "auto" else (cheap_steps,)
+        cheap_solver, band, measured = _chosen_cheap_pass(
+            posterior,
+            x,
+            probes,
+            int(inside.shape[0]),
+            threshold,
+            [int(s) for s in choices],
+            region_solver,
         )
         band_record.update(measured)
     region = DensityRegion(posterior, x, threshold, band, cheap_solver, region_solver)
@@ -229,24 +256,55 @@ def _draws_inside(prior: Any, regions: list[SampleRegion], num: int) -> Tensor:
     return draws[inside_all(regions, draws)][:num]
 
 
-def _measured_band(
-    posterior: Any, x: Tensor, probes: Tensor, cheap: Solver, reference: Solver
-) -> tuple[float, dict[str, Any]]:
-    """The band ``delta = BAND_SAFETY * max_i |log q_cheap(theta_i) - log
-    q_ref(theta_i)|`` over the ``probes``, and a JSON-able record of it."""
+def _chosen_cheap_pass(
+    posterior: Any,
+    x: Tensor,
+    probes: Tensor,
+    num_prior_probes: int,
+    threshold: float,
+    choices: list[int],
+    reference: Solver,
+) -> tuple[Solver, float, dict[str, Any]]:
+    """The cheap pass of least expected cost among ``choices`` (Heun steps), its
+    band ``delta = BAND_SAFETY * max_i |log q_cheap(theta_i) - log
+    q_ref(theta_i)|`` over the ``probes``, and a JSON-able record.
+
+    The expected cost per point is ``s + f(s) * reference steps``, ``f(s)`` the
+    fraction of the first ``num_prior_probes`` probes (prior draws inside the
+    enclosing regions; all probes if there are none) within the band of the
+    threshold."""
     start = time.perf_counter()
     with torch.no_grad():
-        cheap_log_p = posterior.log_prob(probes, x=x, solver=cheap)
         reference_log_p = posterior.log_prob(probes, x=x, solver=reference)
-    median, largest = cheap_error_summary(cheap_log_p, reference_log_p)
-    band = BAND_SAFETY * largest
-    return band, {
-        "band": band,
+    candidates = []
+    for steps in choices:
+        solver = Solver("heun", steps=steps)
+        with torch.no_grad():
+            cheap_log_p = posterior.log_prob(probes, x=x, solver=solver)
+        median, largest = cheap_error_summary(cheap_log_p, reference_log_p)
+        band = BAND_SAFETY * largest
+        near = cheap_log_p[: num_prior_probes or None]
+        fraction = float(((near - threshold).abs() < band).float().mean())
+        cost = steps + fraction * int(reference.options["steps"])
+        candidates.append(
+            {
+                "cheap_steps": steps,
+                "band": band,
+                "cheap_error_median": median,
+                "cheap_error_max": largest,
+                "fraction_in_band": fraction,
+                "expected_steps": cost,
+            }
+        )
+    best = min(candidates, key=lambda c: c["expected_steps"])
+    record = {
+        **best,
         "band_probes": int(probes.shape[0]),
-        "cheap_error_median": median,
-        "cheap_error_max": largest,
         "band_s": round(time.perf_counter() - start, 3),
     }
+    if len(candidates) > 1:
+        record["cheap_step_candidates"] = candidates
+    return Solver("heun", steps=best["cheap_steps"]), best["band"], record
 
 
 def posterior_covariance_basis(posterior: Any, x: Tensor, num_samples: int) -> Tensor:
