@@ -307,10 +307,13 @@ def test_density_thresholder_drop_in(small_posterior):
     region = ours(posterior, quantile=0.05, num_samples_to_estimate_support=4000)
     record = region.to_dict()
     json.dumps(record)
-    assert record["divergence"] == "exact" and record["cheap_steps"] == 8
-    # the band is the measured error of the 8-step pass, with a safety factor
+    assert record["divergence"] == "exact"
+    assert record["cheap_steps"] in (8, 16, 32)
+    assert record["cheap_steps_requested"] == "auto"
+    # the band is the measured error of the cheap pass, with a safety factor
     assert record["band"] == pytest.approx(1.5 * record["cheap_error_max"])
-    assert record["band_probes"] > 0 and record["cheap_solver"]["steps"] == 8
+    assert record["band_probes"] > 0
+    assert record["cheap_solver"]["steps"] == record["cheap_steps"]
     assert record["checked_solver"] == {"name": "heun", "steps": 64}
     # points outside the enclosing box or ellipsoid are rejected without a
     # density
@@ -340,15 +343,10 @@ def test_density_thresholder_drop_in(small_posterior):
     )
     assert full.band == 0.0 and full.threshold == region.threshold
     assert (full(draws) == region(draws)).all()
-    # "auto" measures each candidate cheap pass on the same probes and takes
-    # the one of least expected steps per point; it decides alike
-    torch.manual_seed(4)
-    auto = ours(
-        posterior,
-        quantile=0.05,
-        num_samples_to_estimate_support=4000,
-        cheap_steps="auto",
-    )
+    # "auto" (the default) measures each candidate cheap pass on the same
+    # probes and takes the one of least expected steps per point; a fixed
+    # cheap pass decides alike
+    auto = region
     record = auto.build_record
     candidates = record["cheap_step_candidates"]
     assert [c["cheap_steps"] for c in candidates] == [8, 16, 32]
@@ -364,7 +362,15 @@ def test_density_thresholder_drop_in(small_posterior):
         == auto.cheap_solver.options["steps"]
     )
     assert record["cheap_steps_requested"] == "auto" and auto.band == best["band"]
-    assert (auto(draws) == full(draws)).all()
+    torch.manual_seed(4)
+    eight = ours(
+        posterior, quantile=0.05, num_samples_to_estimate_support=4000, cheap_steps=8
+    )
+    assert eight.build_record["cheap_steps"] == 8 and eight.cheap_solver.options == {
+        "steps": 8
+    }
+    assert "cheap_step_candidates" not in eight.build_record
+    assert (eight(draws) == full(draws)).all()
     # Hutchinson's estimate with probes in the posterior's eigenbasis
     noisy = ours(
         posterior,
