@@ -68,6 +68,20 @@ def build(method: str, problem: FieldParametersProblem):
     raise ValueError(f"Unknown method {method!r}; pass one of {METHODS}.")
 
 
+def posterior_means(
+    posterior: Any, xs: torch.Tensor, num_samples: int, options: dict | None = None
+) -> torch.Tensor:
+    """The mean of ``num_samples`` posterior samples for each row of ``xs``."""
+    return torch.stack(
+        [
+            posterior.sample(
+                (num_samples,), x=x_i[None], show_progress_bars=False, **(options or {})
+            ).mean(0)
+            for x_i in xs
+        ]
+    )
+
+
 def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     """Train ``method`` on fields of ``size`` and score it on the test set."""
     torch.manual_seed(args.seed)
@@ -84,14 +98,7 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     test_theta, test_x = problem.test_set(args.test_cases, seed=args.seed + 1)
 
     start = time.perf_counter()
-    means = torch.stack(
-        [
-            posterior.sample(
-                (args.posterior_samples,), x=x_i[None], show_progress_bars=False
-            ).mean(0)
-            for x_i in test_x
-        ]
-    )
+    means = posterior_means(posterior, test_x, args.posterior_samples)
     mean_s = time.perf_counter() - start
     start = time.perf_counter()
     ranks, dap_samples = run_sbc(
@@ -128,6 +135,21 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
         "embedding": "sbi CNNEmbedding defaults (output_dim 20)",
     }
     if method in METHODS[:2]:
+        row["extra_samplers"] = []
+        for text in args.extra_samplers:
+            name, _, steps = text.partition(":")
+            options = {"sampler": name, **({"steps": int(steps)} if steps else {})}
+            start = time.perf_counter()
+            extra = posterior_means(posterior, test_x, args.posterior_samples, options)
+            row["extra_samplers"].append(
+                {
+                    "sampler": text,
+                    "nrmse": [
+                        round(float(v), 4) for v in problem.nrmse(extra, test_theta)
+                    ],
+                    "posterior_mean_s": round(time.perf_counter() - start, 2),
+                }
+            )
         row["resolved_training"] = inference.resolved_training
         row["sampler"] = {"name": posterior.sampler, **posterior.sampler_options}
     else:
@@ -144,6 +166,12 @@ def main() -> None:
     parser.add_argument("--posterior-samples", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--extra-samplers",
+        nargs="*",
+        default=[],
+        help='ours: NRMSE with further samplers on the same training, e.g. "heun:30"',
+    )
     parser.add_argument("--output", default="benchmarks/fields/field_parameters.jsonl")
     args = parser.parse_args()
     unknown = set(args.methods) - set(METHODS)
