@@ -21,7 +21,8 @@ layers, 20 outputs), and is scored on ``--test-cases`` held-out simulations:
 Methods: ``diffusion`` (``DiffusionNPE`` with its defaults), ``flow_matching``
 (``FlowMatchingNPE``), ``npe_maf`` / ``npe_nsf`` (sbi's ``NPE`` with MAF / NSF).
 Rows are appended as they finish; a rerun skips the (size, method,
-simulations, seed) already in the output.
+simulations, seed, ``--train-options``, ``--init-options``) already in the
+output.
 
 Usage:
     PYTHONPATH=. python benchmarks/fields/field_parameters.py --sizes 16 32 \\
@@ -51,14 +52,22 @@ from run_record import run_record  # noqa: E402
 METHODS = ("diffusion", "flow_matching", "npe_maf", "npe_nsf")
 
 
-def build(method: str, problem: FieldParametersProblem):
-    """The untrained inference object of ``method``, with a new CNN embedding."""
+def build(
+    method: str, problem: FieldParametersProblem, init_options: dict | None = None
+):
+    """The untrained inference object of ``method``, with a new CNN embedding
+    (ours: with the constructor keywords ``init_options``)."""
     embedding = CNNEmbedding(input_shape=(problem.N, problem.N))
     if method in ("diffusion", "flow_matching"):
         from sbi_diffusion import DiffusionNPE, FlowMatchingNPE
 
         cls = DiffusionNPE if method == "diffusion" else FlowMatchingNPE
-        return cls(problem.prior, embedding_net=embedding, show_progress_bars=False)
+        return cls(
+            problem.prior,
+            embedding_net=embedding,
+            show_progress_bars=False,
+            **(init_options or {}),
+        )
     if method.startswith("npe_"):
         from sbi.inference import NPE
         from sbi.neural_nets import posterior_nn
@@ -89,10 +98,11 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(args.seed)
     theta = problem.prior.sample((args.num_simulations,))
     x = problem.simulate(theta, generator=generator)
-    inference = build(method, problem)
+    inference = build(method, problem, args.init_options)
     start = time.perf_counter()
     inference.append_simulations(theta, x)
-    inference.train(**({"seed": args.seed} if method in METHODS[:2] else {}))
+    ours = method in METHODS[:2]
+    inference.train(**({"seed": args.seed, **args.train_options} if ours else {}))
     train_s = time.perf_counter() - start
     posterior = inference.build_posterior()
     test_theta, test_x = problem.test_set(args.test_cases, seed=args.seed + 1)
@@ -150,6 +160,8 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
                     "posterior_mean_s": round(time.perf_counter() - start, 2),
                 }
             )
+        row["train_options"] = args.train_options
+        row["init_options"] = args.init_options
         row["resolved_training"] = inference.resolved_training
         row["sampler"] = {"name": posterior.sampler, **posterior.sampler_options}
     else:
@@ -172,6 +184,20 @@ def main() -> None:
         default=[],
         help='ours: NRMSE with further samplers on the same training, e.g. "heun:30"',
     )
+    parser.add_argument(
+        "--train-options",
+        type=json.loads,
+        default={},
+        help='ours: JSON keyword arguments of train(), e.g. \'{"stop_after_steps": '
+        "100000}'; part of the resume key",
+    )
+    parser.add_argument(
+        "--init-options",
+        type=json.loads,
+        default={},
+        help='ours: JSON constructor keywords, e.g. \'{"schedule_kwargs": '
+        '{"p_mean": 0.5}}\'; part of the resume key',
+    )
     parser.add_argument("--output", default="benchmarks/fields/field_parameters.jsonl")
     args = parser.parse_args()
     unknown = set(args.methods) - set(METHODS)
@@ -181,10 +207,18 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     key_fields = ("size", "method", "num_simulations", "seed")
-    done = {tuple(r[k] for k in key_fields) for _, r in iter_json_lines(output)}
+
+    def key(row: dict[str, Any]) -> tuple:
+        options = [row.get(k, {}) for k in ("train_options", "init_options")]
+        return (*(row[k] for k in key_fields), json.dumps(options, sort_keys=True))
+
+    done = {key(r) for _, r in iter_json_lines(output)}
     for size in args.sizes:
         for method in args.methods:
-            if (size, method, args.num_simulations, args.seed) in done:
+            options = json.dumps(
+                [args.train_options, args.init_options], sort_keys=True
+            )
+            if (size, method, args.num_simulations, args.seed, options) in done:
                 print(f"skip N={size} {method}: in {output}", flush=True)
                 continue
             start = time.perf_counter()

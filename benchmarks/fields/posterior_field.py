@@ -11,9 +11,10 @@ per-pixel coverage).
 
 Methods:
 
-- ``diffusion_unet``, ``flow_matching_unet``: ``DiffusionNPE`` /
-  ``FlowMatchingNPE`` with ``net="unet"``; the image ``x`` enters the U-Net as an
-  extra input channel on the parameter grid.
+- ``diffusion_unet``, ``flow_matching_unet``, ``consistency_unet``:
+  ``DiffusionNPE`` / ``FlowMatchingNPE`` / ``ConsistencyNPE`` (consistency
+  training, two-step sampling by default) with ``net="unet"``; the image ``x``
+  enters the U-Net as an extra input channel on the parameter grid.
 - ``npe_maf``, ``npe_nsf``, ``npse``, ``fmpe``: sbi's ``NPE`` (MAF, NSF),
   ``NPSE`` and ``FMPE`` with their defaults, on the flattened image.
 
@@ -51,7 +52,7 @@ from sbi_diffusion.benchmark.results import append_row, iter_json_lines
 sys.path.insert(0, str(Path(__file__).parent))
 from run_record import run_record  # noqa: E402
 
-OURS = ("diffusion_unet", "flow_matching_unet")
+OURS = ("diffusion_unet", "flow_matching_unet", "consistency_unet")
 SBI_METHODS = ("npe_maf", "npe_nsf", "npse", "fmpe")
 METHODS = OURS + SBI_METHODS
 
@@ -106,11 +107,15 @@ def build(
     """The untrained inference object of ``method`` and whether it takes images."""
     from sbi.inference import FMPE, NPE, NPSE
 
-    from sbi_diffusion import DiffusionNPE, FlowMatchingNPE
+    from sbi_diffusion import ConsistencyNPE, DiffusionNPE, FlowMatchingNPE
 
     prior = problem.prior
     if method in OURS:
-        cls = DiffusionNPE if method == "diffusion_unet" else FlowMatchingNPE
+        cls = {
+            "diffusion_unet": DiffusionNPE,
+            "flow_matching_unet": FlowMatchingNPE,
+            "consistency_unet": ConsistencyNPE,
+        }[method]
         return cls(
             prior,
             net="unet",
