@@ -374,6 +374,44 @@ def test_embedding_net_on_high_dimensional_x():
         posterior.sample((10,), x=torch.zeros(49), show_progress_bars=False)
 
 
+def test_learned_embedding_trains_on_higher_noise_levels():
+    from sbi.neural_nets.embedding_nets import FCEmbedding
+
+    prior = MultivariateNormal(torch.zeros(2), torch.eye(2))
+
+    def schedule_of(cls=DiffusionNPE, **kwargs):
+        inference = cls(prior, show_progress_bars=False, **kwargs)
+        return inference._schedule
+
+    learned = FCEmbedding(input_dim=50, output_dim=8)
+    frozen = FCEmbedding(input_dim=50, output_dim=8).requires_grad_(False)
+    assert (schedule_of().p_mean, schedule_of().p_std) == (-1.2, 1.2)
+    assert schedule_of(embedding_net=frozen).p_mean == -1.2
+    wide = schedule_of(embedding_net=learned)
+    assert (wide.p_mean, wide.p_std) == (0.5, 1.5)
+    chosen = schedule_of(embedding_net=learned, schedule_kwargs={"p_mean": -1.0})
+    assert (chosen.p_mean, chosen.p_std) == (-1.0, 1.5)
+    other = schedule_of(embedding_net=learned, schedule="cosine")
+    assert not hasattr(other, "p_mean")
+    flow = schedule_of(FlowMatchingNPE, embedding_net=learned)
+    assert not hasattr(flow, "p_mean")
+    # 63% of the training noise levels above s = 1, against EDM's 16%
+    times = wide.sample_training_times(20_000, torch.Generator().manual_seed(0))
+    above = (wide.edm_sigma(times) > 1).float().mean()
+    assert abs(float(above) - 0.631) < 0.02
+
+
+def test_resolved_training_records_the_schedule(linear_gaussian):
+    theta = linear_gaussian.prior.sample((200,))
+    x = linear_gaussian.simulate(theta)
+    inference = DiffusionNPE(
+        linear_gaussian.prior, net_kwargs=NET_KWARGS, show_progress_bars=False
+    )
+    inference.append_simulations(theta, x).train(max_num_epochs=1)
+    schedule = inference.resolved_training["schedule"]
+    assert schedule.startswith("EDMVPSchedule(") and "p_mean=-1.2" in schedule
+
+
 def test_empirical_prior_when_prior_is_none(linear_gaussian):
     theta = linear_gaussian.prior.sample((300,))
     x = linear_gaussian.simulate(theta)

@@ -15,6 +15,9 @@ Methods:
   ``DiffusionNPE`` / ``FlowMatchingNPE`` / ``ConsistencyNPE`` (consistency
   training, two-step sampling by default) with ``net="unet"``; the image ``x``
   enters the U-Net as an extra input channel on the parameter grid.
+- ``consistency_distilled_unet``: ``ConsistencyNPE.distill`` of a
+  ``diffusion_unet`` teacher trained first with the same options (the row's
+  ``train_s`` is the sum; ``teacher_train_s`` the teacher's part).
 - ``npe_maf``, ``npe_nsf``, ``npse``, ``fmpe``: sbi's ``NPE`` (MAF, NSF),
   ``NPSE`` and ``FMPE`` with their defaults, on the flattened image.
 
@@ -52,7 +55,12 @@ from sbi_diffusion.benchmark.results import append_row, iter_json_lines
 sys.path.insert(0, str(Path(__file__).parent))
 from run_record import run_record  # noqa: E402
 
-OURS = ("diffusion_unet", "flow_matching_unet", "consistency_unet")
+OURS = (
+    "diffusion_unet",
+    "flow_matching_unet",
+    "consistency_unet",
+    "consistency_distilled_unet",
+)
 SBI_METHODS = ("npe_maf", "npe_nsf", "npse", "fmpe")
 METHODS = OURS + SBI_METHODS
 
@@ -115,6 +123,7 @@ def build(
             "diffusion_unet": DiffusionNPE,
             "flow_matching_unet": FlowMatchingNPE,
             "consistency_unet": ConsistencyNPE,
+            "consistency_distilled_unet": ConsistencyNPE,
         }[method]
         return cls(
             prior,
@@ -157,7 +166,14 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
         train_kwargs = {"seed": args.seed, "training_batch_size": args.batch_size}
         if args.max_num_steps is not None:
             train_kwargs["max_num_steps"] = args.max_num_steps
-    inference.train(**train_kwargs)
+    teacher = None
+    if method == "consistency_distilled_unet":
+        teacher, _ = build("diffusion_unet", problem, size, tuple(args.channels))
+        teacher.append_simulations(theta, data).train(**train_kwargs)
+        teacher_train_s = time.perf_counter() - start
+        inference.distill(teacher, max_num_epochs=10**6, **train_kwargs)
+    else:
+        inference.train(**train_kwargs)
     train_s = time.perf_counter() - start
     posterior = inference.build_posterior()
     per_observation = []
@@ -197,6 +213,9 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     for key in SCALARS + ("sample_s",):
         values = [entry[key] for entry in per_observation]
         row[key] = round(sum(values) / len(values), 4)
+    if teacher is not None:
+        row["teacher_train_s"] = round(teacher_train_s, 2)
+        row["teacher_training"] = teacher.resolved_training
     if method in OURS:
         row["resolved_training"] = inference.resolved_training
         row["unet_channels"] = list(args.channels)

@@ -81,6 +81,7 @@ def key(row: dict) -> str:
             "noise_floor": row.get("noise_floor"),
             "groups_per_simulation": row.get("groups_per_simulation", 1),
             "proposal_scale": row.get("proposal_scale", 1.0),
+            "global_options": row.get("global_options", {}),
         },
         sort_keys=True,
     )
@@ -108,6 +109,20 @@ def main() -> None:
         help="draw the training data sets' g from the prior widened this many "
         "times (HierarchicalNPE's global_proposal; with --groups-per-simulation)",
     )
+    parser.add_argument(
+        "--global-options",
+        type=json.loads,
+        default={},
+        help="JSON constructor options of the global model, e.g. '{\"schedule_"
+        'kwargs": {"p_mean": 0.5}}\'',
+    )
+    parser.add_argument(
+        "--configs",
+        type=int,
+        nargs="*",
+        default=None,
+        help="indices into CONFIGS (or BLOCK_CONFIGS) to run; all if not given",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -123,10 +138,12 @@ def main() -> None:
         args.seed,
         k,
         args.proposal_scale,
+        args.global_options,
     )
-    for G, comp, sampler, options, damping, batch, floor in (
-        CONFIGS if k == 1 else BLOCK_CONFIGS
-    ):
+    configs = CONFIGS if k == 1 else BLOCK_CONFIGS
+    if args.configs is not None:
+        configs = [configs[i] for i in args.configs]
+    for G, comp, sampler, options, damping, batch, floor in configs:
         row = {
             "G": G,
             "composition": comp,
@@ -139,6 +156,7 @@ def main() -> None:
             "num_simulations": args.num_simulations,
             "max_num_steps": args.max_num_steps,
             "proposal_scale": args.proposal_scale,
+            "global_options": args.global_options,
         }
         if key(row) in done:
             continue

@@ -108,12 +108,14 @@ def train_on_groups(
     seed: int,
     groups_per_simulation: int = 1,
     proposal_scale: float = 1.0,
+    global_options: dict | None = None,
 ):
     """A ``HierarchicalNPE`` trained on ``num_simulations`` simulated groups (the
     global RNG seeded with ``seed`` first), and the seconds it took: single
     groups for ``groups_per_simulation=1``, else ``num_simulations // k`` data
     sets of ``k`` groups that share ``g``; with ``proposal_scale`` != 1 their
-    ``g`` come from :meth:`HierarchicalGaussian.proposal` (data sets only)."""
+    ``g`` come from :meth:`HierarchicalGaussian.proposal` (data sets only).
+    ``global_options`` are constructor options of the global model."""
     from sbi_diffusion import HierarchicalNPE
 
     torch.manual_seed(seed)
@@ -128,7 +130,10 @@ def train_on_groups(
         )
     proposal = None if proposal_scale == 1.0 else model.proposal(proposal_scale)
     inference = HierarchicalNPE(
-        model.global_prior, model.local_prior, global_proposal=proposal
+        model.global_prior,
+        model.local_prior,
+        global_proposal=proposal,
+        global_options=global_options,
     )
     inference.append_simulations(g, loc, x)
     inference.train(max_num_steps=max_num_steps, seed=seed)

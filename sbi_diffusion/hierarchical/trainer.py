@@ -48,7 +48,13 @@ STANDARDIZATION_ROWS = 2000
 class _GroupDiffusionNPE(DiffusionNPE):
     """:class:`DiffusionNPE` whose denoiser takes ``x`` as it is: the group
     embeddings standardise their input themselves (see
-    :mod:`~sbi_diffusion.hierarchical.embedding`)."""
+    :mod:`~sbi_diffusion.hierarchical.embedding`).
+
+    Its set embeddings train with EDM's noise distribution, on which the
+    hierarchical benchmarks were measured (``benchmarks/hierarchical``), not
+    with :class:`DiffusionNPE`'s wider one for learned embeddings."""
+
+    learned_embedding_schedule_kwargs: dict[str, float] = {}
 
     def _build_denoiser(self, theta: Tensor, x: Tensor) -> Denoiser:
         denoiser = super()._build_denoiser(theta, x)

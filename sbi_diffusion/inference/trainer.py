@@ -85,6 +85,12 @@ from sbi_diffusion.samplers import get_sampler
 
 __all__ = ["VectorFieldInference", "DiffusionNPE", "FlowMatchingNPE"]
 
+
+def has_trainable_parameters(net: nn.Module | None) -> bool:
+    """Whether ``net`` is a module with a parameter that requires a gradient."""
+    return net is not None and any(p.requires_grad for p in net.parameters())
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -145,6 +151,9 @@ class VectorFieldInference(InferenceBase):
     #: whether the residual MLPs' width and depth default to
     #: :func:`~sbi_diffusion.nets.sizing.mlp_size` (else to the nets' defaults)
     sizes_net_by_budget: bool = True
+    #: options of the default schedule used when ``embedding_net`` has trainable
+    #: parameters (those in ``schedule_kwargs`` take precedence)
+    learned_embedding_schedule_kwargs: dict[str, float] = {}
 
     def __init__(
         self,
@@ -176,7 +185,13 @@ class VectorFieldInference(InferenceBase):
             show_progress_bars=show_progress_bars,
         )
         schedule = self.default_schedule if schedule is None else schedule
-        self._schedule = get_schedule(schedule, **(schedule_kwargs or {}))
+        schedule_kwargs = dict(schedule_kwargs or {})
+        if schedule == self.default_schedule and has_trainable_parameters(
+            embedding_net
+        ):
+            defaults = self.learned_embedding_schedule_kwargs
+            schedule_kwargs = {**defaults, **schedule_kwargs}
+        self._schedule = get_schedule(schedule, **schedule_kwargs)
         self._parameterization = get_parameterization(
             self.default_parameterization
             if parameterization is None
@@ -424,6 +439,7 @@ class VectorFieldInference(InferenceBase):
             if self._theta_transform_spec is None
             or isinstance(self._theta_transform_spec, str)
             else " ".join(repr(self._theta_transform_spec).split()),
+            "schedule": repr(self._schedule),
             "max_num_steps": budget.total_steps,
             "patience_steps": budget.patience,
             "steps_trained": self._progress.steps_done,
@@ -539,6 +555,16 @@ class DiffusionNPE(VectorFieldInference):
     DPM-Solver++(2M) (Lu et al. 2022), 20 steps (21 network evaluations), chosen
     by benchmark against EDM's Heun sampler (``benchmarks/training_speed``,
     "Evidence behind defaults").
+
+    Training draws the noise level ``s = sigma / alpha`` as ``log s ~ N(P_mean,
+    P_std^2)`` with EDM's ``(-1.2, 1.2)``, which puts 16% of the training above
+    ``s = 1``. With an ``embedding_net`` that has trainable parameters (images,
+    sets, time series) the default is ``(0.5, 1.5)`` instead, 63% above
+    ``s = 1``: the embedding learns only through the part of the denoiser that
+    depends on ``x``, and that part dominates at high noise, where
+    ``x_hat(z_t, t | x) -> E[theta | x]``. Pass ``schedule_kwargs={"p_mean":
+    ..., "p_std": ...}`` to choose. Evidence: ``benchmarks/fields/README.md``,
+    problem (b).
     """
 
     default_schedule = "edm_vp"
@@ -546,6 +572,7 @@ class DiffusionNPE(VectorFieldInference):
     default_weighting = "edm"
     default_sampler = "dpm++2m"
     default_sampler_options = {"steps": 20}
+    learned_embedding_schedule_kwargs = {"p_mean": 0.5, "p_std": 1.5}
 
 
 class FlowMatchingNPE(VectorFieldInference):

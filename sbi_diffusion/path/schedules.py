@@ -349,6 +349,13 @@ class EDMSchedule(Schedule):
         self.p_mean, self.p_std = p_mean, p_std
         self.t_min, self.t_max = 0.0, 1.0
 
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(sigma_min={self.sigma_min}, "
+            f"sigma_max={self.sigma_max}, rho={self.rho}, p_mean={self.p_mean}, "
+            f"p_std={self.p_std})"
+        )
+
     def edm_sigma(self, t: Tensor) -> Tensor:
         """The EDM noise level ``sigma(t)`` of the rho-grid."""
         inv_rho = 1.0 / self.rho
