@@ -564,7 +564,9 @@ class DiffusionNPE(VectorFieldInference):
     depends on ``x``, and that part dominates at high noise, where
     ``x_hat(z_t, t | x) -> E[theta | x]``. Pass ``schedule_kwargs={"p_mean":
     ..., "p_std": ...}`` to choose. Evidence: ``benchmarks/fields/README.md``,
-    problem (b).
+    problem (b); without an embedding, higher levels trade the low-noise
+    accuracy that sharp sbibm posteriors need (``benchmarks/README.md``, "The
+    training noise levels on bernoulli_glm").
     """
 
     default_schedule = "edm_vp"
