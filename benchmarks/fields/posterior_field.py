@@ -17,7 +17,8 @@ Methods:
   enters the U-Net as an extra input channel on the parameter grid.
 - ``consistency_distilled_unet``: ``ConsistencyNPE.distill`` of a
   ``diffusion_unet`` teacher trained first with the same options (the row's
-  ``train_s`` is the sum; ``teacher_train_s`` the teacher's part).
+  ``train_s`` is the sum; ``teacher_train_s`` the teacher's part), distilled
+  for ``--distill-steps`` optimiser steps (default: ``--max-num-steps``).
 - ``npe_maf``, ``npe_nsf``, ``npse``, ``fmpe``: sbi's ``NPE`` (MAF, NSF),
   ``NPSE`` and ``FMPE`` with their defaults, on the flattened image.
 
@@ -171,7 +172,10 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
         teacher, _ = build("diffusion_unet", problem, size, tuple(args.channels))
         teacher.append_simulations(theta, data).train(**train_kwargs)
         teacher_train_s = time.perf_counter() - start
-        inference.distill(teacher, max_num_epochs=10**6, **train_kwargs)
+        distill_kwargs = dict(train_kwargs)
+        if args.distill_steps is not None:
+            distill_kwargs["max_num_steps"] = args.distill_steps
+        inference.distill(teacher, max_num_epochs=10**6, **distill_kwargs)
     else:
         inference.train(**train_kwargs)
     train_s = time.perf_counter() - start
@@ -214,6 +218,7 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
         values = [entry[key] for entry in per_observation]
         row[key] = round(sum(values) / len(values), 4)
     if teacher is not None:
+        row["distill_steps"] = args.distill_steps
         row["teacher_train_s"] = round(teacher_train_s, 2)
         row["teacher_training"] = teacher.resolved_training
     if method in OURS:
@@ -280,6 +285,12 @@ def main() -> None:
         "--max-num-steps", type=int, default=None, help="ours; the trainer's if None"
     )
     parser.add_argument("--batch-size", type=int, default=128, help="ours")
+    parser.add_argument(
+        "--distill-steps",
+        type=int,
+        default=None,
+        help="consistency_distilled_unet: distillation steps (--max-num-steps if None)",
+    )
     parser.add_argument(
         "--channels",
         type=int,
