@@ -215,10 +215,15 @@ def main() -> None:
     done = {key(r) for _, r in iter_json_lines(output)}
     for size in args.sizes:
         for method in args.methods:
-            options = json.dumps(
-                [args.train_options, args.init_options], sort_keys=True
-            )
-            if (size, method, args.num_simulations, args.seed, options) in done:
+            planned = {
+                "size": size,
+                "method": method,
+                "num_simulations": args.num_simulations,
+                "seed": args.seed,
+                "train_options": args.train_options,
+                "init_options": args.init_options,
+            }
+            if key(planned) in done:
                 print(f"skip N={size} {method}: in {output}", flush=True)
                 continue
             start = time.perf_counter()

@@ -32,6 +32,7 @@ from copy import deepcopy
 import torch
 from torch import Tensor, nn
 
+from sbi_diffusion.nets.registry import has_trainable_parameters
 from sbi_diffusion.path.parameterizations import PathPoint
 
 __all__ = ["NoiseBandNet", "NoiseBandSelection"]
@@ -135,13 +136,6 @@ class NoiseBandNet(nn.Module):
         return torch.cat(pieces)[torch.argsort(order)]
 
 
-def _has_trainable_embedding(model: nn.Module) -> bool:
-    embedding = getattr(model, "embedding_net", None)
-    return embedding is not None and any(
-        p.requires_grad for p in embedding.parameters()
-    )
-
-
 class NoiseBandSelection:
     r"""Per-band early stopping: the weights with the lowest validation loss on
     each of ``K`` noise bands, combined into a :class:`NoiseBandNet`.
@@ -183,7 +177,8 @@ class NoiseBandSelection:
                 f"noise_bands > 1 needs a model with a network `net`; "
                 f"{type(model).__name__} has none."
             )
-        if self.num_bands > 1 and _has_trainable_embedding(model):
+        embedding = getattr(model, "embedding_net", None)
+        if self.num_bands > 1 and has_trainable_parameters(embedding):
             raise ValueError(
                 "noise_bands > 1 is not available with a trainable embedding net: "
                 "the bands would share an embedding trained to a different point. "

@@ -77,18 +77,13 @@ from sbi_diffusion.model.theta_transform import (
     check_theta_transform,
     resolve_theta_transform,
 )
-from sbi_diffusion.nets import check_net_options
+from sbi_diffusion.nets.registry import check_net_options, has_trainable_parameters
 from sbi_diffusion.path.parameterizations import get_parameterization
 from sbi_diffusion.path.schedules import get_schedule
 from sbi_diffusion.path.weightings import check_weighting
 from sbi_diffusion.samplers import get_sampler
 
 __all__ = ["VectorFieldInference", "DiffusionNPE", "FlowMatchingNPE"]
-
-
-def has_trainable_parameters(net: nn.Module | None) -> bool:
-    """Whether ``net`` is a module with a parameter that requires a gradient."""
-    return net is not None and any(p.requires_grad for p in net.parameters())
 
 
 logger = logging.getLogger(__name__)

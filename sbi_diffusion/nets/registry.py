@@ -17,7 +17,7 @@ from torch import nn
 from sbi_diffusion.nets.mlp import AdaLNMLP, ResidualMLP
 from sbi_diffusion.nets.unet import UNet
 
-__all__ = ["NETS", "build_net", "check_net_options"]
+__all__ = ["NETS", "build_net", "check_net_options", "has_trainable_parameters"]
 
 NETS: dict[str, type[nn.Module]] = {
     "mlp": ResidualMLP,
@@ -82,3 +82,8 @@ def check_net_options(net: str | nn.Module, net_kwargs: dict) -> None:
     input_dim_of = getattr(cls, "input_dim_of", None)
     input_dim = 1 if input_dim_of is None else input_dim_of(net_kwargs)
     cls(input_dim, 1, **net_kwargs)
+
+
+def has_trainable_parameters(net: nn.Module | None) -> bool:
+    """Whether ``net`` is a module with a parameter that requires a gradient."""
+    return net is not None and any(p.requires_grad for p in net.parameters())
