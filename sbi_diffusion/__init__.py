@@ -15,6 +15,11 @@ from sbi_diffusion.inference import (
     FlowMatchingNPE,
 )
 from sbi_diffusion.inference.density_thresholder import get_density_thresholder
+from sbi_diffusion.inference.likelihood import (
+    DiffusionLikelihood,
+    DiffusionNLE,
+    FlowMatchingNLE,
+)
 from sbi_diffusion.inference.truncation import (
     DensityRegion,
     SampleRegion,
@@ -33,10 +38,13 @@ __all__ = [
     "LikelihoodTemperature",
     "PriorSwap",
     "ConsistencyNPE",
+    "DiffusionNLE",
     "DiffusionNPE",
+    "FlowMatchingNLE",
     "FlowMatchingNPE",
     "HierarchicalNPE",
     "JointDiffusion",
+    "DiffusionLikelihood",
     "DiffusionPosterior",
     "DensityRegion",
     "Denoiser",

@@ -32,6 +32,7 @@ from sbi_diffusion.density import (
     ode_sample_log_prob,
     resolve_log_prob_solver,
 )
+from sbi_diffusion.model import ConditionedDenoiser
 from sbi_diffusion.model.interface import DenoiseFn
 from sbi_diffusion.samplers import Solver
 from sbi_diffusion.samplers.noise import initial_noise
@@ -123,40 +124,16 @@ class ProbabilityFlowDensity:
                 derivatives of the network; the bridge is not a probability-flow
                 ODE of one distribution).
         """
-        if isinstance(solver, Solver):
-            settings = {
-                "divergence": divergence,
-                "num_probes": num_probes,
-                "rtol": rtol,
-                "atol": atol,
-                "steps": steps,
-                "probe_basis": probe_basis,
-            }
-            unknown = set(solver.options) - set(settings)
-            if unknown:
-                raise ValueError(
-                    f"log_prob's solver takes the options {sorted(settings)}, "
-                    f"not {sorted(unknown)}."
-                )
-            settings.update(solver.options)
-            divergence, num_probes = settings["divergence"], settings["num_probes"]
-            rtol, atol, steps = settings["rtol"], settings["atol"], settings["steps"]
-            probe_basis = settings["probe_basis"]
-            solver = solver.name
+        solver, ode_options = _density_settings(
+            solver,
+            divergence=divergence,
+            num_probes=num_probes,
+            rtol=rtol,
+            atol=atol,
+            steps=steps,
+            probe_basis=probe_basis,
+        )
         x = self._check_x(self._resolve_x(x), allow_batch=True)
-        theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
-        if tuple(theta.shape) == tuple(self.theta_shape):
-            theta = theta.unsqueeze(0)
-        if tuple(theta.shape[1:]) != tuple(self.theta_shape):
-            raise ValueError(
-                f"theta has shape {tuple(theta.shape)}; expected (batch, "
-                f"*{tuple(self.theta_shape)})."
-            )
-        z = self.estimator.to_z(theta).reshape(theta.shape[0], -1)
-        # rows a change of variables cannot map (outside the support) get -inf;
-        # a placeholder keeps them from stalling the batch's adaptive steps
-        mapped = torch.isfinite(z).all(dim=1)
-        z = torch.where(mapped[:, None], z, torch.zeros_like(z))
         if x.shape[0] > 1:
             method = self.iid_method if iid_method is None else iid_method
             if method not in ("gauss", "factorized"):
@@ -171,17 +148,120 @@ class ProbabilityFlowDensity:
             )
         else:
             denoise = self.denoiser_for(x)
-        log_p = self.standardized_log_prob(
-            lambda rows: denoise,
-            z,
-            solver=solver,
-            steps=steps,
+        theta = self._theta_rows(theta)
+        return self._log_prob_of_rows(
+            theta, lambda rows: denoise, solver, generator=generator, **ode_options
+        )
+
+    def log_prob_batched(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        track_gradients: bool = False,
+        divergence: str = "auto",
+        num_probes: int = 1,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        generator: torch.Generator | None = None,
+        solver: str | Solver = "auto",
+        steps: int | None = None,
+        probe_basis: Tensor | None = None,
+    ) -> Tensor:
+        r"""``log p(theta_sb | x_b)`` for a batch of observations, each with its
+        own parameters, in one batched probability-flow ODE solve (sbi's
+        ``log_prob_batched``).
+
+        Each ``x_b`` is one observation, not a set of i.i.d. trials; the
+        density of each pair is that of :meth:`log_prob` (the same equation
+        and options).
+
+        Args:
+            theta: ``(*sample_shape, B, *theta_shape)``.
+            x: ``(B, *x_shape)``.
+            track_gradients, divergence, num_probes, rtol, atol, generator,
+                solver, steps, probe_basis: as in :meth:`log_prob`.
+
+        Returns:
+            Log densities of shape ``(*sample_shape, B)``.
+
+        Raises:
+            ValueError: if ``theta``'s trailing dimensions are not ``(B,
+                *theta_shape)`` for the ``B`` rows of ``x``.
+        """
+        solver, ode_options = _density_settings(
+            solver,
             divergence=divergence,
             num_probes=num_probes,
             rtol=rtol,
             atol=atol,
-            generator=generator,
+            steps=steps,
             probe_basis=probe_basis,
+        )
+        x = self._check_x(torch.as_tensor(x), allow_batch=True)
+        theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
+        num_x, event = x.shape[0], len(self.theta_shape)
+        if (
+            theta.dim() < event + 1
+            or tuple(theta.shape[theta.dim() - event :]) != tuple(self.theta_shape)
+            or theta.shape[theta.dim() - event - 1] != num_x
+        ):
+            raise ValueError(
+                f"theta has shape {tuple(theta.shape)}; log_prob_batched expects "
+                f"(*sample_shape, {num_x}, *{tuple(self.theta_shape)}) for the "
+                f"{num_x} rows of x."
+            )
+        sample_shape = theta.shape[: theta.dim() - event - 1]
+        with torch.no_grad():
+            embeddings = self.estimator.embed_condition(x)
+        # sample-major rows: row i * B + b has the condition x_b
+        embeddings = embeddings.repeat(int(sample_shape.numel()), 1)
+
+        def make_denoise(rows: Tensor) -> DenoiseFn:
+            return ConditionedDenoiser(self.estimator, embeddings[rows])
+
+        log_p = self._log_prob_of_rows(
+            theta.reshape(-1, *self.theta_shape),
+            make_denoise,
+            solver,
+            generator=generator,
+            **ode_options,
+        )
+        return log_p.reshape(*sample_shape, num_x)
+
+    def _theta_rows(self, theta: Tensor) -> Tensor:
+        """``theta`` as ``(batch, *theta_shape)`` (one row for ``theta_shape``).
+
+        Raises:
+            ValueError: for any other shape.
+        """
+        theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
+        if tuple(theta.shape) == tuple(self.theta_shape):
+            theta = theta.unsqueeze(0)
+        if tuple(theta.shape[1:]) != tuple(self.theta_shape):
+            raise ValueError(
+                f"theta has shape {tuple(theta.shape)}; expected (batch, "
+                f"*{tuple(self.theta_shape)})."
+            )
+        return theta
+
+    def _log_prob_of_rows(
+        self,
+        theta: Tensor,
+        make_denoise: Callable[[Tensor], DenoiseFn],
+        solver: str,
+        **ode_options: Any,
+    ) -> Tensor:
+        """``log p(theta)`` of the rows ``theta`` ``(batch, *theta_shape)`` in the
+        original space, the rows ``rows`` integrated with ``make_denoise(rows)``
+        (:meth:`standardized_log_prob`), plus the log-determinant of a
+        ``theta_transform``; ``-inf`` outside the prior support."""
+        z = self.estimator.to_z(theta).reshape(theta.shape[0], -1)
+        # rows a change of variables cannot map (outside the support) get -inf;
+        # a placeholder keeps them from stalling the batch's adaptive steps
+        mapped = torch.isfinite(z).all(dim=1)
+        z = torch.where(mapped[:, None], z, torch.zeros_like(z))
+        log_p = self.standardized_log_prob(
+            make_denoise, z, solver=solver, **ode_options
         )
         log_p = log_p + self.estimator.transform_log_abs_det(theta)
         inside = within_support(self.prior, theta).reshape(-1) & mapped
@@ -335,3 +415,26 @@ class ProbabilityFlowDensity:
             ]
         )
         return log_p - self.estimator.log_abs_det()
+
+
+def _density_settings(
+    solver: str | Solver, **settings: Any
+) -> tuple[str, dict[str, Any]]:
+    """The solver name and the ODE options of a density call: ``settings``
+    (``divergence``, ``num_probes``, ``rtol``, ``atol``, ``steps``,
+    ``probe_basis``) updated by the options of a
+    :class:`~sbi_diffusion.samplers.Solver`.
+
+    Raises:
+        ValueError: for a ``Solver`` with an option that is not one of these.
+    """
+    if isinstance(solver, Solver):
+        unknown = set(solver.options) - set(settings)
+        if unknown:
+            raise ValueError(
+                f"log_prob's solver takes the options {sorted(settings)}, "
+                f"not {sorted(unknown)}."
+            )
+        settings.update(solver.options)
+        solver = solver.name
+    return solver, settings

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 from sbi.inference.posteriors import MCMCPosterior
-from sbi.inference.potentials.base_potential import BasePotential
 from sbi.utils.sbiutils import mcmc_transform
 from torch import Tensor
 from torch.distributions import Distribution
 
+from sbi_diffusion.inference.likelihood_potential import LikelihoodPotential
 from sbi_diffusion.joint.posterior import JointLikelihood, JointPosterior
 
 __all__ = [
@@ -42,51 +42,8 @@ def check_mcmc_init(mcmc_init: str) -> str:
     return mcmc_init
 
 
-class JointLikelihoodPotential(BasePotential):
-    r"""Unnormalised posterior ``sum_i log p(x_i | theta) + log p(theta)`` with the
-    learned likelihood, for sbi's MCMC samplers (the NLE recipe, Papamakarios et
-    al. 2019, with the joint model's likelihood).
-
-    The observations ``x_o`` ``(N, *x_shape)`` are i.i.d.; every
-    ``(theta, x_i)`` pair goes through one batched probability-flow ODE. The
-    density has no gradient (ODE solve), so use gradient-free samplers (slice
-    sampling), not HMC/NUTS.
-
-    Args:
-        likelihood: the learned likelihood.
-        prior: the prior.
-        x_o: observations, or None (set later with ``set_x``).
-        device: device.
-        log_prob_options: options of :meth:`JointLikelihood.log_prob` (e.g.
-            ``{"rtol": 1e-3, "atol": 1e-3}``).
-    """
-
-    def __init__(
-        self,
-        likelihood: JointLikelihood,
-        prior: Distribution,
-        x_o: Tensor | None = None,
-        device: str | torch.device = "cpu",
-        log_prob_options: Mapping[str, Any] | None = None,
-    ):
-        self.likelihood = likelihood
-        self.log_prob_options = dict(log_prob_options or {})
-        super().__init__(prior, x_o, device=device)
-
-    def set_x(self, x_o: Tensor | None, x_is_iid: bool | None = True, **kwargs):
-        """Set the (i.i.d.) observations."""
-        super().set_x(x_o, x_is_iid=x_is_iid)
-
-    def __call__(self, theta: Tensor, track_gradients: bool = True) -> Tensor:
-        theta = torch.as_tensor(theta, dtype=torch.float32).to(self.device)
-        theta = theta.reshape(-1, *self.likelihood.model.theta_shape)
-        x_o = self.x_o.reshape(-1, *self.likelihood.model.x_shape)
-        num_theta, num_x = theta.shape[0], x_o.shape[0]
-        thetas = theta.repeat_interleave(num_x, dim=0)
-        xs = x_o.repeat(num_theta, *([1] * (x_o.dim() - 1)))
-        log_lik = self.likelihood.log_prob(xs, theta=thetas, **self.log_prob_options)
-        log_lik = log_lik.reshape(num_theta, num_x).sum(1)
-        return log_lik + self.prior.log_prob(theta)
+JointLikelihoodPotential = LikelihoodPotential
+"""The potential of the joint model's likelihood (:class:`LikelihoodPotential`)."""
 
 
 class JointPosteriorProposal:
@@ -119,7 +76,7 @@ class JointPosteriorProposal:
     def __init__(
         self,
         posterior: JointPosterior,
-        potential: JointLikelihoodPotential,
+        potential: LikelihoodPotential,
         prior: Distribution,
     ):
         self.posterior = posterior

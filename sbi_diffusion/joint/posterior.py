@@ -463,6 +463,16 @@ class JointLikelihood(JointConditional):
         mask = torch.arange(model.dim) < model.theta_dim
         super().__init__(model, mask, **kwargs)
 
+    @property
+    def theta_shape(self) -> torch.Size:
+        """Shape of one parameter set."""
+        return torch.Size(self.model.theta_shape)
+
+    @property
+    def x_shape(self) -> torch.Size:
+        """Shape of one observation."""
+        return torch.Size(self.model.x_shape)
+
     def _theta_rows(self, theta: Tensor | None) -> Tensor | None:
         if theta is None:
             return None
