@@ -1,5 +1,10 @@
 """sbi trainers and posteriors."""
 
+from sbi_diffusion.inference.likelihood import (
+    DiffusionLikelihood,
+    DiffusionNLE,
+    FlowMatchingNLE,
+)
 from sbi_diffusion.inference.posterior import DiffusionPosterior, DiffusionPotential
 from sbi_diffusion.inference.trainer import (
     DiffusionNPE,
@@ -8,6 +13,9 @@ from sbi_diffusion.inference.trainer import (
 )
 
 __all__ = [
+    "DiffusionLikelihood",
+    "DiffusionNLE",
+    "FlowMatchingNLE",
     "DiffusionNPE",
     "FlowMatchingNPE",
     "VectorFieldInference",
