@@ -174,6 +174,8 @@ def test_nle_errors():
         inference.train()
     theta = torch.randn(40, 2)
     inference.append_simulations(theta, theta + torch.randn(40, 2))
+    # any proposal is valid for a likelihood (e.g. a posterior, as in SNLE)
+    inference.append_simulations(theta, theta, proposal=object())
     inference.train(max_num_epochs=1)
     with pytest.raises(ValueError, match="needs a prior"):
         inference.build_posterior()
