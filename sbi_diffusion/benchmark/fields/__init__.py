@@ -5,6 +5,10 @@
   and :func:`field_posterior_metrics` scores posterior samples against it.
 - Problem (b), :class:`FieldParametersProblem`: infer the amplitude and spectral
   exponent of a field from one image of it; scored by :func:`nrmse`.
+- Problem (c), emulation: the likelihood of problem (b), ``x | theta``, learned
+  and sampled as an emulator of :meth:`FieldParametersProblem.simulate`
+  (``benchmarks/fields/field_emulation.py``: a classifier test against
+  simulated fields, and their power spectrum against the exact one).
 
 Fields are flat vectors of ``N * N`` pixels (row-major); observations are images
 ``(n, 1, N, N)``. The Fourier conventions are in :mod:`.spectra`. These problems
