@@ -390,3 +390,45 @@ def test_density_thresholder_drop_in(small_posterior):
         ours(posterior, num_samples_to_estimate_support=10, cheap_steps=0)
     with pytest.raises(ValueError, match="'auto'"):
         ours(posterior, num_samples_to_estimate_support=10, cheap_steps="fast")
+
+
+def test_enclosing_sets_leave_out_stray_support_samples(small_posterior, monkeypatch):
+    """Support samples whose path density passed the threshold but which the
+    region itself rejects (a sampler's stray draws) do not widen the enclosing
+    box and ellipsoid."""
+    from sbi_diffusion import get_density_thresholder as ours
+    from sbi_diffusion.inference.truncation import inside_all
+
+    _, posterior = small_posterior
+    stray = torch.tensor([[3.0, 3.0]])
+    original = posterior.sample_with_log_prob
+
+    def with_strays(sample_shape, **kwargs):
+        theta, log_p = original(sample_shape, **kwargs)
+        theta[:3] = stray
+        log_p[:3] = log_p.max()
+        return theta, log_p
+
+    monkeypatch.setattr(posterior, "sample_with_log_prob", with_strays)
+    torch.manual_seed(4)
+    pruned = ours(posterior, quantile=0.05, num_samples_to_estimate_support=4000)
+    torch.manual_seed(4)
+    unpruned = ours(
+        posterior,
+        quantile=0.05,
+        num_samples_to_estimate_support=4000,
+        enclosing_probes=0,
+    )
+    record = pruned.build_record
+    json.dumps(record)
+    assert record["enclosing_pruned"] >= 3
+    assert record["ellipsoid_radius2"] < record["ellipsoid_radius2_unpruned"]
+    assert inside_all(unpruned.enclosing_regions, stray).all()
+    assert not inside_all(pruned.enclosing_regions, stray).any()
+    # the counters count sampling only, and the region keeps the posterior's
+    # mass: about 95% of fresh samples inside, as without the strays
+    assert pruned.num_evaluated == 0 and pruned.num_checked == 0
+    monkeypatch.undo()
+    fresh = posterior.sample((2000,), show_progress_bars=False)
+    assert 0.92 < pruned(fresh).float().mean() < 0.98
+    assert (pruned(fresh) == unpruned(fresh)).all()
