@@ -53,10 +53,6 @@ THRESHOLDER_EXACT_MAX_DIM = 2
 CHEAP_STEP_CHOICES = (8, 16, 32)
 """The cheap passes ``cheap_steps="auto"`` chooses among."""
 
-ENCLOSING_PROBES = 2_000
-"""Extreme support samples :func:`get_density_thresholder` decides before it
-draws the enclosing box and ellipsoid (``enclosing_probes``)."""
-
 PROBE_BASIS_SAMPLES = 10_000
 """Posterior samples the probe basis of :func:`get_density_thresholder` is
 estimated from (:func:`posterior_covariance_basis`)."""
@@ -72,7 +68,6 @@ def get_density_thresholder(
     density_steps: int = 64,
     box_margin: float = 0.1,
     cheap_steps: int | str | None = "auto",
-    enclosing_probes: int = ENCLOSING_PROBES,
     show_progress_bars: bool = False,
 ) -> DensityRegion:
     r"""sbi's ``get_density_thresholder`` for this package's posteriors, with the
@@ -152,14 +147,6 @@ def get_density_thresholder(
             truncated prior 1.26x faster than 8 steps;
             ``benchmarks/sequential/README.md``). Measuring the candidates
             costs a few seconds per region.
-        enclosing_probes: the most extreme support samples (largest
-            Mahalanobis distance, and lowest and highest in each coordinate;
-            about this many) that the region decides before the enclosing
-            sets are drawn around the samples: those outside the region (a
-            sampler's stray draws, whose path density passed the threshold by
-            the quadrature's or Hutchinson's error) no longer widen the box
-            and ellipsoid. 0 draws them around all support samples above the
-            threshold.
         show_progress_bars: show a tqdm bar over the support samples.
 
     Returns:
@@ -221,7 +208,12 @@ def get_density_thresholder(
     threshold = float(torch.kthvalue(log_p.double().cpu(), rank).values)
     region_solver = Solver("heun", steps=int(density_steps))
     flat = samples.reshape(num_samples, -1)
-    enclosing = _enclosing_regions(flat[log_p >= threshold], box_margin)
+    enclosing = [
+        SampleRegion(
+            flat[log_p >= threshold], shape=shape, quantile=1e-12, margin=box_margin
+        )
+        for shape in REGION_SHAPES
+    ]
     band_record: dict[str, Any] = {
         "cheap_steps": cheap_steps,
         "cheap_steps_requested": cheap_steps,
@@ -247,12 +239,6 @@ def get_density_thresholder(
         band_record.update(measured)
     region = DensityRegion(posterior, x, threshold, band, cheap_solver, region_solver)
     region.enclosing_regions = enclosing
-    if enclosing_probes:
-        enclosing, pruning = _pruned_enclosing_regions(
-            region, flat[log_p >= threshold], box_margin, int(enclosing_probes)
-        )
-        region.enclosing_regions = enclosing
-        band_record.update(pruning)
     region.build_record = {
         "quantile": float(quantile),
         "num_samples": num_samples,
@@ -265,58 +251,6 @@ def get_density_thresholder(
         **band_record,
     }
     return region
-
-
-def _enclosing_regions(samples: Tensor, margin: float) -> list[SampleRegion]:
-    """The box and the ellipsoid around all of ``samples`` (their extremes,
-    widened by ``margin``)."""
-    return [
-        SampleRegion(samples, shape=shape, quantile=1e-12, margin=margin)
-        for shape in REGION_SHAPES
-    ]
-
-
-def _pruned_enclosing_regions(
-    region: DensityRegion, samples: Tensor, margin: float, probes: int
-) -> tuple[list[SampleRegion], dict[str, Any]]:
-    """The enclosing box and ellipsoid around ``samples`` without those of the
-    most extreme ones that ``region`` rejects, and a JSON-able record.
-
-    The extremes are the ``probes`` samples of largest Mahalanobis distance in
-    the ellipsoid around all samples, and the ``probes / (2 d)`` lowest and
-    highest in each of the ``d`` coordinates. The region's counters of
-    evaluated and checked points are left as they were."""
-    start = time.perf_counter()
-    num, dim = samples.shape
-    first = region.enclosing_regions
-    ellipsoid = first[REGION_SHAPES.index("ellipsoid")]
-    k = min(probes, num)
-    per_side = min(max(1, probes // (2 * dim)), num)
-    extremes = [torch.topk(ellipsoid._mahalanobis2(samples.double()), k).indices]
-    for j in range(dim):
-        extremes.append(torch.topk(samples[:, j], per_side).indices)
-        extremes.append(torch.topk(samples[:, j], per_side, largest=False).indices)
-    probed = torch.unique(torch.cat(extremes).to(samples.device))
-    counters = region.num_evaluated, region.num_checked
-    region.enclosing_regions = []
-    keep = torch.ones(num, dtype=torch.bool, device=samples.device)
-    keep[probed] = region(samples[probed])
-    region.enclosing_regions = first
-    region.num_evaluated, region.num_checked = counters
-    record = {
-        "enclosing_probes": int(probed.numel()),
-        "enclosing_pruned": int((~keep).sum()),
-        "ellipsoid_radius2_unpruned": float(ellipsoid.radius2),
-    }
-    if keep.all() or int(keep.sum()) < 2:
-        pruned = first
-    else:
-        pruned = _enclosing_regions(samples[keep], margin)
-    record["ellipsoid_radius2"] = float(
-        pruned[REGION_SHAPES.index("ellipsoid")].radius2
-    )
-    record["enclosing_s"] = round(time.perf_counter() - start, 3)
-    return pruned, record
 
 
 def _draws_inside(prior: Any, regions: list[SampleRegion], num: int) -> Tensor:
