@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,13 +29,18 @@ from sbi_diffusion.benchmark.tasks import load_task
 def add_common_arguments(
     parser: argparse.ArgumentParser, default_tasks: list[str], default_output: str
 ) -> None:
-    """``--tasks``, ``--num-simulations``, ``--support-samples``, ``--threads``
-    and ``--output``."""
+    """``--tasks``, ``--num-simulations``, ``--support-samples``, ``--threads``,
+    ``--output`` and ``--model-cache``."""
     parser.add_argument("--tasks", nargs="+", default=default_tasks)
     parser.add_argument("--num-simulations", type=int, default=1000)
     parser.add_argument("--support-samples", type=int, default=1_000_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=default_output)
+    parser.add_argument(
+        "--model-cache",
+        default=None,
+        help="folder of trained estimators: train once, reuse in later runs",
+    )
 
 
 @dataclass
@@ -80,6 +86,9 @@ def default_posteriors(args: argparse.Namespace) -> Iterator[DefaultPosterior]:
     for task_name in args.tasks:
         task = load_task(task_name)
         spec = parse("diffusion")
-        trained = train_or_load(task_name, task, spec, args.num_simulations, 0, "cpu")
+        cache = Path(args.model_cache) if args.model_cache else None
+        trained = train_or_load(
+            task_name, task, spec, args.num_simulations, 0, "cpu", cache=cache
+        )
         posterior = trained.posterior.set_default_x(task.get_observation(1))
         yield DefaultPosterior(task_name, task, spec, trained, posterior)
