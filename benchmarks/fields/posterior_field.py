@@ -104,7 +104,15 @@ def run_key(row: dict[str, Any]) -> tuple:
     channels = None
     if row["method"] in OURS:
         channels = tuple(row.get("unet_channels") or DEFAULT_CHANNELS)
-    return (row["size"], row["method"], row["num_simulations"], row["seed"], channels)
+    distill_steps = row.get("distill_steps")
+    return (
+        row["size"],
+        row["method"],
+        row["num_simulations"],
+        row["seed"],
+        channels,
+        distill_steps,
+    )
 
 
 def build(
@@ -325,6 +333,11 @@ def main() -> None:
                     "num_simulations": args.num_simulations,
                     "seed": args.seed,
                     "unet_channels": args.channels,
+                    "distill_steps": (
+                        args.distill_steps
+                        if method == "consistency_distilled_unet"
+                        else None
+                    ),
                 }
             )
             if key in done:
