@@ -48,7 +48,11 @@ from sbi_diffusion.benchmark.fields.spectra import fourier, radial_average
 from sbi_diffusion.benchmark.results import append_row, iter_json_lines
 
 sys.path.insert(0, str(Path(__file__).parent))
-from posterior_field import DEFAULT_CHANNELS, unet_kwargs  # noqa: E402
+from posterior_field import (  # noqa: E402
+    DEFAULT_CHANNELS,
+    unet_kwargs,
+    unet_train_kwargs,
+)
 from run_record import run_record  # noqa: E402
 
 OURS = ("diffusion_unet", "flow_matching_unet")
@@ -113,11 +117,7 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     data = x if method in OURS else x.reshape(len(x), -1)
     start = time.perf_counter()
     inference.append_simulations(theta, data)
-    train_kwargs: dict[str, Any] = {}
-    if method in OURS:
-        train_kwargs = {"seed": args.seed, "training_batch_size": args.batch_size}
-        if args.max_num_steps is not None:
-            train_kwargs["max_num_steps"] = args.max_num_steps
+    train_kwargs = unet_train_kwargs(args) if method in OURS else {}
     estimator = inference.train(**train_kwargs)
     train_s = time.perf_counter() - start
     emulator = inference.build_likelihood() if method in OURS else estimator

@@ -93,6 +93,15 @@ def unet_kwargs(size: int, channels: tuple[int, ...] = DEFAULT_CHANNELS) -> dict
     return {"shape": (1, size, size), "channels": tuple(channels), "attention": False}
 
 
+def unet_train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``train()`` keywords of our U-Net estimators: ``--seed``,
+    ``--batch-size`` and ``--max-num-steps`` (if given)."""
+    kwargs: dict[str, Any] = {"seed": args.seed, "training_batch_size": args.batch_size}
+    if args.max_num_steps is not None:
+        kwargs["max_num_steps"] = args.max_num_steps
+    return kwargs
+
+
 def parse_sampler(text: str) -> dict[str, Any]:
     """``"name:steps"`` (or ``"name"``) as keywords of ``posterior.sample``."""
     name, _, steps = text.partition(":")
@@ -170,11 +179,7 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     data = x if takes_images else x.reshape(len(x), -1)
     start = time.perf_counter()
     inference.append_simulations(theta, data)
-    train_kwargs: dict[str, Any] = {}
-    if method in OURS:
-        train_kwargs = {"seed": args.seed, "training_batch_size": args.batch_size}
-        if args.max_num_steps is not None:
-            train_kwargs["max_num_steps"] = args.max_num_steps
+    train_kwargs = unet_train_kwargs(args) if method in OURS else {}
     teacher = None
     if method == "consistency_distilled_unet":
         teacher, _ = build("diffusion_unet", problem, size, tuple(args.channels))

@@ -32,7 +32,10 @@ from sbi.utils.sbiutils import mcmc_transform
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-from sbi_diffusion.inference.likelihood_potential import LikelihoodPotential
+from sbi_diffusion.inference.likelihood_potential import (
+    DEFAULT_LOG_PROB_OPTIONS,
+    LikelihoodPotential,
+)
 from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.inference.simulations import checked_round
 from sbi_diffusion.inference.trainer import (
@@ -46,10 +49,6 @@ __all__ = ["DiffusionLikelihood", "DiffusionNLE", "FlowMatchingNLE"]
 
 POSTERIOR_SAMPLERS = ("mcmc", "importance")
 """How :meth:`DiffusionNLE.build_posterior` samples the posterior."""
-
-DEFAULT_LOG_PROB_OPTIONS: dict[str, Any] = {"rtol": 1e-3, "atol": 1e-3}
-"""Density options of the posterior's potential (adaptive solver, loose
-tolerances: the potential is evaluated many times)."""
 
 
 class DiffusionLikelihood:
@@ -397,7 +396,7 @@ class DiffusionNLE:
             importance_sampling_parameters: further arguments of
                 ``ImportanceSamplingPosterior`` (``oversampling_factor``, ...).
             log_prob_options: density options of the likelihood, over
-                :data:`DEFAULT_LOG_PROB_OPTIONS`.
+                :data:`~sbi_diffusion.inference.likelihood_potential.DEFAULT_LOG_PROB_OPTIONS`.
 
         Returns:
             sbi's ``MCMCPosterior`` or ``ImportanceSamplingPosterior``.

@@ -24,7 +24,11 @@ from sbi.inference.potentials.base_potential import BasePotential
 from torch import Tensor
 from torch.distributions import Distribution
 
-__all__ = ["LearnedLikelihood", "LikelihoodPotential"]
+__all__ = ["DEFAULT_LOG_PROB_OPTIONS", "LearnedLikelihood", "LikelihoodPotential"]
+
+DEFAULT_LOG_PROB_OPTIONS: dict[str, Any] = {"rtol": 1e-3, "atol": 1e-3}
+"""Density options of a likelihood potential (adaptive solver, loose
+tolerances: sbi's samplers evaluate the potential many times)."""
 
 
 class LearnedLikelihood(Protocol):

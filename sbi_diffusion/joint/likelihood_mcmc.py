@@ -17,7 +17,10 @@ from sbi.utils.sbiutils import mcmc_transform
 from torch import Tensor
 from torch.distributions import Distribution
 
-from sbi_diffusion.inference.likelihood_potential import LikelihoodPotential
+from sbi_diffusion.inference.likelihood_potential import (
+    DEFAULT_LOG_PROB_OPTIONS,
+    LikelihoodPotential,
+)
 from sbi_diffusion.joint.posterior import JointLikelihood, JointPosterior
 
 __all__ = [
@@ -154,8 +157,7 @@ def likelihood_mcmc_posterior(
     likelihood = JointLikelihood(
         diffusion_posterior.model, device=device, show_progress_bars=False
     )
-    options = {"rtol": 1e-3, "atol": 1e-3}
-    options.update(log_prob_options or {})
+    options = {**DEFAULT_LOG_PROB_OPTIONS, **(log_prob_options or {})}
     potential = JointLikelihoodPotential(
         likelihood, prior, device=device, log_prob_options=options
     )
