@@ -32,6 +32,7 @@ from sbi_diffusion.joint import (
     attention_mask,
     check_condition_mask,
 )
+from sbi_diffusion.model import LossDraws
 from sbi_diffusion.nets.transformer import TokenTransformer
 from sbi_diffusion.path.gaussian import linear_gaussian_posterior
 from sbi_diffusion.path.parameterizations import get_parameterization
@@ -441,29 +442,29 @@ def test_loss_missing_values_and_determinism():
     x[0] = float("nan")
     x[1, 0] = float("nan")
     times = torch.full((8,), 0.4)
-    loss = model.loss(theta, x, times=times)
+    loss = model.loss(theta, x, LossDraws(times=times))
     assert loss.shape == (8,) and torch.isfinite(loss).all()
-    assert torch.equal(loss, model.loss(theta, x, times=times))  # fixed masks/noise
+    # fixed masks and noise
+    assert torch.equal(loss, model.loss(theta, x, LossDraws(times=times)))
     # the loss does not depend on (or train towards) a missing value
     x_other = x.clone()
     x_other[1, 0] = 123.0
     mask = torch.zeros(4, dtype=torch.bool)
     noise = torch.randn(8, 4)
-    a = model.loss(theta, x, times=times, noise=noise, condition_mask=mask)
+    a = model.loss(theta, x, LossDraws(times, noise), condition_mask=mask)
     b = model.loss(
-        theta, x_other.nan_to_num(123.0), times=times, noise=noise, condition_mask=mask
+        theta, x_other.nan_to_num(123.0), LossDraws(times, noise), condition_mask=mask
     )
     assert not torch.isclose(a[1], b[1])  # sanity: a present value matters
     missing_row = model.loss(
         theta[:1],
         x[:1],
-        times=times[:1],
-        noise=noise[:1],
+        LossDraws(times[:1], noise[:1]),
         condition_mask=torch.tensor([True, True, False, False]),
     )
     assert float(missing_row.detach()) == 0.0  # only missing latents: nothing to learn
     with pytest.raises(ValueError, match="columns"):
-        model.loss(theta, x, times=times, noise=torch.randn(8, 3))
+        model.loss(theta, x, LossDraws(times, torch.randn(8, 3)))
 
 
 def test_high_dimensional_x_tokens():

@@ -16,6 +16,7 @@ from sbi_diffusion.inference.stopping import (
     stopping_rule_for_call,
 )
 from sbi_diffusion.inference.validation import ValidationSet
+from sbi_diffusion.model import LossDraws
 
 THETA = torch.tensor([[0.2, 1.0]])
 
@@ -113,7 +114,7 @@ def test_each_band_keeps_its_best_weights(linear_gaussian, cls):
     theta, x = validation.theta, validation.x
     times, noise = validation.times, validation.noise
     with torch.no_grad():
-        rows = estimator.loss(theta, x, times=times, noise=noise)
+        rows = estimator.loss(theta, x, LossDraws(times, noise))
     # the banded estimator scores on every band the best loss seen there
     torch.testing.assert_close(
         torch.tensor(selection.band_losses(rows)),
@@ -211,7 +212,7 @@ def test_joint_model_trains_with_noise_bands(linear_gaussian):
     times, noise = validation.times, validation.noise
     torch.manual_seed(3)
     with torch.no_grad():
-        rows = estimator.loss(val_theta, val_x, times=times, noise=noise)
+        rows = estimator.loss(val_theta, val_x, LossDraws(times, noise))
     assert rows.shape == times.shape and torch.isfinite(rows).all()
     x_o = linear_gaussian.simulate(THETA)
     samples = inference.build_posterior().sample(

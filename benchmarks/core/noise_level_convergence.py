@@ -29,6 +29,7 @@ from posterior_moments import moment_errors  # a sibling: run this as a script
 from sbi_diffusion.benchmark import methods as method_registry
 from sbi_diffusion.benchmark.runner import seed_everything
 from sbi_diffusion.benchmark.tasks import load_task
+from sbi_diffusion.model import LossDraws
 
 SIGMA_BIN_EDGES = (1e-3, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 100.0)
 
@@ -61,7 +62,7 @@ def loss_by_noise_level(denoiser, theta, x) -> list[float]:
         times = denoiser.schedule.sample_training_times(theta.shape[0])
         point = denoiser.path_point(times)
         level = (point.sigma / point.alpha).reshape(-1)
-        loss = denoiser.loss(theta, x, times=times)
+        loss = denoiser.loss(theta, x, LossDraws(times=times))
     edges = SIGMA_BIN_EDGES
     return [
         float(loss[(level >= lo) & (level < hi)].mean())

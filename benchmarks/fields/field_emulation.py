@@ -68,8 +68,14 @@ def test_thetas(problem: FieldParametersProblem, num: int) -> torch.Tensor:
     return problem.low + (problem.high - problem.low) * u
 
 
-def build(method: str, problem: FieldParametersProblem, channels: tuple[int, ...]):
-    """The untrained inference object of ``method``."""
+def build(
+    method: str,
+    problem: FieldParametersProblem,
+    channels: tuple[int, ...],
+    schedule_kwargs: dict[str, float] | None = None,
+):
+    """The untrained inference object of ``method`` (``schedule_kwargs``: the
+    noise schedule's options, ours only; ``None`` keeps the default)."""
     if method in OURS:
         from sbi_diffusion import DiffusionNLE, FlowMatchingNLE
 
@@ -79,6 +85,7 @@ def build(method: str, problem: FieldParametersProblem, channels: tuple[int, ...
             net="unet",
             net_kwargs=unet_kwargs(problem.N, channels),
             show_progress_bars=False,
+            **({"schedule_kwargs": schedule_kwargs} if schedule_kwargs else {}),
         )
     if method.startswith("nle_"):
         from sbi.inference import NLE
@@ -113,7 +120,7 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(args.seed)
     theta = problem.prior.sample((args.num_simulations,))
     x = problem.simulate(theta, generator=generator)
-    inference = build(method, problem, tuple(args.channels))
+    inference = build(method, problem, tuple(args.channels), args.schedule_kwargs)
     data = x if method in OURS else x.reshape(len(x), -1)
     start = time.perf_counter()
     inference.append_simulations(theta, data)
@@ -156,6 +163,7 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     }
     if method in OURS:
         row["unet_channels"] = list(args.channels)
+        row["schedule_kwargs"] = args.schedule_kwargs
         row["resolved_training"] = inference.resolved_training
         posterior = emulator.conditional
         row["sampler"] = {"name": posterior.sampler, **posterior.sampler_options}
@@ -166,8 +174,17 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
 
 def run_key(row: dict[str, Any]) -> tuple:
     """What makes two rows the same run (a rerun skips it)."""
-    channels = tuple(row.get("unet_channels") or ()) if row["method"] in OURS else ()
-    return (row["size"], row["method"], row["num_simulations"], row["seed"], channels)
+    ours = row["method"] in OURS
+    channels = tuple(row.get("unet_channels") or ()) if ours else ()
+    schedule = tuple(sorted((row.get("schedule_kwargs") or {}).items())) if ours else ()
+    return (
+        row["size"],
+        row["method"],
+        row["num_simulations"],
+        row["seed"],
+        channels,
+        schedule,
+    )
 
 
 def main() -> None:
@@ -183,6 +200,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
         "--channels", type=int, nargs="+", default=list(DEFAULT_CHANNELS)
+    )
+    parser.add_argument(
+        "--schedule-kwargs",
+        type=json.loads,
+        default=None,
+        help="ours only: the noise schedule's options as JSON, e.g. '{\"p_mean\": 0.5, "
+        "\"p_std\": 1.5}'; default: the estimator's",
     )
     parser.add_argument("--output", default="benchmarks/fields/field_emulation.jsonl")
     args = parser.parse_args()
@@ -201,6 +225,7 @@ def main() -> None:
                 "num_simulations": args.num_simulations,
                 "seed": args.seed,
                 "unet_channels": args.channels,
+                "schedule_kwargs": args.schedule_kwargs,
             }
             if run_key(planned) in done:
                 print(f"skip N={size} {method}: in {output}", flush=True)

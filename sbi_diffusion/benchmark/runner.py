@@ -260,8 +260,12 @@ def train_or_load(
     inference, routed = method_registry.build_inference(spec, prior, device)
     path = None
     if cache is not None:
-        path = model_cache_path(cache, task_name, spec, num_simulations, seed, device)
-        found = _cached_file(cache, task_name, spec, num_simulations, seed, device)
+        # the file trained on this device's type, else one from another type
+        path, *others = (
+            model_cache_path(cache, task_name, spec, num_simulations, seed, kind)
+            for kind in (device, "cpu", "cuda")
+        )
+        found = next((file for file in (path, *others) if file.exists()), None)
         if found is not None:
             saved = torch.load(found, weights_only=False, map_location=device)
             print(f"loaded the trained estimator from {found}", file=sys.stderr)
@@ -360,23 +364,6 @@ def resolved_options(
         options = {}
     options.update(sample)
     return {"sampler": sampler, "sampler_options": options, **resolved_training}
-
-
-def _cached_file(
-    cache: Path,
-    task_name: str,
-    spec: method_registry.MethodSpec,
-    num_simulations: int,
-    seed: int,
-    device: str,
-) -> Path | None:
-    """The cached estimator to load: the one trained on ``device``'s type if there
-    is one, else one trained on another device type, else ``None``."""
-    candidates = [
-        model_cache_path(cache, task_name, spec, num_simulations, seed, other)
-        for other in (device, "cpu", "cuda")
-    ]
-    return next((path for path in candidates if path.exists()), None)
 
 
 def run_job(job: Job) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from sbi_diffusion.consistency.curriculum import (
     pseudo_huber,
 )
 from sbi_diffusion.consistency.teacher import ScaledTeacher
-from sbi_diffusion.model import Denoiser
+from sbi_diffusion.model import Denoiser, LossDraws
 from sbi_diffusion.path.parameterizations import SIGMA_DATA, Parameterization, PathPoint
 from sbi_diffusion.path.schedules import EDMSchedule, Schedule
 from sbi_diffusion.samplers.ode import heun_step
@@ -239,10 +239,7 @@ class ConsistencyModel(Denoiser):
         self,
         input: Tensor,
         condition: Tensor,
-        times: Tensor | None = None,
-        noise: Tensor | None = None,
-        drop_condition: Tensor | None = None,
-        **kwargs,
+        draws: LossDraws | None = None,
     ) -> Tensor:
         r"""Per-sample consistency loss for raw ``theta`` and ``x``.
 
@@ -257,19 +254,18 @@ class ConsistencyModel(Denoiser):
         Args:
             input: parameters ``(batch, *input_shape)`` (original space).
             condition: simulations ``(batch, *condition_shape)``.
-            times: times ``(batch,)`` whose grid intervals are used (fixed
-                validation times); drawn from the discrete log-normal if None.
-            noise: ``eps`` like ``input``; standard normal if None.
-            drop_condition: unsupported, must be None or all False.
+            draws: fixed draws (:class:`~sbi_diffusion.model.loss_draws.
+                LossDraws`): ``times`` ``(batch,)`` whose grid intervals are
+                used (fixed validation times; drawn from the discrete
+                log-normal if None), ``noise`` (standard normal if None);
+                ``drop_condition`` is unsupported and must be None or all
+                False.
 
         Returns:
             Loss per sample, shape ``(batch,)``.
         """
-        if kwargs:
-            raise ValueError(
-                f"Unknown loss arguments {sorted(kwargs)}; ConsistencyModel.loss "
-                "takes input, condition, times, noise."
-            )
+        draws = LossDraws() if draws is None else draws
+        times, noise, drop_condition = draws.times, draws.noise, draws.drop_condition
         if drop_condition is not None and bool(drop_condition.any()):
             raise ValueError("Consistency models do not support condition dropout.")
         batch = input.shape[0]

@@ -26,6 +26,7 @@ model and its loss differ.
 
 from __future__ import annotations
 
+import inspect
 from copy import deepcopy
 from typing import Any
 
@@ -43,7 +44,7 @@ from sbi_diffusion.consistency.posterior import (
     consistency_sampler_options,
 )
 from sbi_diffusion.consistency.teacher import DenoiserTeacher
-from sbi_diffusion.inference.budget import DEFAULT_MAX_NUM_STEPS, total_steps
+from sbi_diffusion.inference.budget import total_steps
 from sbi_diffusion.inference.posterior import DiffusionPosterior
 from sbi_diffusion.inference.trainer import VectorFieldInference
 from sbi_diffusion.inference.validation import validation_size
@@ -52,6 +53,11 @@ from sbi_diffusion.path.schedules import get_schedule
 from sbi_diffusion.samplers.consistency import consistency_times
 
 __all__ = ["ConsistencyNPE"]
+
+
+def _core_default(name: str) -> Any:
+    """The default of argument ``name`` of the core ``train()``."""
+    return inspect.signature(VectorFieldInference.train).parameters[name].default
 
 
 class ConsistencyNPE(VectorFieldInference):
@@ -190,36 +196,36 @@ class ConsistencyNPE(VectorFieldInference):
         """The EMA copy of the model, None before training."""
         return None if self._ema is None else self._ema.model
 
-    def _total_steps(
-        self,
-        max_num_epochs: int,
-        training_batch_size: int,
-        validation_fraction: float,
-        train_kwargs: dict[str, Any],
-    ) -> int:
+    def _total_steps(self, max_num_epochs: int, train_kwargs: dict[str, Any]) -> int:
         """Optimiser steps the core loop runs: ``max_num_epochs`` epochs, bounded
         by its ``max_num_steps``
-        (:func:`~sbi_diffusion.inference.budget.total_steps`)."""
-        num = sum(t.shape[0] for t in self._theta_roundwise)
-        num_train = num - validation_size(num, validation_fraction)
-        max_num_steps = train_kwargs.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
-        return total_steps(
-            num_train, training_batch_size, max_num_epochs, max_num_steps
+        (:func:`~sbi_diffusion.inference.budget.total_steps`); the batch size,
+        validation fraction and step bound are ``train_kwargs``' or the core
+        ``train()``'s defaults."""
+        batch_size = train_kwargs.get(
+            "training_batch_size", _core_default("training_batch_size")
         )
+        fraction = train_kwargs.get(
+            "validation_fraction", _core_default("validation_fraction")
+        )
+        max_num_steps = train_kwargs.get(
+            "max_num_steps", _core_default("max_num_steps")
+        )
+        num = sum(t.shape[0] for t in self._theta_roundwise)
+        num_train = num - validation_size(num, fraction)
+        return total_steps(num_train, batch_size, max_num_epochs, max_num_steps)
 
     def _run_training(
         self,
         config: dict[str, Any],
         epochs: int,
-        training_batch_size: int,
-        learning_rate: float,
-        validation_fraction: float,
         stop_after_epochs: int | None,
         train_kwargs: dict[str, Any],
     ) -> ConsistencyModel:
         """Set the loss configuration on the model(s) and run the core loop for
         ``epochs`` epochs (early stopping after ``stop_after_epochs``, default
-        ``epochs``)."""
+        ``epochs``; the other arguments of the core ``train()`` in
+        ``train_kwargs``)."""
         self._loss_config = config
         for model in (self._neural_net, self._ema_model()):
             if model is not None and not train_kwargs.get("retrain_from_scratch"):
@@ -227,9 +233,6 @@ class ConsistencyNPE(VectorFieldInference):
         try:
             model = super().train(
                 max_num_epochs=epochs,
-                training_batch_size=training_batch_size,
-                learning_rate=learning_rate,
-                validation_fraction=validation_fraction,
                 stop_after_epochs=stop_after_epochs or epochs,
                 **train_kwargs,
             )
@@ -253,9 +256,6 @@ class ConsistencyNPE(VectorFieldInference):
     def train(
         self,
         max_num_epochs: int | None = 300,
-        training_batch_size: int = 256,
-        learning_rate: float = 1e-3,
-        validation_fraction: float = 0.1,
         stop_after_epochs: int | None = None,
         initial_num_scales: int = 10,
         final_num_scales: int = 1280,
@@ -269,11 +269,6 @@ class ConsistencyNPE(VectorFieldInference):
             max_num_epochs: epochs; the curriculum
                 ``N(k) = min(s_0 2^{floor(k/K')}, s_1) + 1`` and the cosine
                 learning-rate decay run over them.
-            training_batch_size: batch size.
-            learning_rate: peak learning rate.
-            validation_fraction: fraction of simulations held out; the
-                validation loss is the consistency loss on the finest grid at
-                fixed times and noise.
             stop_after_epochs: early stopping patience (default: no early
                 stopping, since the curriculum changes the loss).
             initial_num_scales: ``s_0``.
@@ -281,7 +276,10 @@ class ConsistencyNPE(VectorFieldInference):
             huber_constant: ``c`` of the pseudo-Huber loss (default
                 ``0.00054 sqrt(d)``).
             **kwargs: further arguments of ``VectorFieldInference.train``
-                (``clip_max_norm``, ``warmup_steps``, ``seed``, ...).
+                (``training_batch_size``, ``learning_rate``,
+                ``validation_fraction``, ``clip_max_norm``, ``warmup_steps``,
+                ``seed``, ...). The validation loss is the consistency loss on
+                the finest grid at fixed times and noise.
 
         Returns:
             The trained (EMA) :class:`~sbi_diffusion.consistency.ConsistencyModel`.
@@ -301,28 +299,15 @@ class ConsistencyNPE(VectorFieldInference):
             "initial_num_scales": int(initial_num_scales),
             "final_num_scales": int(final_num_scales),
             "huber_constant": huber_constant,
-            "total_steps": self._total_steps(
-                epochs, training_batch_size, validation_fraction, kwargs
-            ),
+            "total_steps": self._total_steps(epochs, kwargs),
         }
-        return self._run_training(
-            config,
-            epochs,
-            training_batch_size,
-            learning_rate,
-            validation_fraction,
-            stop_after_epochs,
-            kwargs,
-        )
+        return self._run_training(config, epochs, stop_after_epochs, kwargs)
 
     def distill(
         self,
         teacher: VectorFieldInference | DiffusionPosterior | Denoiser | Any,
         max_num_epochs: int | None = 100,
         num_scales: int = 18,
-        training_batch_size: int = 256,
-        learning_rate: float = 1e-3,
-        validation_fraction: float = 0.1,
         stop_after_epochs: int | None = None,
         huber_constant: float | None = None,
         **kwargs,
@@ -343,7 +328,6 @@ class ConsistencyNPE(VectorFieldInference):
                 are used if none were appended here.
             max_num_epochs: epochs (the learning rate decays over them).
             num_scales: ``N - 1``, the number of grid intervals.
-            training_batch_size, learning_rate, validation_fraction,
             stop_after_epochs, huber_constant, **kwargs: as in :meth:`train`.
 
         Returns:
@@ -372,15 +356,7 @@ class ConsistencyNPE(VectorFieldInference):
             "huber_constant": huber_constant,
             "total_steps": 1,
         }
-        self._run_training(
-            config,
-            epochs,
-            training_batch_size,
-            learning_rate,
-            validation_fraction,
-            stop_after_epochs,
-            kwargs,
-        )
+        self._run_training(config, epochs, stop_after_epochs, kwargs)
         self._teacher = None
         return self
 

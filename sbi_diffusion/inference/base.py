@@ -103,12 +103,7 @@ class InferenceBase(NeuralInference):
                 the prior or earlier rounds, or invalid values.
         """
         kind = proposal_kind(proposal, self._prior)
-        first_round = (
-            (self._theta_roundwise[0], self._x_roundwise[0])
-            if self._theta_roundwise
-            else None
-        )
-        theta, x = checked_round(theta, x, self._prior, first_round, exclude_invalid_x)
+        theta, x = self._checked_round(theta, x, exclude_invalid_x)
         device = self._device if data_device is None else data_device
         self._theta_roundwise.append(theta.to(device))
         self._x_roundwise.append(x.to(device))
@@ -122,6 +117,19 @@ class InferenceBase(NeuralInference):
                 torch.ones(sum(t.shape[0] for t in self._theta_roundwise)),
             )
         return self
+
+    def _checked_round(
+        self, theta: Tensor, x: Tensor, exclude_invalid_x: bool
+    ) -> tuple[Tensor, Tensor]:
+        """A new round checked against the prior and the first round, without
+        invalid simulations
+        (:func:`~sbi_diffusion.inference.simulations.checked_round`)."""
+        first_round = (
+            (self._theta_roundwise[0], self._x_roundwise[0])
+            if self._theta_roundwise
+            else None
+        )
+        return checked_round(theta, x, self._prior, first_round, exclude_invalid_x)
 
     def _get_start_index(self, context) -> int:
         return 0

@@ -125,13 +125,7 @@ class ProbabilityFlowDensity:
                 ODE of one distribution).
         """
         solver, ode_options = _density_settings(
-            solver,
-            divergence=divergence,
-            num_probes=num_probes,
-            rtol=rtol,
-            atol=atol,
-            steps=steps,
-            probe_basis=probe_basis,
+            solver, divergence, num_probes, rtol, atol, steps, probe_basis
         )
         x = self._check_x(self._resolve_x(x), allow_batch=True)
         if x.shape[0] > 1:
@@ -158,14 +152,8 @@ class ProbabilityFlowDensity:
         theta: Tensor,
         x: Tensor,
         track_gradients: bool = False,
-        divergence: str = "auto",
-        num_probes: int = 1,
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
         generator: torch.Generator | None = None,
-        solver: str | Solver = "auto",
-        steps: int | None = None,
-        probe_basis: Tensor | None = None,
+        **density_options: Any,
     ) -> Tensor:
         r"""``log p(theta_sb | x_b)`` for a batch of observations, each with its
         own parameters, in one batched probability-flow ODE solve (sbi's
@@ -178,8 +166,10 @@ class ProbabilityFlowDensity:
         Args:
             theta: ``(*sample_shape, B, *theta_shape)``.
             x: ``(B, *x_shape)``.
-            track_gradients, divergence, num_probes, rtol, atol, generator,
-                solver, steps, probe_basis: as in :meth:`log_prob`.
+            track_gradients, generator: as in :meth:`log_prob`.
+            **density_options: ``solver``, ``divergence``, ``num_probes``,
+                ``rtol``, ``atol``, ``steps``, ``probe_basis``, as in
+                :meth:`log_prob` (with its defaults).
 
         Returns:
             Log densities of shape ``(*sample_shape, B)``.
@@ -188,15 +178,7 @@ class ProbabilityFlowDensity:
             ValueError: if ``theta``'s trailing dimensions are not ``(B,
                 *theta_shape)`` for the ``B`` rows of ``x``.
         """
-        solver, ode_options = _density_settings(
-            solver,
-            divergence=divergence,
-            num_probes=num_probes,
-            rtol=rtol,
-            atol=atol,
-            steps=steps,
-            probe_basis=probe_basis,
-        )
+        solver, ode_options = _density_settings(**density_options)
         x = self._check_x(torch.as_tensor(x), allow_batch=True)
         theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
         num_x, event = x.shape[0], len(self.theta_shape)
@@ -418,16 +400,29 @@ class ProbabilityFlowDensity:
 
 
 def _density_settings(
-    solver: str | Solver, **settings: Any
+    solver: str | Solver = "auto",
+    divergence: str = "auto",
+    num_probes: int = 1,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    steps: int | None = None,
+    probe_basis: Tensor | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The solver name and the ODE options of a density call: ``settings``
-    (``divergence``, ``num_probes``, ``rtol``, ``atol``, ``steps``,
-    ``probe_basis``) updated by the options of a
+    """The solver name and the ODE options of a density call (the defaults are
+    :meth:`ProbabilityFlowDensity.log_prob`'s), updated by the options of a
     :class:`~sbi_diffusion.samplers.Solver`.
 
     Raises:
         ValueError: for a ``Solver`` with an option that is not one of these.
     """
+    settings: dict[str, Any] = {
+        "divergence": divergence,
+        "num_probes": num_probes,
+        "rtol": rtol,
+        "atol": atol,
+        "steps": steps,
+        "probe_basis": probe_basis,
+    }
     if isinstance(solver, Solver):
         unknown = set(solver.options) - set(settings)
         if unknown:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from sbi_diffusion.inference.batching import rows_per_call
+from sbi_diffusion.model.loss_draws import LossDraws
 
 __all__ = ["ValidationSet", "split_indices", "validation_size"]
 
@@ -87,8 +88,8 @@ class ValidationSet:
 
     @torch.no_grad()
     def losses(self, model: nn.Module) -> Tensor:
-        """Per-row validation losses of ``model`` (a denoiser with
-        ``loss(theta, x, times=, noise=, drop_condition=)``), on the model's
+        """Per-row validation losses of ``model`` (a denoiser with ``loss(theta,
+        x, draws)``, :class:`~sbi_diffusion.model.LossDraws`), on the model's
         device; rows are moved there and scored in pieces of
         :func:`~sbi_diffusion.inference.batching.rows_per_call` rows."""
         device = next(model.parameters()).device
@@ -102,9 +103,11 @@ class ValidationSet:
                 model.loss(
                     theta,
                     self.x[rows].to(device),
-                    times=self.times[rows].to(device),
-                    noise=self.noise[rows].to(device),
-                    drop_condition=drop,
+                    LossDraws(
+                        times=self.times[rows].to(device),
+                        noise=self.noise[rows].to(device),
+                        drop_condition=drop,
+                    ),
                 )
             )
         return torch.cat(losses)

@@ -31,6 +31,7 @@ from sbi_diffusion.joint.masks import (
     check_edge_mask,
     join_flat,
 )
+from sbi_diffusion.model.loss_draws import LossDraws
 from sbi_diffusion.path.parameterizations import Parameterization, PathPoint
 from sbi_diffusion.path.schedules import Schedule
 from sbi_diffusion.path.vector_field import as_time
@@ -256,11 +257,8 @@ class JointDenoiser(MaskedJointModel):
         self,
         input: Tensor,
         condition: Tensor,
-        times: Tensor | None = None,
-        noise: Tensor | None = None,
-        drop_condition: Tensor | None = None,
+        draws: LossDraws | None = None,
         condition_mask: Tensor | None = None,
-        **kwargs,
     ) -> Tensor:
         r"""Per-sample masked denoising loss for raw ``theta`` and ``x``.
 
@@ -272,25 +270,27 @@ class JointDenoiser(MaskedJointModel):
         :mod:`sbi_diffusion.path.weightings`). NaN entries of ``theta`` or ``x`` are
         missing: latent, at ``t_max`` with a pure-noise value, and not in the loss.
 
-        When ``times`` is given (a fixed-time evaluation such as the trainer's
-        validation loss) and ``condition_mask`` is not, the masks and any noise
-        not passed come from a generator with a fixed seed, so repeated calls on
-        the same data return the same value.
+        When ``draws.times`` is given (a fixed-time evaluation such as the
+        trainer's validation loss) and ``condition_mask`` is not, the masks and
+        any noise not passed come from a generator with a fixed seed, so repeated
+        calls on the same data return the same value.
 
         Args:
             input: ``theta`` ``(B, *theta_shape)``.
             condition: ``x`` ``(B, *x_shape)``.
-            times: training times ``(B,)``; drawn from the schedule if None.
-            noise: ``eps`` ``(B, D)``, or ``(B, theta_dim)`` for the ``theta``
-                columns only; standard normal where not given.
-            drop_condition: ``(B,)`` booleans; these rows use the joint mask
-                (everything latent), the unconditional model.
+            draws: fixed draws (:class:`~sbi_diffusion.model.loss_draws.
+                LossDraws`), each drawn where None: ``times`` ``(B,)``;
+                ``noise`` ``(B, D)``, or ``(B, theta_dim)`` for the ``theta``
+                columns only; ``drop_condition`` ``(B,)``, rows that use the
+                joint mask (everything latent), the unconditional model.
             condition_mask: ``(D,)`` or ``(B, D)`` masks; drawn from the mask
                 distribution if None.
 
         Returns:
             Loss per sample, shape ``(B,)``.
         """
+        draws = LossDraws() if draws is None else draws
+        times, noise, drop_condition = draws.times, draws.noise, draws.drop_condition
         batch = input.shape[0]
         device = input.device
         values = self.to_z(self.join(input, condition))

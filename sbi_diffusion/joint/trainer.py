@@ -81,7 +81,9 @@ class JointDiffusion(VectorFieldInference):
     drawn from a mixture (joint, posterior, likelihood, random subsets; see
     :class:`~sbi_diffusion.joint.MaskDistribution`), optional attention (edge)
     masks from a dependency structure, and missing values (NaN in ``theta`` or
-    ``x``) treated as latent variables excluded from the loss. Schedule,
+    ``x``) treated as latent variables excluded from the loss
+    (``append_simulations`` keeps those rows, and drops rows with inf in ``x``
+    with a warning). Schedule,
     parameterisation, weighting, EMA, warm-up and early stopping are those of
     the core trainer (default: EDM noise levels on a VP path, F-prediction, EDM
     weighting, Heun sampling).
@@ -201,31 +203,18 @@ class JointDiffusion(VectorFieldInference):
 
     # ----------------------------------------------------------------- data
 
-    def append_simulations(
-        self,
-        theta: Tensor,
-        x: Tensor,
-        exclude_invalid_x: bool = True,
-        from_round: int = 0,
-        algorithm: str | None = None,
-        data_device: str | None = None,
-        proposal: Any = None,
-    ) -> JointDiffusion:
-        r"""Store parameters and simulations for training.
-
-        NaN entries (of ``theta`` or ``x``) are missing values: they are kept and
-        treated as latent variables excluded from the loss. Rows with inf are
+    def _checked_round(
+        self, theta: Tensor, x: Tensor, exclude_invalid_x: bool
+    ) -> tuple[Tensor, Tensor]:
+        """A new round for :meth:`append_simulations`, checked as in
+        :meth:`VectorFieldInference.append_simulations`, except that NaN entries
+        (of ``theta`` or ``x``) are missing values: they are kept and treated as
+        latent variables excluded from the loss. Rows with inf in ``x`` are
         dropped with a warning (``exclude_invalid_x=False``: raise instead).
 
-        Args:
-            theta: ``(num_simulations, *theta_shape)``.
-            x: ``(num_simulations, *x_shape)``.
-            exclude_invalid_x, from_round, algorithm, data_device, proposal: as
-                in :meth:`VectorFieldInference.append_simulations` (the prior or
-                a truncated prior).
-
-        Returns:
-            self, for chaining.
+        Raises:
+            ValueError: for inf in ``theta``, rows with every value missing, and
+                what the checks of the other estimators raise.
         """
         theta, x = as_simulation_batch(theta, x)
         if torch.isinf(theta).any():
@@ -239,27 +228,12 @@ class JointDiffusion(VectorFieldInference):
                     "Some simulations have every value of theta and x missing (NaN); "
                     "remove those rows."
                 )
-        theta_missing, x_missing = torch.isnan(theta), torch.isnan(x)
-        start = len(self._theta_roundwise)
-        super().append_simulations(
-            torch.where(theta_missing, 0.0, theta),
-            torch.where(x_missing, 0.0, x),
-            exclude_invalid_x=exclude_invalid_x,
-            from_round=from_round,
-            algorithm=algorithm,
-            data_device=data_device,
-            proposal=proposal,
+        filled_x = torch.where(torch.isnan(x), 0.0, x)
+        super()._checked_round(
+            torch.where(torch.isnan(theta), 0.0, theta), filled_x, exclude_invalid_x
         )
-        kept = (
-            torch.isfinite(torch.where(x_missing, 0.0, x))
-            .reshape(x.shape[0], -1)
-            .all(dim=1)
-        )
-        if len(self._theta_roundwise) > start:
-            device = self._theta_roundwise[-1].device
-            self._theta_roundwise[-1] = theta[kept].to(device)
-            self._x_roundwise[-1] = x[kept].to(device)
-        return self
+        kept = torch.isfinite(filled_x).reshape(x.shape[0], -1).all(dim=1)
+        return theta[kept], x[kept]
 
     # ------------------------------------------------------------- network
 

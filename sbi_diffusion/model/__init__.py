@@ -7,6 +7,8 @@
   parameterisation, and its training loss.
 * :mod:`~sbi_diffusion.model.ensemble`: :class:`DenoiserEnsemble`, the mean
   estimate of denoisers trained on the same simulations.
+* :mod:`~sbi_diffusion.model.loss_draws`: :class:`LossDraws`, the times,
+  noise and dropped conditions of one loss evaluation, fixed by the caller.
 * :mod:`~sbi_diffusion.model.conditioned`: :class:`ConditionedDenoiser`, the
   denoiser with its condition fixed.
 * :mod:`~sbi_diffusion.model.rows`: evaluating many (parameter, condition) pairs
@@ -19,6 +21,7 @@ from sbi_diffusion.model.conditioned import ConditionedDenoiser
 from sbi_diffusion.model.denoiser import Denoiser
 from sbi_diffusion.model.ensemble import DenoiserEnsemble
 from sbi_diffusion.model.interface import ConditionalDenoiser, DenoiseFn
+from sbi_diffusion.model.loss_draws import LossDraws
 from sbi_diffusion.model.rows import (
     CPU_NETWORK_ROWS,
     default_network_rows,
@@ -35,6 +38,7 @@ __all__ = [
     "DenoiseFn",
     "Denoiser",
     "DenoiserEnsemble",
+    "LossDraws",
     "SbiVectorFieldEstimator",
     "default_network_rows",
     "denoise_rows_in_pieces",

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from sbi_diffusion.model.conditioned import ConditionedDenoiser
+from sbi_diffusion.model.loss_draws import LossDraws
 from sbi_diffusion.model.rows import denoise_rows_in_pieces, denoise_trials_flat
 from sbi_diffusion.model.sbi_estimator import SbiVectorFieldEstimator
 from sbi_diffusion.path.parameterizations import Parameterization, PathPoint
@@ -309,10 +310,7 @@ class Denoiser(SbiVectorFieldEstimator):
         self,
         input: Tensor,
         condition: Tensor,
-        times: Tensor | None = None,
-        noise: Tensor | None = None,
-        drop_condition: Tensor | None = None,
-        **kwargs,
+        draws: LossDraws | None = None,
     ) -> Tensor:
         r"""Per-sample weighted denoising loss for raw ``theta`` and ``x``.
 
@@ -322,14 +320,16 @@ class Denoiser(SbiVectorFieldEstimator):
         Args:
             input: parameters ``(batch, *input_shape)`` (original space).
             condition: simulations ``(batch, *condition_shape)``.
-            times: training times ``(batch,)``; drawn from the schedule if None.
-            noise: ``eps`` of the shape of ``input``; standard normal if None.
-            drop_condition: boolean ``(batch,)``, rows that use the null
-                condition; drawn with probability ``condition_dropout`` if None.
+            draws: the times, noise and dropped conditions to use
+                (:class:`~sbi_diffusion.model.loss_draws.LossDraws`); those it
+                leaves as None are drawn (the condition dropped with probability
+                ``condition_dropout``).
 
         Returns:
             Loss per sample, shape ``(batch,)``.
         """
+        draws = LossDraws() if draws is None else draws
+        times, noise, drop_condition = draws.times, draws.noise, draws.drop_condition
         batch = input.shape[0]
         theta = self.to_z(input).reshape(batch, -1)
         if times is None:
