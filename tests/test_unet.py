@@ -181,6 +181,21 @@ def test_trainer_checks_the_shape_early():
         inference.append_simulations(theta, theta).train(**TINY_TRAIN)
 
 
+def test_without_a_prior_fields_are_flat_vectors():
+    """With no prior, the empirical prior of sbi needs vectors: a field passed
+    as an image raises and says what to pass; the flat field trains."""
+    fields = torch.randn(40, 1, 4, 4)
+    x = fields.reshape(40, -1)[:, :3]
+    inference = DiffusionNPE(
+        net="unet", net_kwargs={"shape": (1, 4, 4)}, show_progress_bars=False
+    )
+    with pytest.raises(ValueError, match="without a prior.*num_simulations, dim"):
+        inference.append_simulations(fields, x)
+    inference.append_simulations(fields.reshape(40, -1), x).train(**TINY_TRAIN)
+    samples = inference.build_posterior().sample((3,), x=x[0], show_progress_bars=False)
+    assert samples.shape == (3, 16)
+
+
 # ---------------------------------------------------------- conditioning
 
 

@@ -104,6 +104,12 @@ class InferenceBase(NeuralInference):
         """
         kind = proposal_kind(proposal, self._prior)
         theta, x = self._checked_round(theta, x, exclude_invalid_x)
+        if self._prior is None and theta.dim() > 2:
+            raise ValueError(
+                f"theta has shape {tuple(theta.shape)}: without a prior, pass theta "
+                "as (num_simulations, dim) vectors (a U-Net takes its layout from "
+                "net_kwargs={'shape': ...}), or pass a prior over theta's shape."
+            )
         device = self._device if data_device is None else data_device
         self._theta_roundwise.append(theta.to(device))
         self._x_roundwise.append(x.to(device))
