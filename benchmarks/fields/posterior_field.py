@@ -110,9 +110,14 @@ def parse_sampler(text: str) -> dict[str, Any]:
 
 def run_key(row: dict[str, Any]) -> tuple:
     """What makes two rows the same run (a rerun skips it)."""
-    channels = None
+    channels = steps = None
     if row["method"] in OURS:
         channels = tuple(row.get("unet_channels") or DEFAULT_CHANNELS)
+        steps = row.get("max_num_steps")
+        if steps is None:  # rows written before they held it: their command's
+            words = str(row.get("command", "")).split()
+            if "--max-num-steps" in words:
+                steps = int(words[words.index("--max-num-steps") + 1])
     distill_steps = row.get("distill_steps")
     return (
         row["size"],
@@ -121,6 +126,7 @@ def run_key(row: dict[str, Any]) -> tuple:
         row["seed"],
         channels,
         distill_steps,
+        steps,
     )
 
 
@@ -338,6 +344,7 @@ def main() -> None:
                     "num_simulations": args.num_simulations,
                     "seed": args.seed,
                     "unet_channels": args.channels,
+                    "max_num_steps": args.max_num_steps,
                     "distill_steps": (
                         args.distill_steps
                         if method == "consistency_distilled_unet"
@@ -369,6 +376,7 @@ def main() -> None:
             row.update(run_record(args, size, method, start))
             if method in OURS:
                 row["unet_channels"] = list(args.channels)
+                row["max_num_steps"] = args.max_num_steps
             append_row(output, row)
             summary = {k: row.get(k) for k in ("status", "train_s", "sample_s")}
             summary.update({k: row.get(k) for k in SCALARS[:3] + SCALARS[-2:]})
