@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from sbi_diffusion.nets.mlp import AdaLNMLP, ResidualMLP
+from sbi_diffusion.nets.transformer import ConditionalTokenTransformer
 from sbi_diffusion.nets.unet import UNet
 
 __all__ = ["NETS", "build_net", "check_net_options", "has_trainable_parameters"]
@@ -23,6 +24,7 @@ NETS: dict[str, type[nn.Module]] = {
     "mlp": ResidualMLP,
     "adaln_mlp": AdaLNMLP,
     "unet": UNet,
+    "transformer": ConditionalTokenTransformer,
 }
 """The networks a trainer builds by name (``net="mlp"``, ...)."""
 

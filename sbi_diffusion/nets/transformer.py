@@ -33,7 +33,7 @@ from torch.nn import functional
 
 from sbi_diffusion.nets.time_embedding import SinusoidalTimeEmbedding
 
-__all__ = ["TokenTransformer"]
+__all__ = ["ConditionalTokenTransformer", "TokenTransformer"]
 
 
 class _Block(nn.Module):
@@ -167,3 +167,60 @@ class TokenTransformer(nn.Module):
         shift, scale = self.output_modulation(functional.silu(context)).chunk(2, -1)
         h = (1 + scale) * self.output_norm(h) + shift
         return self.output_layer(h)[..., 0]
+
+
+class ConditionalTokenTransformer(nn.Module):
+    r"""The token transformer as a conditional vector-field network
+    ``net(z, condition, time)``, for the posterior estimators
+    (``DiffusionNPE(net="transformer")``).
+
+    Each entry of the noisy parameters ``z`` is a latent token and each entry
+    of the embedded condition is an observed token, as in the joint model with
+    the posterior's condition mask (Gloeckler et al. 2024): the
+    :class:`TokenTransformer` over ``input_dim + condition_dim`` tokens, every
+    token at the row's time, read out at the parameter tokens. Attention lets
+    every parameter depend on every data entry and every other parameter
+    through learned, input-dependent weights, where the residual MLP mixes all
+    inputs through one dense layer.
+
+    The cost per row is quadratic in ``input_dim + condition_dim`` (attention)
+    and linear in ``depth``; compress a large ``x`` with an ``embedding_net``.
+
+    Args:
+        input_dim: dimension of ``z`` (the flattened parameters).
+        condition_dim: dimension of the embedded condition (0: unconditional).
+        width, depth, num_heads, mlp_ratio, dropout: as in
+            :class:`TokenTransformer`.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        condition_dim: int,
+        width: int = 64,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if input_dim < 1:
+            raise ValueError(f"input_dim must be positive, got {input_dim}.")
+        self.input_dim, self.condition_dim = input_dim, condition_dim
+        self.transformer = TokenTransformer(
+            input_dim + condition_dim, width, depth, num_heads, mlp_ratio, dropout
+        )
+        observed = torch.arange(input_dim + condition_dim) >= input_dim
+        self.register_buffer("observed", observed, persistent=False)
+
+    def forward(self, z: Tensor, condition: Tensor, time: Tensor) -> Tensor:
+        """Evaluate on ``z`` ``(batch, input_dim)``, ``condition``
+        ``(batch, condition_dim)`` and ``time`` ``(batch,)`` (or one time for
+        all rows); returns ``(batch, input_dim)``."""
+        batch = z.shape[0]
+        time = time.reshape(-1)
+        time = time.expand(batch) if time.numel() == 1 else time.reshape(batch)
+        condition = condition.reshape(batch, -1).expand(batch, self.condition_dim)
+        values = torch.cat([z, condition.to(z.dtype)], dim=-1)
+        mask = self.observed.expand(batch, -1)
+        return self.transformer(values, mask, time)[:, : self.input_dim]
