@@ -50,6 +50,7 @@ from sbi_diffusion.benchmark.results import append_row, iter_json_lines
 sys.path.insert(0, str(Path(__file__).parent))
 from posterior_field import (  # noqa: E402
     DEFAULT_CHANNELS,
+    problem_key,
     unet_kwargs,
     unet_train_kwargs,
 )
@@ -177,14 +178,7 @@ def run_key(row: dict[str, Any]) -> tuple:
     ours = row["method"] in OURS
     channels = tuple(row.get("unet_channels") or ()) if ours else ()
     schedule = tuple(sorted((row.get("schedule_kwargs") or {}).items())) if ours else ()
-    return (
-        row["size"],
-        row["method"],
-        row["num_simulations"],
-        row["seed"],
-        channels,
-        schedule,
-    )
+    return (*problem_key(row), channels, schedule)
 
 
 def main() -> None:

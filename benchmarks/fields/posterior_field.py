@@ -108,6 +108,11 @@ def parse_sampler(text: str) -> dict[str, Any]:
     return {"sampler": name, **({"steps": int(steps)} if steps else {})}
 
 
+def problem_key(row: dict[str, Any]) -> tuple:
+    """The problem and method of a row: grid size, method, budget and seed."""
+    return (row["size"], row["method"], row["num_simulations"], row["seed"])
+
+
 def run_key(row: dict[str, Any]) -> tuple:
     """What makes two rows the same run (a rerun skips it)."""
     channels = steps = None
@@ -118,16 +123,7 @@ def run_key(row: dict[str, Any]) -> tuple:
             words = str(row.get("command", "")).split()
             if "--max-num-steps" in words:
                 steps = int(words[words.index("--max-num-steps") + 1])
-    distill_steps = row.get("distill_steps")
-    return (
-        row["size"],
-        row["method"],
-        row["num_simulations"],
-        row["seed"],
-        channels,
-        distill_steps,
-        steps,
-    )
+    return (*problem_key(row), channels, row.get("distill_steps"), steps)
 
 
 def build(

@@ -26,6 +26,7 @@ variables). A shared linear read-out maps each token to its scalar output.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -189,27 +190,16 @@ class ConditionalTokenTransformer(nn.Module):
     Args:
         input_dim: dimension of ``z`` (the flattened parameters).
         condition_dim: dimension of the embedded condition (0: unconditional).
-        width, depth, num_heads, mlp_ratio, dropout: as in
-            :class:`TokenTransformer`.
+        **options: ``width``, ``depth``, ``num_heads``, ``mlp_ratio``,
+            ``dropout`` of :class:`TokenTransformer`.
     """
 
-    def __init__(
-        self,
-        input_dim: int,
-        condition_dim: int,
-        width: int = 64,
-        depth: int = 4,
-        num_heads: int = 4,
-        mlp_ratio: float = 2.0,
-        dropout: float = 0.0,
-    ):
+    def __init__(self, input_dim: int, condition_dim: int, **options: Any):
         super().__init__()
         if input_dim < 1:
             raise ValueError(f"input_dim must be positive, got {input_dim}.")
         self.input_dim, self.condition_dim = input_dim, condition_dim
-        self.transformer = TokenTransformer(
-            input_dim + condition_dim, width, depth, num_heads, mlp_ratio, dropout
-        )
+        self.transformer = TokenTransformer(input_dim + condition_dim, **options)
         observed = torch.arange(input_dim + condition_dim) >= input_dim
         self.register_buffer("observed", observed, persistent=False)
 
