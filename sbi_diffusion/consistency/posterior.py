@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from sbi_diffusion.consistency.model import ConsistencyModel
 from sbi_diffusion.inference.posterior import DiffusionPosterior
+from sbi_diffusion.samplers import Solver, solver_call
 from sbi_diffusion.samplers import consistency as _consistency_sampler  # noqa: F401
-from sbi_diffusion.samplers import solver_call
 
 __all__ = ["CONSISTENCY_SAMPLER", "ConsistencyPosterior", "consistency_sampler_options"]
 
@@ -93,22 +93,20 @@ class ConsistencyPosterior(DiffusionPosterior):
             "per sample (multistep consistency sampling); it has no log_prob."
         )
 
+    def _iid_sampling_options(self, *args: Any, **kwargs: Any) -> tuple[str, dict]:
+        """Not available: raises, whatever the arguments."""
+        raise ValueError(
+            "A consistency model cannot compose i.i.d. trials: composition "
+            "needs a score, which f(z, t) does not give. Pass one observation "
+            "(use sample_batched for several separate observations), or use "
+            "DiffusionNPE for i.i.d. trials."
+        )
+
     def _sampling_options(
-        self,
-        sampler: str | None,
-        steps: int | None,
-        options: dict,
-        iid: bool = False,
-        **kwargs: Any,
+        self, sampler: str | Solver | None, steps: int | None, options: dict
     ) -> tuple[str, dict]:
+        """The consistency sampler and its options (``steps`` or ``times``)."""
         sampler, options = solver_call(sampler, options)
-        if iid:
-            raise ValueError(
-                "A consistency model cannot compose i.i.d. trials: composition "
-                "needs a score, which f(z, t) does not give. Pass one observation "
-                "(use sample_batched for several separate observations), or use "
-                "DiffusionNPE for i.i.d. trials."
-            )
         if sampler is not None and sampler != CONSISTENCY_SAMPLER:
             raise ValueError(
                 f"A consistency model is sampled with the 'consistency' sampler, "

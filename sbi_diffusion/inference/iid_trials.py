@@ -24,7 +24,13 @@ from sbi_diffusion.composition import (
     IIDComposedDenoiser,
     diffused_prior,
 )
-from sbi_diffusion.samplers import get_sampler, sampler_takes_option
+from sbi_diffusion.samplers import (
+    Solver,
+    get_sampler,
+    sampler_takes_option,
+    sampling_call_options,
+    solver_call,
+)
 
 __all__ = ["IIDTrials"]
 
@@ -76,6 +82,24 @@ class IIDTrials:
     #: only the noise ``sigma(t_min)``. A ``final_denoise=`` sampler option
     #: overrides it.
     iid_final_denoise = False
+
+    def _iid_sampling_options(
+        self,
+        sampler: str | Solver | None,
+        steps: int | None,
+        options: dict,
+        iid_method: str | None,
+    ) -> tuple[str, dict]:
+        """The sampler name and options of one call for i.i.d. trials: a given
+        sampler as for one observation, else the default of ``iid_method``
+        (:meth:`iid_sampler_for`)."""
+        name, options = solver_call(sampler, options)
+        if name is not None:
+            return self._sampling_options(name, steps, options)
+        method = self.iid_method if iid_method is None else iid_method
+        name, defaults = self.iid_sampler_for(method)
+        get_sampler(name)
+        return name, sampling_call_options(name, name, defaults, options, steps)
 
     def _iid_sampler_options(self, sampler: str, options: dict) -> dict:
         """``options`` with ``final_denoise`` set to :attr:`iid_final_denoise`

@@ -268,21 +268,11 @@ class DiffusionPosterior(
         return out
 
     def _sampling_options(
-        self,
-        sampler: str | None,
-        steps: int | None,
-        options: dict,
-        iid: bool = False,
-        iid_method: str | None = None,
+        self, sampler: str | Solver | None, steps: int | None, options: dict
     ) -> tuple[str, dict]:
+        """The sampler name and options of one call for one observation (the
+        posterior's defaults where the call leaves them)."""
         sampler, options = solver_call(sampler, options)
-        if sampler is None and iid:
-            method = self.iid_method if iid_method is None else iid_method
-            sampler, defaults = self.iid_sampler_for(method)
-            get_sampler(sampler)
-            return sampler, sampling_call_options(
-                sampler, sampler, defaults, options, steps
-            )
         if sampler is None:
             sampler = self.sampler
         get_sampler(sampler)
@@ -356,8 +346,8 @@ class DiffusionPosterior(
             )
             return samples.reshape(*sample_shape, *self.theta_shape)
         num = int(math.prod(sample_shape))
-        sampler, options = self._sampling_options(
-            sampler, steps, sampler_options, iid=True, iid_method=iid_method
+        sampler, options = self._iid_sampling_options(
+            sampler, steps, sampler_options, iid_method
         )
         transforms, context = self._guidance_for(sampler, guidance, composed=True)
         options = self._iid_sampler_options(sampler, options)
