@@ -483,8 +483,9 @@ def test_invalid_simulations_are_excluded_with_warning(linear_gaussian):
     x[:5, 0] = float("nan")
     x[5, 1] = float("inf")
     inference = DiffusionNPE(linear_gaussian.prior)
-    with pytest.warns(UserWarning, match="6 simulations"):
+    with pytest.warns(UserWarning, match="6 simulations") as record:
         inference.append_simulations(theta, x)
+    assert record[0].filename == __file__  # the warning names the caller's line
     assert inference.get_simulations()[0].shape[0] == 94
     with pytest.raises(ValueError, match="NaN"):
         DiffusionNPE(linear_gaussian.prior).append_simulations(

@@ -467,6 +467,27 @@ def test_loss_missing_values_and_determinism():
         model.loss(theta, x, LossDraws(times, torch.randn(8, 3)))
 
 
+def test_append_keeps_missing_values_and_drops_inf_rows(linear_gaussian):
+    """NaN entries are kept as missing values; rows with inf in x are dropped
+    with a warning that names the caller's line; inf in theta raises."""
+    theta = linear_gaussian.prior.sample((20,))
+    x = linear_gaussian.simulate(theta)
+    x[0, 0] = float("nan")
+    theta[1, 1] = float("nan")
+    x[2, 1] = float("inf")
+    inference = JointDiffusion(linear_gaussian.prior, show_progress_bars=False)
+    with pytest.warns(UserWarning, match="1 simulations with NaN or inf") as record:
+        inference.append_simulations(theta, x)
+    assert record[0].filename == __file__
+    kept_theta, kept_x, _ = inference.get_simulations()
+    assert kept_x.shape[0] == 19
+    assert torch.isnan(kept_x[0, 0]) and torch.isnan(kept_theta[1, 1])
+    assert torch.isfinite(kept_x[~torch.isnan(kept_x)]).all()
+    theta[3, 0] = float("inf")
+    with pytest.raises(ValueError, match="theta contains inf"):
+        JointDiffusion(linear_gaussian.prior).append_simulations(theta, x)
+
+
 def test_high_dimensional_x_tokens():
     """x of dimension 100 (slcp_distractors, bernoulli_glm_raw) works."""
     model = small_denoiser(theta_dim=5, x_dim=100)

@@ -158,8 +158,9 @@ def test_invalid_simulations_are_excluded_with_a_warning():
     x = theta + 0.1 * torch.randn(50, 2)
     x[:5, 1] = float("nan")
     inference = DiffusionNLE(show_progress_bars=False)
-    with pytest.warns(UserWarning, match="5 simulations with NaN or inf"):
+    with pytest.warns(UserWarning, match="5 simulations with NaN or inf") as record:
         inference.append_simulations(theta, x)
+    assert record[0].filename == __file__
     with pytest.raises(ValueError, match="NaN or inf"):
         DiffusionNLE().append_simulations(theta, x, exclude_invalid_x=False)
     with pytest.raises(ValueError, match="earlier ones"):

@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
 from sbi.utils.sbiutils import ImproperEmpirical
@@ -16,6 +19,26 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 __all__ = ["as_simulation_batch", "checked_round", "zscore_statistics"]
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+"""The folder of the package (``sbi_diffusion/``)."""
+
+
+def _in_package(frame: Any) -> bool:
+    """Whether a stack frame runs code of this package."""
+    return Path(frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of ``warnings.warn``, called by the caller of this
+    function, that names the first frame outside the package: the user's
+    call, however many of the package's functions lie between."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and _in_package(frame):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def zscore_statistics(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,6 +142,6 @@ def checked_round(
         "excluded from training. This biases the posterior if invalid "
         "simulations depend on theta.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=_caller_stacklevel(),
     )
     return theta[valid], x[valid]
