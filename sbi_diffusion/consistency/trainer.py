@@ -55,8 +55,11 @@ from sbi_diffusion.samplers.consistency import consistency_times
 __all__ = ["ConsistencyNPE"]
 
 
-def _core_default(name: str) -> Any:
-    """The default of argument ``name`` of the core ``train()``."""
+def _train_option(train_kwargs: dict[str, Any], name: str) -> Any:
+    """``train_kwargs[name]``, else the default of argument ``name`` of the core
+    ``train()``."""
+    if name in train_kwargs:
+        return train_kwargs[name]
     return inspect.signature(VectorFieldInference.train).parameters[name].default
 
 
@@ -202,15 +205,9 @@ class ConsistencyNPE(VectorFieldInference):
         (:func:`~sbi_diffusion.inference.budget.total_steps`); the batch size,
         validation fraction and step bound are ``train_kwargs``' or the core
         ``train()``'s defaults."""
-        batch_size = train_kwargs.get(
-            "training_batch_size", _core_default("training_batch_size")
-        )
-        fraction = train_kwargs.get(
-            "validation_fraction", _core_default("validation_fraction")
-        )
-        max_num_steps = train_kwargs.get(
-            "max_num_steps", _core_default("max_num_steps")
-        )
+        batch_size = _train_option(train_kwargs, "training_batch_size")
+        fraction = _train_option(train_kwargs, "validation_fraction")
+        max_num_steps = _train_option(train_kwargs, "max_num_steps")
         num = sum(t.shape[0] for t in self._theta_roundwise)
         num_train = num - validation_size(num, fraction)
         return total_steps(num_train, batch_size, max_num_epochs, max_num_steps)

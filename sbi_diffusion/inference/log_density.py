@@ -17,6 +17,7 @@ piecewise evaluation the joint model's conditionals share.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -178,7 +179,9 @@ class ProbabilityFlowDensity:
             ValueError: if ``theta``'s trailing dimensions are not ``(B,
                 *theta_shape)`` for the ``B`` rows of ``x``.
         """
-        solver, ode_options = _density_settings(**density_options)
+        solver, ode_options = _density_settings(
+            **{**_log_prob_density_defaults(), **density_options}
+        )
         x = self._check_x(torch.as_tensor(x), allow_batch=True)
         theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
         num_x, event = x.shape[0], len(self.theta_shape)
@@ -399,18 +402,25 @@ class ProbabilityFlowDensity:
         return log_p - self.estimator.log_abs_det()
 
 
+def _log_prob_density_defaults() -> dict[str, Any]:
+    """:meth:`ProbabilityFlowDensity.log_prob`'s defaults of the density
+    options (the arguments of :func:`_density_settings`)."""
+    defaults = inspect.signature(ProbabilityFlowDensity.log_prob).parameters
+    names = inspect.signature(_density_settings).parameters
+    return {name: defaults[name].default for name in names}
+
+
 def _density_settings(
-    solver: str | Solver = "auto",
-    divergence: str = "auto",
-    num_probes: int = 1,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    steps: int | None = None,
-    probe_basis: Tensor | None = None,
+    solver: str | Solver,
+    divergence: str,
+    num_probes: int,
+    rtol: float,
+    atol: float,
+    steps: int | None,
+    probe_basis: Tensor | None,
 ) -> tuple[str, dict[str, Any]]:
-    """The solver name and the ODE options of a density call (the defaults are
-    :meth:`ProbabilityFlowDensity.log_prob`'s), updated by the options of a
-    :class:`~sbi_diffusion.samplers.Solver`.
+    """The solver name and the ODE options of a density call, updated by the
+    options of a :class:`~sbi_diffusion.samplers.Solver`.
 
     Raises:
         ValueError: for a ``Solver`` with an option that is not one of these.

@@ -18,7 +18,7 @@ from sbi.utils.sbiutils import ImproperEmpirical
 from torch import Tensor
 from torch.distributions import Distribution
 
-__all__ = ["as_simulation_batch", "checked_round", "zscore_statistics"]
+__all__ = ["as_simulation_batch", "checked_round", "finite_rows", "zscore_statistics"]
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 """The folder of the package (``sbi_diffusion/``)."""
@@ -39,6 +39,11 @@ def _caller_stacklevel() -> int:
         frame = frame.f_back
         level += 1
     return level
+
+
+def finite_rows(x: Tensor) -> Tensor:
+    """Booleans ``(num_simulations,)``: the rows of ``x`` with no NaN or inf."""
+    return torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
 
 
 def zscore_statistics(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -125,8 +130,7 @@ def checked_round(
                 f"shape {tuple(x.shape[1:])}, but earlier ones have "
                 f"{tuple(prev_theta.shape[1:])} and {tuple(prev_x.shape[1:])}."
             )
-    flat = x.reshape(x.shape[0], -1)
-    valid = torch.isfinite(flat).all(dim=1)
+    valid = finite_rows(x)
     num_invalid = int((~valid).sum())
     if not num_invalid:
         return theta, x

@@ -42,7 +42,8 @@ from sbi.inference.posteriors import MCMCPosterior
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from sbi_diffusion.inference.trainer import VectorFieldInference, as_simulation_batch
+from sbi_diffusion.inference.simulations import as_simulation_batch, finite_rows
+from sbi_diffusion.inference.trainer import VectorFieldInference
 from sbi_diffusion.joint.likelihood_mcmc import (
     check_mcmc_init,
     likelihood_mcmc_posterior,
@@ -232,7 +233,7 @@ class JointDiffusion(VectorFieldInference):
         super()._checked_round(
             torch.where(torch.isnan(theta), 0.0, theta), filled_x, exclude_invalid_x
         )
-        kept = torch.isfinite(filled_x).reshape(x.shape[0], -1).all(dim=1)
+        kept = finite_rows(filled_x)
         return theta[kept], x[kept]
 
     # ------------------------------------------------------------- network

@@ -205,12 +205,13 @@ class ConditionalTokenTransformer(nn.Module):
 
     def forward(self, z: Tensor, condition: Tensor, time: Tensor) -> Tensor:
         """Evaluate on ``z`` ``(batch, input_dim)``, ``condition``
-        ``(batch, condition_dim)`` and ``time`` ``(batch,)`` (or one time for
-        all rows); returns ``(batch, input_dim)``."""
+        ``(batch, condition_dim)`` (or one row for all) and ``time``
+        ``(batch,)`` (or one time for all rows); returns ``(batch, input_dim)``."""
         batch = z.shape[0]
         time = time.reshape(-1)
         time = time.expand(batch) if time.numel() == 1 else time.reshape(batch)
-        condition = condition.reshape(batch, -1).expand(batch, self.condition_dim)
+        condition = condition.reshape(len(condition), self.condition_dim)
+        condition = condition.expand(batch, -1)  # one row: shared by every z
         values = torch.cat([z, condition.to(z.dtype)], dim=-1)
         mask = self.observed.expand(batch, -1)
         return self.transformer(values, mask, time)[:, : self.input_dim]
