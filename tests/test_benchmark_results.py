@@ -94,3 +94,49 @@ def test_comparison_table_matches_observations(tmp_path: Path) -> None:
     ]
     assert "0.600 (2)" in lines[0] and "0.700 (2)" in lines[1]
     assert "0.650 (2) | +0.050" in lines[2]
+
+
+def test_resume_only_rows_made_under_the_current_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib.metadata import version
+
+    from sbi_diffusion import DiffusionNPE
+    from sbi_diffusion.benchmark.methods import defaults_fingerprint, parse
+    from sbi_diffusion.benchmark.plan import plan
+
+    current = defaults_fingerprint(parse("diffusion"))
+    assert defaults_fingerprint(parse("npe")) == f"sbi {version('sbi')}"
+    assert defaults_fingerprint(parse("consistency:teacher=diffusion")) != (
+        defaults_fingerprint(parse("consistency"))
+    )
+    output = tmp_path / "r.jsonl"
+    sbi_legacy = {"sbi": version("sbi")}
+    for row in (
+        make_row(1, versions=sbi_legacy),  # sbi row without a fingerprint: current
+        make_row(2, versions={"sbi": "0.1.0"}),  # made with another sbi: stale
+        make_row(1, method="diffusion"),  # ours without a fingerprint: stale
+        make_row(2, method="diffusion", defaults=current),
+        make_row(3, method="diffusion", defaults="0123456789"),
+    ):
+        results.append_row(output, row)
+
+    def planned(method: str) -> tuple[list[int], list[int]]:
+        grid = plan(
+            tasks=["two_moons"],
+            num_simulations=[100],
+            methods=[method],
+            observations=[1, 2, 3],
+            seeds=[0],
+            output=output,
+            num_posterior_samples=100,
+        )
+        done = sorted(r["num_observation"] for r in grid.done)
+        return done, [n for job in grid.jobs for n in job.observations]
+
+    assert planned("npe") == ([1], [2, 3])
+    assert planned("diffusion") == ([2], [1, 3])
+    # A changed default (here the sampler's steps) reruns every row of ours.
+    monkeypatch.setattr(DiffusionNPE, "default_sampler_options", {"steps": 7})
+    assert defaults_fingerprint(parse("diffusion")) != current
+    assert planned("diffusion") == ([], [1, 2, 3])

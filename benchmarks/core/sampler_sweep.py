@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from sbi_diffusion.benchmark.methods import parse
+from sbi_diffusion.benchmark.methods import defaults_fingerprint, parse, row_fingerprint
 from sbi_diffusion.benchmark.results import append_row, read_rows, row_key
 from sbi_diffusion.benchmark.runner import (
     package_versions,
@@ -85,7 +85,7 @@ def main() -> None:
             if shift:
                 options["time_shift"] = float(shift)
             samplers.append((name, options))
-    done = {row_key(r) for r in read_rows(args.output)}
+    done = {(row_key(r), row_fingerprint(r)) for r in read_rows(args.output)}
     versions = package_versions()
     for task_name in args.tasks:
         task = load_task(task_name)
@@ -101,8 +101,9 @@ def main() -> None:
                         "options": row_options,
                         "seed": args.seed,
                         "num_observation": num_observation,
+                        "defaults": defaults_fingerprint(parse(method)),
                     }
-                    if row_key(row) in done:
+                    if (row_key(row), row["defaults"]) in done:
                         continue
                     if posterior is None:
                         trained = train_or_load(

@@ -35,8 +35,11 @@ Unknown keys raise ``ValueError`` before anything is trained.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
+import importlib.metadata
 import inspect
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -402,6 +405,55 @@ def _teacher_spec(spec: MethodSpec, value: Any) -> MethodSpec:
             "simulations)."
         )
     return MethodSpec(name=value)
+
+
+def defaults_fingerprint(spec: MethodSpec) -> str:
+    """A short name of the defaults a method runs under, recorded in each row.
+
+    Options a spec sets are in the row already; what it leaves at the default is
+    not, and a default may change between two runs. For this package's trainers
+    the fingerprint is a hash of ``training_recipe()`` (the defaults that decide
+    what a training builds) and the default sampler with its options, and of the
+    teacher's with a ``teacher=`` option. For sbi's methods it is the installed
+    sbi version (``"sbi 0.27.0"``), since their defaults change only with it. The
+    runner resumes only rows with the current fingerprint, so a changed default
+    reruns old rows instead of relabelling them.
+
+    Args:
+        spec: The parsed spec.
+
+    Returns:
+        The fingerprint.
+    """
+    definition = spec.definition
+    if definition.family == "sbi":
+        return f"sbi {importlib.metadata.version('sbi')}"
+    cls = definition.load_class()
+    made_by: dict[str, Any] = {
+        "recipe": cls.training_recipe(),
+        "sampler": cls.default_sampler,
+        "sampler_options": cls.default_sampler_options,
+    }
+    if definition.teacher_key is not None and definition.teacher_key in spec.options:
+        teacher = _teacher_spec(spec, spec.options[definition.teacher_key])
+        made_by["teacher"] = defaults_fingerprint(teacher)
+    digest = hashlib.sha1(json.dumps(made_by, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:10]
+
+
+def row_fingerprint(row: dict[str, Any]) -> str:
+    """The defaults fingerprint of a result row (:func:`defaults_fingerprint`).
+
+    Rows written before rows carried one: for sbi's methods it follows from the
+    recorded sbi version; for this package's methods it is unknown (``""``), so
+    such a row never counts as made under the current defaults.
+    """
+    if "defaults" in row:
+        return str(row["defaults"])
+    definition = METHODS.get(str(row["method"]))
+    if definition is not None and definition.family == "sbi":
+        return f"sbi {row.get('versions', {}).get('sbi', '?')}"
+    return ""
 
 
 def build_inference(

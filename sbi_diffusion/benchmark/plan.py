@@ -38,7 +38,9 @@ class Plan:
 
     Attributes:
         jobs: Jobs still to run.
-        done: Rows of the requested grid already in the results file.
+        done: Rows of the requested grid already in the results file and made
+            under the current defaults (see ``defaults_fingerprint`` in
+            :mod:`sbi_diffusion.benchmark.methods`).
         requested: Number of rows the grid asks for.
     """
 
@@ -133,25 +135,28 @@ def plan(
     existing = read_rows(output)
     protocol = protocol_for(num_posterior_samples)
     check_protocol(existing, protocol, output)
-    by_key = {row_key(row): row for row in existing}
+    # A row counts as done only if it was made under the current defaults.
+    by_key = {
+        (row_key(row), method_registry.row_fingerprint(row)): row for row in existing
+    }
 
     result = Plan()
     for task_name in tasks:
         for budget in budgets:
             for spec in specs:
+                defaults = method_registry.defaults_fingerprint(spec)
                 for seed in seed_list:
                     missing = []
                     for number in obs:
-                        key = row_key(
-                            {
-                                "task": task_name,
-                                "num_simulations": budget,
-                                "method": spec.name,
-                                "options": spec.options,
-                                "seed": seed,
-                                "num_observation": number,
-                            }
-                        )
+                        requested = {
+                            "task": task_name,
+                            "num_simulations": budget,
+                            "method": spec.name,
+                            "options": spec.options,
+                            "seed": seed,
+                            "num_observation": number,
+                        }
+                        key = (row_key(requested), defaults)
                         result.requested += 1
                         if key in by_key:
                             result.done.append(by_key[key])

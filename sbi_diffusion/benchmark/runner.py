@@ -384,6 +384,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     task = load_task(job.task)
     protocol = protocol_for(job.num_posterior_samples)
     versions = package_versions()
+    defaults = method_registry.defaults_fingerprint(spec)
 
     trained = train_or_load(
         task_name=job.task,
@@ -419,6 +420,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             "num_simulations": job.num_simulations,
             "method": spec.name,
             "options": dict(spec.options),
+            "defaults": defaults,
             "resolved": resolved_options(
                 spec, posterior, routed, trained.resolved_training
             ),
