@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Produces benchmarks/results/sbibm.jsonl, the committed benchmark results.
-# Resumable: rerunning skips every row already in the file, and trained posteriors
-# are kept in outputs/models, so an interrupted job samples again without
-# retraining. One worker, one torch thread; add --workers N (and more cores) or
+# Resumable: rerunning skips every row already in the file that was made under
+# the method's current defaults (rows record a fingerprint of them; rows of
+# older defaults are run again), and trained posteriors are kept in
+# outputs/models, so an interrupted job samples again without retraining. One worker, one torch thread; add --workers N (and more cores) or
 # --executor slurm to go faster. Pass task names to run only those tasks.
 set -u
 cd "$(dirname "$0")/.."

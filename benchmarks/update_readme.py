@@ -1,6 +1,11 @@
-"""Regenerate the results section of benchmarks/README.md from the results file.
+"""Regenerate the tables of benchmarks/README.md from the results files.
 
 Usage: python benchmarks/update_readme.py  (writes sbibm.md, sbibm.png, README.md)
+
+Three tables are pasted between their markers: the overview of every method at
+its current defaults beside the published numbers (``overview``), every row of
+``results/sbibm.jsonl`` by method and options (``results``) and the cells of
+the published grid that still lack observations (``missing``).
 """
 
 from __future__ import annotations
@@ -10,27 +15,32 @@ from pathlib import Path
 
 import pandas as pd
 
+from sbi_diffusion.benchmark.overview import current_default_rows, overview_table
 from sbi_diffusion.benchmark.report import load_results, markdown_table, write_report
 from sbi_diffusion.benchmark.tasks import TASKS
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "sbibm.jsonl"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
-MISSING_START, MISSING_END = "<!-- missing:start -->", "<!-- missing:end -->"
+# Rows of sbi's NPSE and FMPE, and more of NPE, are in the core benchmark's file.
+OVERVIEW_FILES = (RESULTS, HERE / "results" / "core.jsonl")
 ALL = TASKS
 SMALL = ("two_moons", "slcp", "gaussian_mixture", "bernoulli_glm")
-# The grid of benchmarks/run_published.sh: (tasks, budget, methods).
+# The grid the overview asks for: (tasks, budget, methods).
 GRID = (
-    (ALL, 10_000, ("npe", "diffusion", "flow_matching")),
-    (SMALL, 1_000, ("npe", "diffusion", "flow_matching", "nle")),
-    (SMALL, 100_000, ("npe", "diffusion", "flow_matching", "nle")),
+    (ALL, 10_000, ("diffusion", "flow_matching", "npe", "nle", "npse", "fmpe")),
+    (SMALL, 1_000, ("diffusion", "flow_matching", "npe", "nle")),
+    (SMALL, 100_000, ("diffusion", "flow_matching", "npe", "nle")),
 )
 
 
-def missing_rows(frame: pd.DataFrame) -> str:
-    """Markdown list of (task, budget, method) cells with fewer than 10 scores."""
-    scored = frame[frame["c2st"].notna()]
-    counts = scored.groupby(["task", "num_simulations", "label"]).size().to_dict()
+def missing_rows(current: pd.DataFrame) -> str:
+    """Markdown list of the grid's (task, budget, method) cells with fewer than
+    10 scored observations at the method's current defaults.
+
+    Args:
+        current: Rows from ``current_default_rows`` (the overview module).
+    """
+    counts = current.groupby(["task", "num_simulations", "method"]).size().to_dict()
     lines = []
     for tasks, budget, methods in GRID:
         for method in methods:
@@ -44,20 +54,24 @@ def missing_rows(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n" if lines else "None.\n"
 
 
+def paste(text: str, marker: str, content: str) -> str:
+    """Replace what lies between ``<!-- marker:start -->`` and its end marker."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"README.md lacks the markers {start} ... {end}.")
+    return pattern.sub(lambda _: f"{start}\n{content}{end}", text)
+
+
 def main() -> None:
-    """Write the table and figure, and paste the table into the README."""
+    """Write the table and figure, and paste the tables into the README."""
     write_report(RESULTS, HERE / "results" / "sbibm.md", HERE / "results" / "sbibm.png")
     frame = load_results(RESULTS)
-    table = markdown_table(frame)
     readme = HERE / "README.md"
     text = readme.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-    text = pattern.sub(lambda _: f"{START}\n{table}{END}", text)
-    pattern = re.compile(
-        re.escape(MISSING_START) + ".*?" + re.escape(MISSING_END), re.DOTALL
-    )
-    missing = missing_rows(frame)
-    text = pattern.sub(lambda _: f"{MISSING_START}\n{missing}{MISSING_END}", text)
+    text = paste(text, "overview", overview_table(OVERVIEW_FILES))
+    text = paste(text, "results", markdown_table(frame))
+    text = paste(text, "missing", missing_rows(current_default_rows(OVERVIEW_FILES)))
     readme.write_text(text, encoding="utf-8")
 
 

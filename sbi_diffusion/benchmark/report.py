@@ -6,11 +6,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sbi_diffusion.benchmark import methods as method_registry
 from sbi_diffusion.benchmark.results import read_rows
 from sbi_diffusion.benchmark.tasks import TASKS
 
 if TYPE_CHECKING:
     import pandas as pd
+
+EARLIER_DEFAULTS = " (earlier defaults)"
+"""Label suffix of rows made under older defaults than the method's current."""
 
 _METHOD_ORDER = (
     "diffusion",
@@ -32,8 +36,35 @@ def method_label(method: str, options: dict[str, Any] | None) -> str:
     return f"{method}[{inner}]"
 
 
+def made_under_current_defaults(row: dict[str, Any]) -> bool:
+    """Whether a result row was made under its method's current defaults.
+
+    Compares the row's defaults fingerprint with the one the method has now
+    (:func:`~sbi_diffusion.benchmark.methods.defaults_fingerprint`). Rows of this
+    package's methods written before rows carried a fingerprint, and rows of
+    methods this install does not know, count as not current.
+    """
+    name = str(row["method"])
+    if name not in method_registry.METHODS:
+        return False
+    options = row.get("options") or {}
+    try:
+        now = method_registry.defaults_fingerprint(
+            method_registry.MethodSpec(name, dict(options))
+        )
+    except (method_registry.MethodUnavailableError, ValueError):
+        return False
+    return method_registry.row_fingerprint(row) == now
+
+
 def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a results file into a DataFrame with a ``label`` column.
+
+    A row that was not made under the current
+    defaults (:func:`made_under_current_defaults`) is labelled with
+    ``" (earlier defaults)"`` after the method, so it is never read as a row
+    of today's defaults; the ``current`` column holds the same test for every
+    row.
 
     Args:
         path: The JSONL results file.
@@ -53,15 +84,19 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     if not rows:
         raise ValueError(f"Results file {path} holds no rows yet.")
     frame = pd.DataFrame(rows)
-    pairs = zip(frame["method"], frame["options"], strict=True)
-    frame["label"] = [method_label(m, o) for m, o in pairs]
+    frame["current"] = [made_under_current_defaults(row) for row in rows]
+    frame["label"] = [
+        method_label(row["method"], row.get("options"))
+        + ("" if current else EARLIER_DEFAULTS)
+        for row, current in zip(rows, frame["current"], strict=True)
+    ]
     frame["protocol_name"] = [p.get("name", "?") for p in frame["protocol"]]
     return frame
 
 
 def _label_order(labels: list[str]) -> list[str]:
     def key(label: str) -> tuple[int, str]:
-        base = label.split("[")[0]
+        base = label.split("[")[0].removesuffix(EARLIER_DEFAULTS)
         rank = _METHOD_ORDER.index(base) if base in _METHOD_ORDER else 99
         return rank, label
 
