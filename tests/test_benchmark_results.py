@@ -1,6 +1,7 @@
 """The JSONL store: atomic appends, interrupted writes, protocol checks."""
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def make_row(num_observation: int = 1, **changes: object) -> dict:
         "sample_s": 0.1,
         "nfe": 1.0,
         "device": "cpu",
-        "versions": {},
+        "versions": {"sbi": version("sbi")},
         "protocol": protocol_for(100),
     }
     row.update(changes)
@@ -73,16 +74,21 @@ def test_unwritable_paths(tmp_path: Path) -> None:
 
 def test_comparison_table_matches_observations(tmp_path: Path) -> None:
     pytest.importorskip("pandas")
+    from sbi_diffusion.benchmark.methods import defaults_fingerprint, parse
     from sbi_diffusion.benchmark.report import comparison_table, load_results
 
+    current = defaults_fingerprint(parse("diffusion"))
     grid, ours = tmp_path / "grid.jsonl", tmp_path / "ours.jsonl"
     for obs in (1, 2, 3):
-        results.append_row(grid, make_row(obs, method="diffusion", c2st=0.6))
+        row = make_row(obs, method="diffusion", c2st=0.6, defaults=current)
+        results.append_row(grid, row)
         results.append_row(grid, make_row(obs, method="npe", c2st=0.7))
     # observation 3 of the baselines must not count: ours ran on 1 and 2 only
-    results.append_row(grid, make_row(3, method="diffusion", c2st=0.9, seed=1))
+    row = make_row(3, method="diffusion", c2st=0.9, seed=1, defaults=current)
+    results.append_row(grid, row)
     for obs in (1, 2):
         row = make_row(obs, method="consistency", c2st=0.65, sample_s=0.5)
+        row["defaults"] = defaults_fingerprint(parse("consistency"))
         row["options"] = {"steps": 2}
         results.append_row(ours, row)
     table = comparison_table(load_results(ours), load_results(grid))
@@ -99,8 +105,6 @@ def test_comparison_table_matches_observations(tmp_path: Path) -> None:
 def test_resume_only_rows_made_under_the_current_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from importlib.metadata import version
-
     from sbi_diffusion import DiffusionNPE
     from sbi_diffusion.benchmark.methods import defaults_fingerprint, parse
     from sbi_diffusion.benchmark.plan import plan
@@ -111,9 +115,8 @@ def test_resume_only_rows_made_under_the_current_defaults(
         defaults_fingerprint(parse("consistency"))
     )
     output = tmp_path / "r.jsonl"
-    sbi_legacy = {"sbi": version("sbi")}
     for row in (
-        make_row(1, versions=sbi_legacy),  # sbi row without a fingerprint: current
+        make_row(1),  # an sbi row without a fingerprint, same sbi: current
         make_row(2, versions={"sbi": "0.1.0"}),  # made with another sbi: stale
         make_row(1, method="diffusion"),  # ours without a fingerprint: stale
         make_row(2, method="diffusion", defaults=current),
