@@ -75,6 +75,14 @@ def test_overview_keeps_current_default_rows_and_marks_the_best(tmp_path: Path) 
 
 
 def test_published_numbers_lookup() -> None:
+    from sbi_diffusion.benchmark.published import PUBLISHED, SBIBM_NPE
+    from sbi_diffusion.benchmark.tasks import TASKS
+
+    for method in PUBLISHED:
+        assert set(method.c2st) <= set(TASKS)
+        if "sbibm" in method.label:
+            assert set(method.c2st) == set(TASKS)
+    assert SBIBM_NPE.c2st["lotka_volterra"] == (1.0, 1.0, 0.98)
     assert SBIBM_NLE.at("slcp", 10_000) == 0.77
     assert SIMFORMER.at("sir", 10_000) is None
     assert SBIBM_NLE.at("slcp", 5_000) is None
