@@ -35,7 +35,8 @@ def test_end_to_end_and_resume(tmp_path: Path) -> None:
     assert row["method"] == "npe" and row["options"]["max_num_epochs"] == 3
     assert 0.4 <= row["c2st"] <= 1.0
     assert row["nfe"] == 1.0 and row["protocol"]["name"] == "test"
-    assert row["resolved"] == {}  # sbi's methods run with the spec's options
+    # sbi's NPE samples its flow directly
+    assert row["resolved"] == {"sampler": "direct", "sampler_options": {}}
     assert set(row["versions"]) >= {"python", "torch", "sbi", "sbibm", "sbi_diffusion"}
 
     # Simulate an interruption: a half-written line after the finished row.
@@ -309,3 +310,30 @@ def test_sampling_failure_is_recorded(
     assert row["c2st"] is None and "no samples inside the prior" in row["error"]
     table, _ = write_report(output)
     assert "failed (1)" in table.read_text()
+
+
+def test_sbi_rows_record_the_sampler_their_posterior_runs() -> None:
+    from sbi.inference import FMPE, NLE, NPSE
+    from sbi.utils import BoxUniform
+
+    from sbi_diffusion.benchmark.runner import sbi_sampling
+
+    torch.manual_seed(0)
+    prior = BoxUniform(-torch.ones(2), torch.ones(2))
+    theta = prior.sample((200,))
+    x = theta + 0.1 * torch.randn_like(theta)
+
+    def built(trainer: type, **posterior_options: object) -> object:
+        inference = trainer(prior=prior, show_progress_bars=False)
+        inference.append_simulations(theta, x).train(max_num_epochs=2)
+        return inference.build_posterior(**posterior_options)
+
+    nle = sbi_sampling(built(NLE, mcmc_method="slice_np_vectorized"), {})
+    assert nle["sampler"] == "mcmc"
+    assert nle["sampler_options"]["method"] == "slice_np_vectorized"
+    assert {"num_chains", "thin", "warmup_steps"} <= set(nle["sampler_options"])
+    npse = sbi_sampling(built(NPSE), {"steps": 50})
+    assert npse["sampler"] == "sde"
+    assert npse["sampler_options"]["steps"] == 50  # the spec's option wins
+    assert npse["sampler_options"]["predictor"] == "euler_maruyama"
+    assert sbi_sampling(built(FMPE), {})["sampler"] == "ode"

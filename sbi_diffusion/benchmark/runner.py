@@ -10,6 +10,7 @@ that shared training.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -345,6 +346,49 @@ def _resolved_training(inference: Any) -> dict[str, Any]:
     return dict(getattr(inference, "resolved_training", {}) or {})
 
 
+_MCMC_SETTINGS = ("method", "thin", "warmup_steps", "num_chains", "init_strategy")
+_SDE_SETTINGS = ("predictor", "corrector", "steps")
+
+
+def sbi_sampling(posterior: Any, sample_options: dict[str, Any]) -> dict[str, Any]:
+    """The sampler of one of sbi's posteriors with the settings it will use.
+
+    ``DirectPosterior`` (NPE) samples the flow directly (``"direct"``);
+    ``MCMCPosterior`` (NLE) records its MCMC method, chains, thinning, warm-up
+    and initialisation; ``VectorFieldPosterior`` (NPSE, FMPE) its
+    ``sample_with`` (``"sde"`` or ``"ode"``) and, for ``"sde"``, the predictor,
+    corrector and steps of its ``sample()`` defaults. Options passed to
+    ``sample()`` by the spec override these.
+
+    Args:
+        posterior: The built sbi posterior.
+        sample_options: The spec's options that go to ``sample()``.
+
+    Returns:
+        ``{"sampler": ..., "sampler_options": {...}}``.
+    """
+    kind = type(posterior).__name__
+    options: dict[str, Any] = {}
+    if kind == "DirectPosterior":
+        sampler = "direct"
+    elif kind == "MCMCPosterior":
+        sampler = "mcmc"
+        options = {
+            k: getattr(posterior, k) for k in _MCMC_SETTINGS if hasattr(posterior, k)
+        }
+    elif kind == "VectorFieldPosterior":
+        sampler = str(getattr(posterior, "sample_with", "sde"))
+        if sampler == "sde":
+            parameters = inspect.signature(type(posterior).sample).parameters
+            options = {
+                k: parameters[k].default for k in _SDE_SETTINGS if k in parameters
+            }
+    else:
+        sampler = kind
+    options.update(sample_options)
+    return {"sampler": sampler, "sampler_options": options}
+
+
 def resolved_options(
     spec: method_registry.MethodSpec,
     posterior: Any,
@@ -353,10 +397,11 @@ def resolved_options(
 ) -> dict[str, Any]:
     """What a row's method ran with once defaults are filled in: for this
     package's estimators the sampler and its options (the posterior's defaults
-    updated by the spec's sampling options) and the resolved training; {} for
-    sbi's methods, whose options are the spec's."""
+    updated by the spec's sampling options) and the resolved training; for
+    sbi's methods the sampler as their posterior runs it
+    (:func:`sbi_sampling`)."""
     if spec.definition.family != "sbi_diffusion":
-        return {}
+        return sbi_sampling(posterior, routed.sample)
     sample = dict(routed.sample)
     sampler = sample.pop("sampler", getattr(posterior, "sampler", None))
     options = dict(getattr(posterior, "sampler_options", {}) or {})
