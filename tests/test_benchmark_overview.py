@@ -86,3 +86,13 @@ def test_published_numbers_lookup() -> None:
     assert SBIBM_NLE.at("slcp", 10_000) == 0.77
     assert SIMFORMER.at("sir", 10_000) is None
     assert SBIBM_NLE.at("slcp", 5_000) is None
+
+
+def test_overview_command(tmp_path: Path) -> None:
+    from sbi_diffusion.benchmark.cli import main
+
+    results_file, table = tmp_path / "r.jsonl", tmp_path / "overview.md"
+    results.append_row(results_file, row("nle", 1, 0.76))
+    assert main(["overview", str(results_file), "--output", str(table)]) == 0
+    assert "| slcp | 0.760 ± 0.000 (1) |" in table.read_text()
+    assert main(["overview", str(tmp_path / "absent.jsonl")]) == 2

@@ -1,4 +1,4 @@
-"""Command line of the benchmark: ``sbi-diffusion-bench run|report``.
+"""Command line of the benchmark: ``sbi-diffusion-bench run|report|overview``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
         --methods npe "diffusion:sampler=heun,steps=30" --observations 1-10 \\
         --output results.jsonl
     sbi-diffusion-bench report results.jsonl
+    sbi-diffusion-bench overview results.jsonl more_results.jsonl
 """
 
 from __future__ import annotations
@@ -139,7 +140,34 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", help="JSONL results file")
     report.add_argument("--table", help="Markdown output (default <results>.md)")
     report.add_argument("--figure", help="PNG output (default <results>.png)")
+
+    overview = sub.add_parser(
+        "overview",
+        help="one table per budget: every method at its current defaults beside "
+        "the published numbers",
+    )
+    overview.add_argument(
+        "results", nargs="+", help="JSONL results files (a row in several: the first)"
+    )
+    overview.add_argument("--output", help="Markdown output (default: print)")
     return parser
+
+
+def _overview(results: list[str], output: str | None) -> int:
+    from pathlib import Path
+
+    from sbi_diffusion.benchmark.overview import overview_table
+
+    missing = [path for path in results if not Path(path).exists()]
+    if missing:
+        raise ValueError(f"Results file(s) {', '.join(missing)} do not exist.")
+    text = overview_table(results)
+    if output is None:
+        print(text)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+        print(f"overview: {output}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -221,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 on success, 1 if jobs failed, 2 on invalid input.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in {"run", "report", "-h", "--help"}:
+    if not argv or argv[0] not in {"run", "report", "overview", "-h", "--help"}:
         argv = ["run", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -232,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             table, png = write_report(args.results, args.table, args.figure)
             print(f"table: {table}\nfigure: {png}")
             return 0
+        if args.command == "overview":
+            return _overview(args.results, args.output)
         return _run(args)
     except ValueError as err:
         print(f"sbi-diffusion-bench: error: {err}", file=sys.stderr)
