@@ -42,6 +42,7 @@ def test_overview_keeps_current_default_rows_and_marks_the_best(tmp_path: Path) 
         row("diffusion", 4, 0.50, defaults=current, options={"steps": 5}),
         row("nle", 1, 0.76),
         row("nle", 2, 0.74),
+        row("flow_matching", 1, 0.60),  # earlier defaults only: named, not shown
     ):
         results.append_row(first, item)
     results.append_row(second, row("nle", 1, 0.10))  # a duplicate: the first wins
@@ -71,6 +72,8 @@ def test_overview_keeps_current_default_rows_and_marks_the_best(tmp_path: Path) 
     # The best single-round method is bold; sequential ones are not ranked.
     assert by_column[SIMFORMER.label] == "**0.65**"
     assert by_column[SBIBM_SNLE.label] == "*0.71*"
+    assert "FlowMatchingNPE" not in header
+    assert "earlier defaults or with options at this budget: FlowMatchingNPE" in text
     assert "Resolved in these rows:" in text and 'dpm++2m {"steps": 20}' in text
 
 

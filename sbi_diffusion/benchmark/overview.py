@@ -77,10 +77,18 @@ def current_default_rows(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFram
     Returns:
         The rows, with the columns of :func:`~.report.load_results`.
     """
+    return _current_defaults(_all_rows(paths))
+
+
+def _all_rows(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     import pandas as pd
 
-    frames = [load_results(path) for path in paths]
-    frame = pd.concat(frames, ignore_index=True)
+    return pd.concat([load_results(path) for path in paths], ignore_index=True)
+
+
+def _current_defaults(frame: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     no_options = [not options for options in frame["options"]]
     keep = (
         frame["current"]
@@ -208,18 +216,27 @@ def overview_table(
     Returns:
         Markdown: a heading line per budget, its table and its resolved defaults.
     """
-    frame = current_default_rows(paths)
+    every = _all_rows(paths)
+    frame = _current_defaults(every)
     cells = measured_cells(frame)
     parts = []
     for budget in budgets:
         if not any(k[1] == budget for k in cells):
-            parts.append(
-                f"**{budget:,} simulations:** no rows at the current defaults yet.\n"
+            part = f"**{budget:,} simulations:** no rows at the current defaults yet.\n"
+        else:
+            part = f"**{budget:,} simulations**\n\n" + budget_table(cells, budget)
+            resolved = resolved_defaults(frame, budget)
+            if resolved:
+                part += "\nResolved in these rows:\n\n" + resolved
+        older = sorted(
+            set(every.loc[every["num_simulations"] == budget, "method"])
+            - set(frame.loc[frame["num_simulations"] == budget, "method"])
+        )
+        if older:
+            names = ", ".join(_HEADINGS.get(m, m) for m in older)
+            part += (
+                f"\nOnly rows of earlier defaults or with options at this budget: "
+                f"{names}.\n"
             )
-            continue
-        part = f"**{budget:,} simulations**\n\n" + budget_table(cells, budget)
-        resolved = resolved_defaults(frame, budget)
-        if resolved:
-            part += "\nResolved in these rows:\n\n" + resolved
         parts.append(part)
     return "\n".join(parts)
