@@ -5,7 +5,8 @@ Usage: python benchmarks/update_readme.py  (writes sbibm.md, sbibm.png, README.m
 Three tables are pasted between their markers: the overview of every method at
 its current defaults beside the published numbers (``overview``), every row of
 ``results/sbibm.jsonl`` by method and options (``results``) and the cells of
-the published grid that still lack observations (``missing``).
+the published grid that still lack observations (``missing``); and, in the
+package README, DiffusionNPE against sbi's methods at 10^4 (``summary``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from sbi_diffusion.benchmark.overview import current_default_rows, overview_table
+from sbi_diffusion.benchmark.overview import (
+    SBI,
+    budget_table,
+    current_default_rows,
+    measured_cells,
+    overview_table,
+)
 from sbi_diffusion.benchmark.report import load_results, markdown_table, write_report
 from sbi_diffusion.benchmark.tasks import TASKS
 
@@ -71,8 +78,19 @@ def main() -> None:
     text = readme.read_text(encoding="utf-8")
     text = paste(text, "overview", overview_table(OVERVIEW_FILES))
     text = paste(text, "results", markdown_table(frame))
-    text = paste(text, "missing", missing_rows(current_default_rows(OVERVIEW_FILES)))
+    current = current_default_rows(OVERVIEW_FILES)
+    text = paste(text, "missing", missing_rows(current))
     readme.write_text(text, encoding="utf-8")
+    # The package README: DiffusionNPE against sbi's methods at 10^4.
+    cells = {
+        key: cell
+        for key, cell in measured_cells(current).items()
+        if key[2] in ("diffusion", *SBI)
+    }
+    package_readme = HERE.parent / "README.md"
+    text = package_readme.read_text(encoding="utf-8")
+    text = paste(text, "summary", budget_table(cells, 10_000, published=()))
+    package_readme.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":
