@@ -19,7 +19,8 @@ import pandas as pd
 from sbi_diffusion.benchmark.overview import (
     SBI,
     budget_table,
-    current_default_rows,
+    current_defaults,
+    load_all,
     measured_cells,
     overview_table,
 )
@@ -45,7 +46,7 @@ def missing_rows(current: pd.DataFrame) -> str:
     10 scored observations at the method's current defaults.
 
     Args:
-        current: Rows from ``current_default_rows`` (the overview module).
+        current: Rows from ``current_defaults`` (the overview module).
     """
     counts = current.groupby(["task", "num_simulations", "method"]).size().to_dict()
     lines = []
@@ -76,9 +77,10 @@ def main() -> None:
     frame = load_results(RESULTS)
     readme = HERE / "README.md"
     text = readme.read_text(encoding="utf-8")
-    text = paste(text, "overview", overview_table(OVERVIEW_FILES))
+    every = load_all(OVERVIEW_FILES)
+    text = paste(text, "overview", overview_table(every))
     text = paste(text, "results", markdown_table(frame))
-    current = current_default_rows(OVERVIEW_FILES)
+    current = current_defaults(every)
     text = paste(text, "missing", missing_rows(current))
     readme.write_text(text, encoding="utf-8")
     # The package README: DiffusionNPE against sbi's methods at 10^4.

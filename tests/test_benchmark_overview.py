@@ -5,7 +5,7 @@ from pathlib import Path
 
 from sbi_diffusion.benchmark import results
 from sbi_diffusion.benchmark.methods import defaults_fingerprint, parse
-from sbi_diffusion.benchmark.overview import current_default_rows, overview_table
+from sbi_diffusion.benchmark.overview import current_defaults, load_all, overview_table
 from sbi_diffusion.benchmark.published import SBIBM_NLE, SBIBM_SNLE, SIMFORMER
 from sbi_diffusion.benchmark.report import EARLIER_DEFAULTS, load_results
 from sbi_diffusion.benchmark.runner import protocol_for
@@ -48,7 +48,7 @@ def test_overview_keeps_current_default_rows_and_marks_the_best(tmp_path: Path) 
     results.append_row(second, row("nle", 1, 0.10))  # a duplicate: the first wins
     results.append_row(second, row("npe", 1, 0.95, protocol=protocol_for(100)))
 
-    frame = current_default_rows([first, second])
+    frame = current_defaults(load_all([first, second]))
     assert sorted(zip(frame["method"], frame["num_observation"], strict=True)) == [
         ("diffusion", 1),
         ("diffusion", 2),
@@ -58,7 +58,7 @@ def test_overview_keeps_current_default_rows_and_marks_the_best(tmp_path: Path) 
     labels = set(load_results(first)["label"])
     assert "diffusion" + EARLIER_DEFAULTS in labels and "nle" in labels
 
-    text = overview_table([first, second])
+    text = overview_table(load_all([first, second]))
     assert "no rows at the current defaults yet" in text  # 10^3 and 10^5
     line = next(x for x in text.splitlines() if x.startswith("| slcp |"))
     cells = [c.strip() for c in line.strip("|").split("|")]

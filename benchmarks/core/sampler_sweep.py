@@ -91,6 +91,7 @@ def main() -> None:
         task = load_task(task_name)
         for method in args.methods:
             posterior, train_s = None, None
+            defaults = defaults_fingerprint(parse(method))
             for sampler, options in samplers:
                 row_options = {"sampler": sampler, **options}
                 for num_observation in args.observations:
@@ -101,7 +102,7 @@ def main() -> None:
                         "options": row_options,
                         "seed": args.seed,
                         "num_observation": num_observation,
-                        "defaults": defaults_fingerprint(parse(method)),
+                        "defaults": defaults,
                     }
                     if (row_key(row), row["defaults"]) in done:
                         continue

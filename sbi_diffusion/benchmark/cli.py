@@ -156,12 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _overview(results: list[str], output: str | None) -> int:
     from pathlib import Path
 
-    from sbi_diffusion.benchmark.overview import overview_table
+    from sbi_diffusion.benchmark.overview import load_all, overview_table
 
     missing = [path for path in results if not Path(path).exists()]
     if missing:
         raise ValueError(f"Results file(s) {', '.join(missing)} do not exist.")
-    text = overview_table(results)
+    text = overview_table(load_all(results))
     if output is None:
         print(text)
     else:

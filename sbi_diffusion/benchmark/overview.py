@@ -67,26 +67,32 @@ class Cell:
         return value if self.ranked else f"*{value}*"
 
 
-def current_default_rows(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Scored rows made under the current defaults with no options set.
+def load_all(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Every row of several results files (:func:`~.report.load_results`).
 
     Args:
-        paths: Results files; a row present in several (same task, budget,
-            method, seed and observation) is taken from the first.
+        paths: Results files, in order of precedence (see
+            :func:`current_defaults`).
 
     Returns:
-        The rows, with the columns of :func:`~.report.load_results`.
+        The rows of all files, the first file's first.
     """
-    return _current_defaults(_all_rows(paths))
-
-
-def _all_rows(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     import pandas as pd
 
     return pd.concat([load_results(path) for path in paths], ignore_index=True)
 
 
-def _current_defaults(frame: pd.DataFrame) -> pd.DataFrame:
+def current_defaults(frame: pd.DataFrame) -> pd.DataFrame:
+    """Scored rows made under the current defaults with no options set, under
+    the sbibm protocol.
+
+    Args:
+        frame: Rows from :func:`load_all`; a row present in several files (same
+            task, budget, method, seed and observation) is taken from the first.
+
+    Returns:
+        The rows, with the columns of :func:`~.report.load_results`.
+    """
     import pandas as pd
 
     no_options = [not options for options in frame["options"]]
@@ -184,7 +190,7 @@ def resolved_defaults(frame: pd.DataFrame, budget: int) -> str:
     """One line per method of ours: the sampler and network its rows resolved to.
 
     Args:
-        frame: Rows from :func:`current_default_rows`.
+        frame: Rows from :func:`current_defaults`.
         budget: Simulation budget.
 
     Returns:
@@ -203,21 +209,21 @@ def resolved_defaults(frame: pd.DataFrame, budget: int) -> str:
 
 
 def overview_table(
-    paths: Sequence[str | os.PathLike[str]],
+    every: pd.DataFrame,
     budgets: Sequence[int] = (1_000, 10_000, 100_000),
 ) -> str:
     """The tables of :func:`budget_table` for each budget, with the defaults the
     rows of this package's methods resolved to.
 
     Args:
-        paths: Results files (see :func:`current_default_rows`).
+        every: All rows, from :func:`load_all`; the tables use those of
+            :func:`current_defaults` and name the methods that have only others.
         budgets: Budgets to show, in order.
 
     Returns:
         Markdown: a heading line per budget, its table and its resolved defaults.
     """
-    every = _all_rows(paths)
-    frame = _current_defaults(every)
+    frame = current_defaults(every)
     cells = measured_cells(frame)
     parts = []
     for budget in budgets:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,25 +37,35 @@ def method_label(method: str, options: dict[str, Any] | None) -> str:
     return f"{method}[{inner}]"
 
 
-def made_under_current_defaults(row: dict[str, Any]) -> bool:
+def made_under_current_defaults(
+    row: dict[str, Any], current: dict[str, str | None] | None = None
+) -> bool:
     """Whether a result row was made under its method's current defaults.
 
     Compares the row's defaults fingerprint with the one the method has now
     (:func:`~sbi_diffusion.benchmark.methods.defaults_fingerprint`). Rows of this
     package's methods written before rows carried a fingerprint, and rows of
     methods this install does not know, count as not current.
+
+    Args:
+        row: A result row.
+        current: Fingerprints already computed, by method and options; filled
+            in here, so a caller checking many rows computes each once.
     """
     name = str(row["method"])
     if name not in method_registry.METHODS:
         return False
-    options = row.get("options") or {}
-    try:
-        now = method_registry.defaults_fingerprint(
-            method_registry.MethodSpec(name, dict(options))
-        )
-    except (method_registry.MethodUnavailableError, ValueError):
-        return False
-    return method_registry.row_fingerprint(row) == now
+    options = dict(row.get("options") or {})
+    current = {} if current is None else current
+    key = json.dumps([name, options], sort_keys=True, default=str)
+    if key not in current:
+        try:
+            spec = method_registry.MethodSpec(name, options)
+            current[key] = method_registry.defaults_fingerprint(spec)
+        except (method_registry.MethodUnavailableError, ValueError):
+            current[key] = None
+    now = current[key]
+    return now is not None and method_registry.row_fingerprint(row) == now
 
 
 def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -84,7 +95,8 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     if not rows:
         raise ValueError(f"Results file {path} holds no rows yet.")
     frame = pd.DataFrame(rows)
-    frame["current"] = [made_under_current_defaults(row) for row in rows]
+    fingerprints: dict[str, str | None] = {}
+    frame["current"] = [made_under_current_defaults(r, fingerprints) for r in rows]
     frame["label"] = [
         method_label(row["method"], row.get("options"))
         + ("" if current else EARLIER_DEFAULTS)
