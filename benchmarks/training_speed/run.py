@@ -31,6 +31,7 @@ from sbi_diffusion.benchmark.results import append_row, iter_json_lines
 from sbi_diffusion.benchmark.runner import (
     device_name,
     package_versions,
+    rounded_seconds,
     train_or_load,
 )
 from sbi_diffusion.benchmark.tasks import load_task
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
                     "method": method,
                     "seed": args.seed,
                     "train_s": round(trained.train_s, 3),
-                    "train_cpu_s": round(trained.train_cpu_s, 3),
+                    "train_cpu_s": rounded_seconds(trained.train_cpu_s),
                     "resolved": trained.resolved_training,
                     "threads": args.threads,
                     "device": device_name(args.device),

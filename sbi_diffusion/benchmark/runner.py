@@ -158,8 +158,10 @@ class TrainedMethod:
         posterior: The sbi posterior.
         routed: The method's options, routed.
         train_s: Wall-clock training time in seconds.
-        train_cpu_s: CPU time of the training process in seconds.
-        simulate_s: Time to simulate the training data in seconds.
+        train_cpu_s: CPU time of the training process in seconds (None for a
+            model file written before it was recorded).
+        simulate_s: Time to simulate the training data in seconds (None as
+            for ``train_cpu_s``).
         train_device: The device the estimator was trained on, as in the rows'
             ``device`` field (it differs from the sampling device when a model
             trained on a GPU is scored on a CPU, or the reverse).
@@ -169,10 +171,18 @@ class TrainedMethod:
     posterior: Any
     routed: method_registry.RoutedOptions
     train_s: float
-    train_cpu_s: float
-    simulate_s: float
+    train_cpu_s: float | None
+    simulate_s: float | None
     train_device: str
     resolved_training: dict[str, Any] = field(default_factory=dict)
+
+
+def rounded_seconds(value: float | None) -> float | None:
+    """A duration rounded to milliseconds; None where it was not measured (a
+    missing or NaN value), so rows stay valid JSON."""
+    if value is None or math.isnan(float(value)):
+        return None
+    return round(float(value), 3)
 
 
 def model_cache_path(
@@ -282,8 +292,9 @@ def train_or_load(
                 posterior=posterior,
                 routed=routed,
                 train_s=float(saved["train_s"]),
-                train_cpu_s=float(saved.get("train_cpu_s", math.nan)),
-                simulate_s=float(saved.get("simulate_s", math.nan)),
+                # None: a file written before the field existed (not measured)
+                train_cpu_s=rounded_seconds(saved.get("train_cpu_s")),
+                simulate_s=rounded_seconds(saved.get("simulate_s")),
                 # files written before the field existed were trained on a CPU
                 train_device=saved.get("train_device", device_name("cpu")),
                 resolved_training=saved.get("resolved_training", {}),
@@ -473,9 +484,9 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             "num_observation": num_observation,
             "c2st": None,
             "train_s": round(train_s, 3),
-            "train_cpu_s": round(train_cpu_s, 3),
+            "train_cpu_s": rounded_seconds(train_cpu_s),
             "sample_s": None if sample_s is None else round(sample_s, 4),
-            "simulate_s": round(simulate_s, 3),
+            "simulate_s": rounded_seconds(simulate_s),
             "nfe": nfe,
             "device": device_name(job.device),
             "train_device": trained.train_device,
