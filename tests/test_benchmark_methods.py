@@ -92,6 +92,22 @@ def test_constructor_validation_runs_early() -> None:
         methods.build_inference(spec, prior, "cpu")
 
 
+def test_routing_an_ensemble_size() -> None:
+    routed = methods.route_options(
+        methods.parse("flow_matching:ensemble_size=3,max_num_steps=50,steps=8")
+    )
+    assert routed.ensemble_size == 3
+    assert routed.train == {"max_num_steps": 50}
+    assert routed.sample == {"steps": 8}
+    assert methods.route_options(methods.parse("diffusion")).ensemble_size == 1
+    for bad in ("0", "2.5", "true"):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            methods.route_options(methods.parse(f"diffusion:ensemble_size={bad}"))
+    # only trainers with train_ensemble() take it
+    with pytest.raises(ValueError, match="Unknown option 'ensemble_size'"):
+        methods.route_options(methods.parse("consistency:ensemble_size=2"))
+
+
 def test_routing_a_distillation_teacher() -> None:
     try:
         routed = methods.route_options(

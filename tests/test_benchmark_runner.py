@@ -134,6 +134,41 @@ def test_model_cache_reuses_the_training(
     assert first["train_device"] == first["device"]
 
 
+def test_an_ensemble_row_trains_its_members_once(tmp_path: Path) -> None:
+    from sbi_diffusion.benchmark import methods, runner
+    from sbi_diffusion.model import DenoiserEnsemble
+
+    output, cache = tmp_path / "r.jsonl", tmp_path / "models"
+    spec = "diffusion:ensemble_size=2,max_num_steps=20"
+    for observation in (1, 2):
+        run_benchmark(
+            methods=[spec],
+            observations=[observation],
+            output=output,
+            executor="inline",
+            model_cache=cache,
+            **TINY,
+        )
+    rows = read_rows(output)
+    assert [r["num_observation"] for r in rows] == [1, 2]
+    assert rows[0]["options"] == {"ensemble_size": 2, "max_num_steps": 20}
+    resolved = rows[0]["resolved"]
+    assert resolved["ensemble_size"] == 2
+    assert resolved["steps_trained_by_member"] == [20, 20]
+    # one cached file, apart from the single model's, and the second row used it
+    path = runner.model_cache_path(
+        cache, "two_moons", methods.parse(spec), 200, 0, "cpu"
+    )
+    single = runner.model_cache_path(
+        cache, "two_moons", methods.parse("diffusion:max_num_steps=20"), 200, 0, "cpu"
+    )
+    assert path != single
+    assert [p.name for p in cache.iterdir()] == [path.name]
+    saved = runner.torch.load(path, weights_only=False)
+    assert isinstance(saved["estimator"], DenoiserEnsemble)
+    assert rows[1]["train_s"] == pytest.approx(saved["train_s"], abs=1e-3)
+
+
 def test_distillation_trains_the_teacher_once(tmp_path: Path) -> None:
     from sbi_diffusion.benchmark import methods, runner
 

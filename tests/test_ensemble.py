@@ -106,3 +106,53 @@ def test_members_that_do_not_match_are_refused(members):
     ensemble = DenoiserEnsemble(estimators)
     with pytest.raises(ValueError, match="embed_condition"):
         ensemble.denoise_embedded(torch.zeros(2, 2), torch.zeros(1, 7), 0.5)
+
+
+def test_train_ensemble_trains_new_members_with_their_seeds():
+    problem = LinearGaussian()
+    torch.manual_seed(6)
+    theta = problem.prior.sample((400,))
+    x = problem.simulate(theta)
+    inference = DiffusionNPE(
+        problem.prior, net_kwargs={"width": 16, "depth": 1}, show_progress_bars=False
+    )
+    inference.append_simulations(theta, x)
+    options = {"max_num_steps": 30, "training_batch_size": 64}
+    ensemble = inference.train_ensemble(3, seed=4, **options)
+    assert isinstance(ensemble, DenoiserEnsemble) and len(ensemble.members) == 3
+    first, second = (dict(m.named_parameters()) for m in ensemble.members[:2])
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    resolved = inference.resolved_training
+    assert resolved["ensemble_size"] == 3 and resolved["seed"] == 4
+    assert resolved["steps_trained_by_member"] == [30, 30, 30]
+    # build_posterior() takes the ensemble
+    posterior = inference.build_posterior()
+    assert isinstance(posterior.estimator, DenoiserEnsemble)
+    x_o = torch.tensor([[0.4, -0.2]])
+    assert posterior.sample((7,), x=x_o, show_progress_bars=False).shape == (7, 2)
+    # member k is what train(seed=4 + k) on a new network gives
+    single = DiffusionNPE(
+        problem.prior, net_kwargs={"width": 16, "depth": 1}, show_progress_bars=False
+    )
+    single.append_simulations(theta, x)
+    state = torch.get_rng_state()
+    torch.manual_seed(11)
+    inference.train_ensemble(2, seed=4, **options)
+    torch.manual_seed(11)
+    single.train(seed=4, **options)
+    member = single.train(retrain_from_scratch=True, seed=5, **options)
+    torch.set_rng_state(state)
+    again = dict(inference.build_posterior().estimator.members[1].named_parameters())
+    for name, value in member.named_parameters():
+        torch.testing.assert_close(again[name], value)
+
+
+def test_train_ensemble_refuses_bad_sizes_and_resuming():
+    problem = LinearGaussian()
+    theta = problem.prior.sample((100,))
+    inference = DiffusionNPE(problem.prior, show_progress_bars=False)
+    inference.append_simulations(theta, problem.simulate(theta))
+    with pytest.raises(ValueError, match="size >= 1"):
+        inference.train_ensemble(0)
+    with pytest.raises(ValueError, match="resume_training"):
+        inference.train_ensemble(2, resume_training=True)

@@ -23,6 +23,10 @@ Each option goes to exactly one place, decided in this order:
    ``stop_after_epochs``);
 4. everything else goes to the constructor, and must be one of its parameters.
 
+Our ``diffusion`` and ``flow_matching`` take one more key, ``ensemble_size``:
+train that many denoisers on the simulations and sample with their mean
+(``inference.train_ensemble()``), e.g. ``diffusion:ensemble_size=4``.
+
 ``consistency`` takes one more key, ``teacher``: the name of a method of this
 package (``diffusion`` or ``flow_matching``, with its defaults) to distil from
 instead of consistency training, e.g. ``consistency:teacher=diffusion,steps=2``.
@@ -67,6 +71,8 @@ MCMC_PARAMETER_KEYS = frozenset(
         "mp_context",
     }
 )
+#: the spec key of an ensemble's size (trainers with ``train_ensemble``)
+ENSEMBLE_KEY = "ensemble_size"
 # Arguments the runner sets itself; a spec may not override them.
 _RESERVED = frozenset(
     {
@@ -235,6 +241,7 @@ class RoutedOptions:
     posterior: dict[str, Any] = field(default_factory=dict)
     sample: dict[str, Any] = field(default_factory=dict)
     teacher: MethodSpec | None = None
+    ensemble_size: int = 1
 
     @property
     def train_method(self) -> str:
@@ -354,8 +361,12 @@ def route_options(spec: MethodSpec) -> RoutedOptions:
     train_keys = set(_keywords(getattr(cls, routed.train_method))) - _RESERVED
     init_keys = set(_keywords(cls.__init__)) - _RESERVED
     init_open = _accepts_var_keywords(cls.__init__)
+    ensemble_key = {ENSEMBLE_KEY} if hasattr(cls, "train_ensemble") else set()
     for dotted, value in spec.options.items():
         if dotted == definition.teacher_key:
+            continue
+        if dotted in ensemble_key:
+            routed.ensemble_size = _ensemble_size(spec, value)
             continue
         key, _, sub = dotted.partition(".")
         if sub:
@@ -388,12 +399,23 @@ def route_options(spec: MethodSpec) -> RoutedOptions:
                 | train_keys
                 | init_keys
                 | teacher
+                | ensemble_key
             )
             raise ValueError(
                 f"Unknown option {key!r} for method {spec.name!r}; valid options are: "
                 f"{', '.join(valid)}."
             )
     return routed
+
+
+def _ensemble_size(spec: MethodSpec, value: Any) -> int:
+    """Check the ``ensemble_size=`` option of ``spec``: a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"Option {ENSEMBLE_KEY}={value!r} of method {spec.name!r} must be a "
+            "positive integer (the number of denoisers trained)."
+        )
+    return value
 
 
 def _teacher_spec(spec: MethodSpec, value: Any) -> MethodSpec:

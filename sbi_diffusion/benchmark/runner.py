@@ -217,6 +217,8 @@ def model_cache_path(
     trained_by: dict[str, Any] = {"init": routed.init, "train": routed.train}
     if routed.teacher is not None:
         trained_by["teacher"] = routed.teacher.to_string()
+    if routed.ensemble_size > 1:
+        trained_by["ensemble_size"] = routed.ensemble_size
     recipe = getattr(spec.definition.load_class(), "training_recipe", None)
     if recipe is not None:
         trained_by["recipe"] = recipe()
@@ -314,7 +316,11 @@ def train_or_load(
 
     start, cpu_start = time.perf_counter(), time.process_time()
     inference.append_simulations(theta, x)
-    if teacher is None:
+    if teacher is None and routed.ensemble_size > 1:
+        estimator = inference.train_ensemble(
+            routed.ensemble_size, show_train_summary=False, **routed.train
+        )
+    elif teacher is None:
         estimator = inference.train(show_train_summary=False, **routed.train)
     else:
         inference.distill(teacher.posterior, show_train_summary=False, **routed.train)

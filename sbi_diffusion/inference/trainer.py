@@ -51,6 +51,7 @@ from sbi_diffusion.inference.denoiser_builder import (
     build_denoiser,
     resolved_net_kwargs,
 )
+from sbi_diffusion.inference.ensemble_training import EnsembleTraining
 from sbi_diffusion.inference.optimization import (
     ExponentialMovingAverage,
     make_optimizer,
@@ -540,7 +541,7 @@ class VectorFieldInference(InferenceBase):
             tqdm.write(message + ".")
 
 
-class DiffusionNPE(VectorFieldInference):
+class DiffusionNPE(EnsembleTraining, VectorFieldInference):
     """Score-based diffusion posterior estimation.
 
     Defaults follow the best configuration of Arruda et al. 2025 ("Diffusion
@@ -572,7 +573,7 @@ class DiffusionNPE(VectorFieldInference):
     learned_embedding_schedule_kwargs = {"p_mean": 0.5, "p_std": 1.5}
 
 
-class FlowMatchingNPE(VectorFieldInference):
+class FlowMatchingNPE(EnsembleTraining, VectorFieldInference):
     """Flow-matching posterior estimation (Lipman et al. 2023; Wildberger et al.
     2023, FMPE): the rectified-flow path with a velocity network trained on the
     conditional flow-matching loss. Sampled by default with DPM-Solver++(2M)
