@@ -23,9 +23,8 @@ Each option goes to exactly one place, decided in this order:
    ``stop_after_epochs``);
 4. everything else goes to the constructor, and must be one of its parameters.
 
-Our ``diffusion`` and ``flow_matching`` take one more key, ``ensemble_size``:
-train that many denoisers on the simulations and sample with their mean
-(``inference.train_ensemble()``), e.g. ``diffusion:ensemble_size=4``.
+``diffusion`` and ``flow_matching`` take ``ensemble_size=K``: train ``K``
+denoisers and sample with their mean (``inference.train_ensemble()``).
 
 ``consistency`` takes one more key, ``teacher``: the name of a method of this
 package (``diffusion`` or ``flow_matching``, with its defaults) to distil from
