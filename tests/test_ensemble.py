@@ -156,3 +156,5 @@ def test_train_ensemble_refuses_bad_sizes_and_resuming():
         inference.train_ensemble(0)
     with pytest.raises(ValueError, match="resume_training"):
         inference.train_ensemble(2, resume_training=True)
+    with pytest.raises(ValueError, match="retrain_from_scratch=False"):
+        inference.train_ensemble(2, retrain_from_scratch=False)

@@ -14,8 +14,8 @@ Lakshminarayanan et al. 2017, "Simple and Scalable Predictive Uncertainty
 Estimation using Deep Ensembles", applied to the regression target
 ``E[theta | z_t, x]``). The posterior built next samples and evaluates
 densities with the mean, so each evaluation of it costs ``K`` network passes
-(a posterior's ``last_nfe`` counts evaluations of the mean). What it buys, and at what cost, is measured in
-``benchmarks/ensembles/``.
+(a posterior's ``last_nfe`` counts evaluations of the mean). What it buys,
+and at what cost, is measured in ``benchmarks/ensembles/``.
 """
 
 from __future__ import annotations
@@ -52,17 +52,19 @@ class EnsembleTraining:
             The :class:`~sbi_diffusion.model.DenoiserEnsemble` of the members.
 
         Raises:
-            ValueError: for ``size`` below 1, or ``resume_training=True`` (each
-                member starts anew).
+            ValueError: for ``size`` below 1, ``resume_training=True`` or
+                ``retrain_from_scratch=False`` (each member starts anew).
         """
         if int(size) < 1:
             raise ValueError(f"An ensemble needs size >= 1, got {size}.")
-        if train_kwargs.get("resume_training"):
+        if train_kwargs.get("resume_training") or not train_kwargs.pop(
+            "retrain_from_scratch", True
+        ):
             raise ValueError(
                 "train_ensemble() trains each member from a new network; "
-                "resume_training=True is not supported."
+                "resume_training=True and retrain_from_scratch=False are not "
+                "supported."
             )
-        train_kwargs.pop("retrain_from_scratch", None)
         members, steps = [], []
         for member in range(int(size)):
             member_seed = None if seed is None else int(seed) + member
@@ -71,7 +73,8 @@ class EnsembleTraining:
                     retrain_from_scratch=True, seed=member_seed, **train_kwargs
                 )
             )
-            steps.append(self._resolved_training["steps_trained"])  # type: ignore[has-type]
+            trained = self.resolved_training  # type: ignore[attr-defined]
+            steps.append(trained["steps_trained"])
         ensemble = DenoiserEnsemble(members)
         self._trained_estimator = ensemble
         self._resolved_training = {
