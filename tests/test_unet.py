@@ -81,6 +81,30 @@ def test_unet_rows_are_independent():
     assert torch.allclose(full[:2], net(z[:2], condition[:2], time[:2]), atol=1e-5)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_cpu_pieces_and_channels_last_give_the_one_call_result(monkeypatch, grad):
+    """On a CPU the batch goes through the network in pieces of ``cpu_rows``
+    rows and, without gradients on a large enough 2-D grid, channels-last:
+    the output (and its gradient) equals one call in the default layout."""
+    from sbi_diffusion.nets import unet as unet_module
+
+    torch.manual_seed(0)
+    net = _randomize_output(UNet(DIM, DIM, shape=(1, GRID, GRID), channels=(8,)))
+    z, condition = torch.randn(7, DIM, requires_grad=grad), torch.randn(1, DIM)
+    time = torch.tensor(0.3)
+    with torch.set_grad_enabled(grad):
+        reference = net._forward(z, condition.expand(7, -1), time.expand(7))
+        monkeypatch.setattr(unet_module, "CPU_ACTIVATION_FLOATS", 8 * DIM * 3)
+        monkeypatch.setattr(unet_module, "CPU_CHANNELS_LAST_POINTS", DIM)
+        assert net.cpu_rows == 3
+        pieces = net(z, condition, time)
+    assert torch.allclose(pieces, reference, atol=1e-5)
+    if grad:
+        (g_pieces,) = torch.autograd.grad(pieces.square().sum(), z)
+        (g_reference,) = torch.autograd.grad(reference.square().sum(), z)
+        assert torch.allclose(g_pieces, g_reference, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "condition_dim, condition_shape, condition_as, channels, flags",
     [

@@ -53,6 +53,14 @@ otherwise; a flat embedding carries no layout, so it is a vector even if its
 size is a multiple of the grid's), ``"channels"`` (any embedding whose size is
 ``k`` times the grid's, read as ``k`` channels in row-major order) or
 ``"vector"``.
+
+On a CPU the batch goes through the network in pieces whose first-level
+activation, ``rows x channels[0] x grid points``, holds at most
+:data:`CPU_ACTIVATION_FLOATS` numbers, so that each piece stays in the cache
+(the result is the same as one call); without gradients, 2-D grids of at
+least :data:`CPU_CHANNELS_LAST_POINTS` points are evaluated in the
+channels-last memory layout, which the CPU's convolution kernels run faster
+(``benchmarks/fields/README.md``, "Sampling cost on a CPU").
 """
 
 from __future__ import annotations
@@ -66,7 +74,13 @@ from torch.nn import functional
 
 from sbi_diffusion.nets.time_embedding import SinusoidalTimeEmbedding
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "CPU_ACTIVATION_FLOATS", "CPU_CHANNELS_LAST_POINTS"]
+
+#: numbers in the first level's activation per network call on a CPU (4 MB)
+CPU_ACTIVATION_FLOATS = 2**20
+#: grid points from which a 2-D grid is evaluated channels-last on a CPU
+#: (without gradients)
+CPU_CHANNELS_LAST_POINTS = 32 * 32
 
 _CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONDITION_MODES = ("auto", "channels", "vector")
@@ -375,19 +389,50 @@ class UNet(nn.Module):
             context = context + self.condition_embedding(vector)
         return context
 
+    @property
+    def cpu_rows(self) -> int:
+        """Rows per network call on a CPU (:data:`CPU_ACTIVATION_FLOATS`)."""
+        first_level = self.input_conv.out_channels * math.prod(self.shape[1:])
+        return max(1, CPU_ACTIVATION_FLOATS // first_level)
+
     def forward(self, z: Tensor, condition: Tensor, time: Tensor) -> Tensor:
         """Evaluate on ``z`` ``(batch, input_dim)``, ``condition``
         ``(batch, condition_dim)`` (or one row for all) and ``time`` ``(batch,)``
-        (or one time); returns ``(batch, input_dim)``."""
+        (or one time); returns ``(batch, input_dim)``. On a CPU in pieces of
+        :attr:`cpu_rows` rows (module docstring)."""
         batch = z.shape[0]
         if condition.shape[0] != batch:
             condition = condition.expand(batch, -1)
+        time = time.reshape(-1).expand(batch)
+        if z.device.type != "cpu" or batch <= self.cpu_rows:
+            return self._forward(z, condition, time)
+        rows = self.cpu_rows
+        return torch.cat(
+            [
+                self._forward(
+                    z[i : i + rows], condition[i : i + rows], time[i : i + rows]
+                )
+                for i in range(0, batch, rows)
+            ]
+        )
+
+    def _forward(self, z: Tensor, condition: Tensor, time: Tensor) -> Tensor:
+        """:meth:`forward` on rows of equal count in ``z``, ``condition`` and
+        ``time``, in one call."""
+        batch = z.shape[0]
         h = z.reshape(batch, *self.shape)
         if self.condition_channels:
             image = condition[:, : self.condition_size]
             grid = self.shape[1:]
             h = torch.cat([h, image.reshape(batch, -1, *grid)], dim=1)
         context = self._context(condition, time, batch)
+        if (
+            h.device.type == "cpu"
+            and h.dim() == 4
+            and not torch.is_grad_enabled()
+            and math.prod(self.shape[1:]) >= CPU_CHANNELS_LAST_POINTS
+        ):
+            h = h.contiguous(memory_format=torch.channels_last)
         h = self.input_conv(h)
         skips = [h]
         for level in self.down:
