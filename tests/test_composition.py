@@ -699,14 +699,21 @@ def test_denoise_trials_broadcast_matches_flat_rows(net, parameterization):
                 torch.testing.assert_close(pieces, flat, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("pieces_of", [None, 7])
 @pytest.mark.parametrize(
     "net,parameterization", [("mlp", "F"), ("adaln_mlp", "velocity")]
 )
 def test_one_condition_at_one_time_broadcasts_like_flat_rows(
-    net, parameterization, monkeypatch
+    net, parameterization, pieces_of, monkeypatch
 ):
     """With one condition and one time for all rows, the network gets them as
-    one row each; the result and the gradients are those of the flat rows."""
+    one row each (and ``z`` in pieces of ``default_network_rows`` rows); the
+    result and the gradients are those of the flat rows."""
+    from sbi_diffusion.model import denoiser as denoiser_module
+
+    monkeypatch.setattr(
+        denoiser_module, "default_network_rows", lambda device: pieces_of
+    )
     estimator, theta = _untrained_estimator(net, parameterization)
     z = torch.randn(50, 3)
     base = estimator.embed_condition(theta[:1]).detach()

@@ -24,7 +24,11 @@ from torch import Tensor, nn
 
 from sbi_diffusion.model.conditioned import ConditionedDenoiser
 from sbi_diffusion.model.loss_draws import LossDraws
-from sbi_diffusion.model.rows import denoise_rows_in_pieces, denoise_trials_flat
+from sbi_diffusion.model.rows import (
+    default_network_rows,
+    denoise_rows_in_pieces,
+    denoise_trials_flat,
+)
 from sbi_diffusion.model.sbi_estimator import SbiVectorFieldEstimator
 from sbi_diffusion.path.parameterizations import Parameterization, PathPoint
 from sbi_diffusion.path.schedules import Schedule
@@ -182,11 +186,14 @@ class Denoiser(SbiVectorFieldEstimator):
         With one condition and one time for all rows (every sampler step and
         density step for one observation) a network that broadcasts its inputs
         gets them as one row each, so its time and condition layers run once
-        instead of ``batch`` times."""
+        instead of ``batch`` times, and ``z`` in pieces of
+        :func:`~sbi_diffusion.model.default_network_rows` rows (on a CPU)."""
         t = as_time(t, z)
         shared = _shared_row(embedding)
         if shared is not None and z.dim() == 2 and self._broadcasts_at(t):
-            return self._denoise_broadcast([(z, shared)], t)[0]
+            rows = default_network_rows(z.device) or z.shape[0]
+            pieces = [(piece, shared) for piece in z.split(rows)]
+            return torch.cat(self._denoise_broadcast(pieces, t))
         p_col = self.path_point(t, columns=True)
         if embedding.shape[0] != z.shape[0]:
             embedding = embedding.expand(z.shape[0], -1)
