@@ -81,6 +81,36 @@ def test_unet_rows_are_independent():
     assert torch.allclose(full[:2], net(z[:2], condition[:2], time[:2]), atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", [False, True])
+def test_circular_padding_makes_the_unet_shift_equivariant(attention):
+    """With ``padding_mode="circular"`` and two levels, shifting the field and
+    the image condition circularly by 2 points shifts the output by 2 points;
+    with zero padding it does not (the edges differ)."""
+    torch.manual_seed(0)
+
+    def shift(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(-1, GRID, GRID).roll((2, -2), (1, 2)).reshape(-1, DIM)
+
+    z, condition, time = torch.randn(3, DIM), torch.randn(3, DIM), torch.rand(3)
+    for padding_mode, equivariant in (("circular", True), ("zeros", False)):
+        net = _randomize_output(
+            UNet(
+                DIM,
+                DIM,
+                shape=(1, GRID, GRID),
+                channels=(8, 16),
+                attention=attention,
+                num_heads=2,
+                condition_shape=(1, GRID, GRID),
+                padding_mode=padding_mode,
+            )
+        )
+        with torch.no_grad():
+            shifted = net(shift(z), shift(condition), time)
+            expected = shift(net(z, condition, time))
+        assert torch.allclose(shifted, expected, atol=1e-5) == equivariant
+
+
 @pytest.mark.parametrize("grad", [False, True])
 def test_cpu_pieces_and_channels_last_give_the_one_call_result(monkeypatch, grad):
     """On a CPU the batch goes through the network in pieces of ``cpu_rows``
@@ -179,6 +209,7 @@ def test_image_condition_on_the_grid_is_read_pixel_by_pixel():
         ({"shape": (1, 8, 8), "channels": ()}, "channels"),
         ({"shape": (1, 8, 8), "channels": (16, 30)}, "num_heads"),
         ({"shape": (1, 8, 8), "condition_as": "pixels"}, "condition_as"),
+        ({"shape": (1, 8, 8), "padding_mode": "periodic"}, "padding_mode"),
     ],
 )
 def test_bad_unet_options_raise(kwargs, match):

@@ -86,11 +86,21 @@ DEFAULT_CHANNELS = (16, 32)
 """U-Net widths of the rows made before ``--channels`` existed."""
 
 
-def unet_kwargs(size: int, channels: tuple[int, ...] = DEFAULT_CHANNELS) -> dict:
+def unet_kwargs(
+    size: int,
+    channels: tuple[int, ...] = DEFAULT_CHANNELS,
+    padding_mode: str = "zeros",
+) -> dict:
     """The U-Net options for an ``size x size`` field: levels of ``channels``
     widths, no attention (the package's default, ``(32, 64)`` with attention,
-    costs about 6x more per training step on a CPU; ``README.md`` here)."""
-    return {"shape": (1, size, size), "channels": tuple(channels), "attention": False}
+    costs about 6x more per training step on a CPU; ``README.md`` here), and
+    the convolutions' ``padding_mode``."""
+    return {
+        "shape": (1, size, size),
+        "channels": tuple(channels),
+        "attention": False,
+        "padding_mode": padding_mode,
+    }
 
 
 def unet_train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,15 +125,16 @@ def problem_key(row: dict[str, Any]) -> tuple:
 
 def run_key(row: dict[str, Any]) -> tuple:
     """What makes two rows the same run (a rerun skips it)."""
-    channels = steps = None
+    channels = steps = padding = None
     if row["method"] in OURS:
         channels = tuple(row.get("unet_channels") or DEFAULT_CHANNELS)
+        padding = row.get("padding_mode", "zeros")  # rows before the option
         steps = row.get("max_num_steps")
         if steps is None:  # rows written before they held it: their command's
             words = str(row.get("command", "")).split()
             if "--max-num-steps" in words:
                 steps = int(words[words.index("--max-num-steps") + 1])
-    return (*problem_key(row), channels, row.get("distill_steps"), steps)
+    return (*problem_key(row), channels, row.get("distill_steps"), steps, padding)
 
 
 def build(
@@ -131,6 +142,7 @@ def build(
     problem: GaussianRandomFieldProblem,
     size: int,
     channels: tuple[int, ...] = DEFAULT_CHANNELS,
+    padding_mode: str = "zeros",
 ):
     """The untrained inference object of ``method`` and whether it takes images."""
     from sbi.inference import FMPE, NPE, NPSE
@@ -148,7 +160,7 @@ def build(
         return cls(
             prior,
             net="unet",
-            net_kwargs=unet_kwargs(size, channels),
+            net_kwargs=unet_kwargs(size, channels, padding_mode),
             show_progress_bars=False,
         ), True
     if method.startswith("npe_"):
@@ -177,14 +189,15 @@ def run_one(args: argparse.Namespace, size: int, method: str) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(args.seed)
     theta = problem.sample_prior(args.num_simulations, generator=generator)
     x = problem.simulate(theta, generator=generator)
-    inference, takes_images = build(method, problem, size, tuple(args.channels))
+    unet = (tuple(args.channels), args.padding_mode)
+    inference, takes_images = build(method, problem, size, *unet)
     data = x if takes_images else x.reshape(len(x), -1)
     start = time.perf_counter()
     inference.append_simulations(theta, data)
     train_kwargs = unet_train_kwargs(args) if method in OURS else {}
     teacher = None
     if method == "consistency_distilled_unet":
-        teacher, _ = build("diffusion_unet", problem, size, tuple(args.channels))
+        teacher, _ = build("diffusion_unet", problem, size, *unet)
         teacher.append_simulations(theta, data).train(**train_kwargs)
         teacher_train_s = time.perf_counter() - start
         distill_kwargs = dict(train_kwargs)
@@ -314,6 +327,11 @@ def main() -> None:
         help="ours: U-Net widths per level",
     )
     parser.add_argument(
+        "--padding-mode",
+        default="zeros",
+        help='ours: the U-Net\'s padding_mode ("circular": the field is periodic)',
+    )
+    parser.add_argument(
         "--extra-samplers",
         nargs="*",
         default=[],
@@ -341,6 +359,7 @@ def main() -> None:
                     "seed": args.seed,
                     "unet_channels": args.channels,
                     "max_num_steps": args.max_num_steps,
+                    "padding_mode": args.padding_mode,
                     "distill_steps": (
                         args.distill_steps
                         if method == "consistency_distilled_unet"
@@ -373,6 +392,7 @@ def main() -> None:
             if method in OURS:
                 row["unet_channels"] = list(args.channels)
                 row["max_num_steps"] = args.max_num_steps
+                row["padding_mode"] = args.padding_mode
             append_row(output, row)
             summary = {k: row.get(k) for k in ("status", "train_s", "sample_s")}
             summary.update({k: row.get(k) for k in SCALARS[:3] + SCALARS[-2:]})
