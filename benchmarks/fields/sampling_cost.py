@@ -23,6 +23,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from functools import partial
@@ -103,12 +104,13 @@ def main() -> None:
             net_kwargs=unet_kwargs(size, tuple(args.channels)),
             show_progress_bars=False,
         )
-        inference.append_simulations(theta, x).train(
+        estimator = inference.append_simulations(theta, x).train(
             max_num_steps=5, training_batch_size=128, seed=0
         )
         posterior = inference.build_posterior()
         _, x_o = problem.observation(1)
-        denoiser = inference._neural_net
+        # a trainable copy of the (frozen, averaged) estimator, for the step
+        denoiser = copy.deepcopy(estimator).requires_grad_(True)
         net = denoiser.net
         for threads in args.threads:
             torch.set_num_threads(threads)
