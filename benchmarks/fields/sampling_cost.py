@@ -34,11 +34,11 @@ import torch
 from sbi_diffusion import DiffusionNPE
 from sbi_diffusion.benchmark.fields import GaussianRandomFieldProblem
 from sbi_diffusion.benchmark.results import append_row
-from sbi_diffusion.benchmark.runner import device_name, package_versions
 from sbi_diffusion.nets import unet as unet_module
 
 sys.path.insert(0, str(Path(__file__).parent))
 from posterior_field import unet_kwargs  # noqa: E402
+from run_record import machine_record  # noqa: E402
 
 NEVER = 2**62
 LAYOUTS = {
@@ -133,11 +133,7 @@ def main() -> None:
                     row[f"sample_s_{steps}_steps"] = round(
                         best_of(args.repeats, draw), 3
                     )
-                row.update(
-                    device=device_name("cpu"),
-                    versions=package_versions(),
-                    command="python " + " ".join(sys.argv),
-                )
+                row.update(machine_record())
                 append_row(args.output, row)
                 print(row, flush=True)
     set_layout("default")

@@ -416,9 +416,10 @@ class UNet(nn.Module):
         """
         return math.prod(field_shape(options.get("shape")))
 
-    def _context(self, condition: Tensor, time: Tensor, batch: int) -> Tensor:
-        """The context embedding ``e`` ``(batch, 4 * channels[0])``."""
-        context = self.time_embedding(time.reshape(-1).expand(batch))
+    def _context(self, condition: Tensor, time: Tensor) -> Tensor:
+        """The context embedding ``e`` ``(batch, 4 * channels[0])`` of rows of
+        ``condition`` and ``time`` ``(batch,)``."""
+        context = self.time_embedding(time)
         if self.condition_embedding is not None:
             vector = (
                 condition[:, self.condition_size :]
@@ -443,9 +444,9 @@ class UNet(nn.Module):
         if condition.shape[0] != batch:
             condition = condition.expand(batch, -1)
         time = time.reshape(-1).expand(batch)
-        if z.device.type != "cpu" or batch <= self.cpu_rows:
+        rows = self.cpu_rows if z.device.type == "cpu" else batch
+        if batch <= rows:
             return self._forward(z, condition, time)
-        rows = self.cpu_rows
         return torch.cat(
             [
                 self._forward(
@@ -464,7 +465,7 @@ class UNet(nn.Module):
             image = condition[:, : self.condition_size]
             grid = self.shape[1:]
             h = torch.cat([h, image.reshape(batch, -1, *grid)], dim=1)
-        context = self._context(condition, time, batch)
+        context = self._context(condition, time)
         if (
             h.device.type == "cpu"
             and h.dim() == 4
