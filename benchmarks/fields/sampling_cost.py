@@ -123,6 +123,7 @@ def main() -> None:
                     "channels": list(args.channels),
                     "cpu_rows": net.cpu_rows,
                     "num_samples": args.num_samples,
+                    "sampler": {"name": "dpm++2m", "steps": list(args.steps)},
                 }
 
                 row["train_step_s"] = round(
